@@ -1,0 +1,139 @@
+"""`mtlbench` command line: run, list, table, plot, data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tasks.errors import UserError
+
+
+def _run(args) -> int:
+    from bench import config, tables
+    from bench.runner import Runner
+
+    overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir,
+                 "seeds": args.seeds}
+    suite = config.load_suite(args.suite, overrides)
+    if args.recipes:
+        config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
+    if args.epochs is not None:
+        suite.train.epochs = args.epochs
+    out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    print(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on "
+          f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
+    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr)).run()
+    print(tables.markdown(tables.summary(records)))
+    print(f"\nwrote {len(records)} records, table.md, table.csv, table.tex, metrics.png, "
+          f"overall_vs_throughput.png to {out}", file=sys.stderr)
+    return 0
+
+
+def _list(args) -> int:
+    from bench import config
+    from strategies import registry
+    from tasks.spec import TASKS
+
+    for axis in registry.AXES:
+        print(f"{axis}s:")
+        entries = registry.available(axis)
+        if not entries:
+            print("  (none yet)")
+        for name, cls in entries.items():
+            print(f"  {name:<16} {registry.describe(cls)}")
+    print("suites:")
+    for name in config.suite_names():
+        suite = config.load_suite(name)
+        print(f"  {name:<16} {suite.description}")
+    print("tasks:")
+    for name, spec in TASKS.items():
+        print(f"  {name:<16} {spec.description} (primary: {spec.primary_metric})")
+    return 0
+
+
+def _table(args) -> int:
+    from bench import records, tables
+
+    runs = records.load_records(Path(args.dir))
+    table = tables.summary(runs, args.select)
+    print({"md": tables.markdown, "csv": tables.csv, "latex": tables.latex}[args.format](table))
+    if args.write:
+        tables.write_tables(runs, Path(args.dir), args.select)
+    return 0
+
+
+def _plot(args) -> int:
+    from bench import plots, records
+
+    for path in plots.write_plots(records.load_records(Path(args.dir)), Path(args.dir), args.select):
+        print(path)
+    return 0
+
+
+def _data(args) -> int:
+    from tasks.sources import load_task
+    from tasks.spec import TASKS
+
+    tasks = args.tasks.split(",") if args.tasks else list(TASKS)
+    print(f"{'task':<8} {'split':<6} {'loaded':>8} {'skipped':>8}  reasons")
+    for task in tasks:
+        data = load_task(args.data, task, args.data_dir)
+        for split, rows in data.rows.items():
+            reasons = data.skipped.get(split, {})
+            detail = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "-"
+            print(f"{task:<8} {split:<6} {len(rows):>8} {sum(reasons.values()):>8}  {detail}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="mtlbench", description="Benchmark multi-task fine-tuning strategies.")
+    sub = main.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a suite's recipes side by side and print the comparison table")
+    run.add_argument("suite", nargs="?", default="quick", help="suite name or path to a suite .toml (default: quick)")
+    run.add_argument("--recipes", help="comma-separated recipe names to run (default: all)")
+    run.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    run.add_argument("--out", help="directory for records, tables and plots (default: runs/SUITE-TIME)")
+    run.add_argument("--model", help="'tiny' (embedded) or a Hugging Face model name / local path")
+    run.add_argument("--data", help="data source: synthetic, cs224n or hf")
+    run.add_argument("--data-dir", help="directory of the cs224n files, or of saved hf datasets")
+    run.add_argument("--epochs", type=int, help="override the suite's epochs")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+    sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
+
+    table = sub.add_parser("table", help="re-render the comparison table from a directory of records")
+    table.add_argument("dir")
+    table.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    table.add_argument("--select", choices=("last", "best"), default="last",
+                       help="last epoch, or each task's best dev epoch (optimistic: chosen on dev)")
+    table.add_argument("--write", action="store_true", help="also rewrite table.md/.csv/.tex in DIR")
+    table.set_defaults(handler=_table)
+
+    plot = sub.add_parser("plot", help="re-render the plots from a directory of records")
+    plot.add_argument("dir")
+    plot.add_argument("--select", choices=("last", "best"), default="last")
+    plot.set_defaults(handler=_plot)
+
+    data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
+    data.add_argument("--data", default="synthetic", help="synthetic, cs224n or hf")
+    data.add_argument("--data-dir")
+    data.add_argument("--tasks", help="comma-separated tasks (default: all)")
+    data.set_defaults(handler=_data)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"mtlbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

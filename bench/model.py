@@ -1,0 +1,175 @@
+"""Shared encoder + pooling + one head per task.
+
+Pair heads (the CS224N report's options, SBERT's feature sets):
+- `cosine` (option 1): a learned scale and offset on cos(u, v);
+- `concat` (option 2): [u; v; |u-v|] -> linear;
+- `concat_product` (option 3): [u; v; |u-v|; u*v] -> linear;
+- `cross`: the pair encoded as one input ([CLS] a [SEP] b [SEP]) -> pooled -> linear.
+Bi-encoder pairs are encoded in one batched encoder call (both sides stacked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tasks.spec import TaskKind, TaskSpec
+
+POOLINGS = ("cls", "mean", "max", "pooler", "last4_mean")
+PAIR_HEADS = ("cosine", "concat", "concat_product", "cross")
+SINGLE_HEADS = ("linear", "tanh_mlp")
+
+
+def _masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def pool(method: str, outputs, mask: Tensor) -> Tensor:
+    if method == "cls":
+        return outputs.last_hidden_state[:, 0]
+    if method == "mean":
+        return _masked_mean(outputs.last_hidden_state, mask)
+    if method == "max":
+        hidden = outputs.last_hidden_state.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(outputs.last_hidden_state.dtype).min)
+        return hidden.max(1).values
+    if method == "pooler":
+        if getattr(outputs, "pooler_output", None) is None:
+            raise ValueError("pooling 'pooler': this encoder has no pooler layer")
+        return outputs.pooler_output
+    if method == "last4_mean":
+        # Mean-pool each of the last four hidden states and concatenate (4 x hidden wide).
+        return torch.cat([_masked_mean(h, mask) for h in outputs.hidden_states[-4:]], dim=-1)
+    raise ValueError(f"unknown pooling {method!r}")
+
+
+def _classifier(kind: str, width: int, outputs: int, dropout: float, bias: float = 0.0) -> nn.Module:
+    layers = [nn.Dropout(dropout)]
+    if kind == "tanh_mlp":
+        layers += [nn.Linear(width, width), nn.Tanh(), nn.Dropout(dropout)]
+    last = nn.Linear(width, outputs)
+    # Regression starts at the middle of the label range, not at 0: the first steps then fit the
+    # signal instead of spending large gradients on the offset.
+    nn.init.constant_(last.bias, bias)
+    return nn.Sequential(*layers, last)
+
+
+class CosineHead(nn.Module):
+    """score = scale * cos(u, v) + offset (option 1)."""
+
+    def __init__(self, scale: float, offset: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale))
+        self.offset = nn.Parameter(torch.tensor(offset))
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        return (self.scale * F.cosine_similarity(u, v, dim=-1) + self.offset).unsqueeze(-1)
+
+
+class FeatureHead(nn.Module):
+    """[u; v; |u-v|] (option 2) or [u; v; |u-v|; u*v] (option 3) -> classifier."""
+
+    def __init__(self, with_product: bool, width: int, outputs: int, dropout: float, kind: str, bias: float):
+        super().__init__()
+        self.with_product = with_product
+        self.classifier = _classifier(kind, width * (4 if with_product else 3), outputs, dropout, bias)
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        features = [u, v, (u - v).abs()] + ([u * v] if self.with_product else [])
+        return self.classifier(torch.cat(features, dim=-1))
+
+
+@dataclass
+class TaskOutput:
+    loss: Tensor
+    predictions: Tensor  # class ids or scores, detached
+    pooled: Tensor
+
+
+def task_loss(spec: TaskSpec, logits: Tensor, labels: Tensor) -> Tensor:
+    if spec.kind is TaskKind.PAIR_REGRESSION:
+        return F.mse_loss(logits.squeeze(-1), labels)
+    if spec.num_labels == 1:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
+    return F.cross_entropy(logits, labels)
+
+
+def predictions(spec: TaskSpec, logits: Tensor) -> Tensor:
+    if spec.kind is TaskKind.PAIR_REGRESSION:
+        return logits.squeeze(-1)
+    if spec.num_labels == 1:
+        return (logits.squeeze(-1) > 0).long()
+    return logits.argmax(-1)
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], pooling: str, pair_head: str,
+                 single_head: str = "linear", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}")
+        self.encoder = encoder
+        self.specs = {t.name: t for t in tasks}
+        self.pooling = pooling
+        self.pair_head = pair_head
+        hidden = encoder.config.hidden_size
+        width = hidden * 4 if pooling == "last4_mean" else hidden
+        if pooling == "last4_mean" and encoder.config.num_hidden_layers + 1 < 4:
+            raise ValueError("pooling 'last4_mean' needs an encoder with at least 3 layers")
+        self.heads = nn.ModuleDict()
+        for spec in tasks:
+            low, high = spec.label_range or (0.0, 0.0)
+            middle = (low + high) / 2
+            if not spec.kind.is_pair or pair_head == "cross":
+                self.heads[spec.name] = _classifier(single_head, width, spec.num_labels, dropout, middle)
+            elif pair_head == "cosine":
+                # Regression: cos in [-1, 1] mapped onto the label range; classification: a logit.
+                self.heads[spec.name] = CosineHead((high - low) / 2, middle) if spec.label_range else CosineHead(5.0, 0.0)
+            else:
+                self.heads[spec.name] = FeatureHead(pair_head == "concat_product", width, spec.num_labels, dropout,
+                                                    single_head, middle)
+
+    @property
+    def pair_mode(self) -> str:
+        return "cross" if self.pair_head == "cross" else "bi"
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def task_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {task: [p for p in head.parameters() if p.requires_grad] for task, head in self.heads.items()}
+
+    def input_embeddings(self, input_ids: Tensor) -> Tensor:
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    def encode(self, batch: dict[str, Tensor], inputs_embeds: Tensor | None = None) -> Tensor:
+        kwargs = {"attention_mask": batch["attention_mask"],
+                  "output_hidden_states": self.pooling == "last4_mean"}
+        if "token_type_ids" in batch:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        if inputs_embeds is None:
+            kwargs["input_ids"] = batch["input_ids"]
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        return pool(self.pooling, self.encoder(**kwargs), batch["attention_mask"])
+
+    def logits(self, task: str, pooled: Tensor) -> Tensor:
+        spec, head = self.specs[task], self.heads[task]
+        if spec.kind.is_pair and self.pair_mode == "bi":
+            u, v = pooled.chunk(2)  # one encoder call held both sides, side A first
+            return head(u, v)
+        return head(pooled)
+
+    def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds: Tensor | None = None) -> TaskOutput:
+        pooled = self.encode(batch, inputs_embeds)
+        logits = self.logits(task, pooled)
+        spec = self.specs[task]
+        return TaskOutput(task_loss(spec, logits, batch["labels"]), predictions(spec, logits.detach()), pooled)
+
+    def loss_closure(self, task: str, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        """The task loss as a function of the input word embeddings (for adversarial regularisers)."""
+        return lambda embeddings: self.forward(task, batch, inputs_embeds=embeddings).loss

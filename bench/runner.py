@@ -1,0 +1,155 @@
+"""Runs a suite: validate every recipe, load data and the encoder once, train each recipe x seed,
+write one record per run, then the tables and plots."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from bench import backbone, plots, tables
+from bench.config import Recipe, Suite
+from bench.data import Encoding, TaskBatches, tokenize
+from bench.model import MultiTaskModel
+from bench.records import SCHEMA_VERSION, environment, write_json_atomic
+from bench.trainer import Strategies, seed_everything, select_device, train
+from strategies import registry
+from tasks.errors import UserError
+from tasks.sources import load_task
+from tasks.spec import TASKS
+
+
+def _combiner(recipe: Recipe, tasks: list[str], seed: int):
+    cls = registry.get("combiner", recipe.combiner.name)
+    generator = torch.Generator().manual_seed(seed)
+    return cls(cls.Options(**recipe.combiner.options), tasks, generator)
+
+
+def validate(suite: Suite) -> None:
+    """Everything that can be checked without training, so a bad recipe fails before any record."""
+    for recipe in suite.recipes:
+        sampler_cls = registry.get("sampler", recipe.sampler.name)
+        combiner = _combiner(recipe, suite.tasks, 0)
+        if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
+            raise UserError(f"recipe '{recipe.name}': combiner '{recipe.combiner.name}' needs several task losses "
+                            f"per step, but sampler '{recipe.sampler.name}' gives one task per step")
+
+
+def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str, TaskBatches], seed: int) -> Strategies:
+    tasks = list(train_sets)
+    sampler_cls = registry.get("sampler", recipe.sampler.name)
+    sampler = sampler_cls(sampler_cls.Options(**recipe.sampler.options),
+                          batches_per_epoch={t: len(b) for t, b in train_sets.items()},
+                          sizes={t: len(b.rows) for t, b in train_sets.items()}, generator=random.Random(seed))
+    regularizers = []
+    for i, spec in enumerate(recipe.regularizers):
+        cls = registry.get("regularizer", spec.name)
+        regularizers.append(cls(cls.Options(**spec.options), torch.Generator().manual_seed(seed * 1000 + i + 1)))
+    freezing_cls = registry.get("freezing", recipe.freezing.name)
+    freezing = freezing_cls(freezing_cls.Options(**recipe.freezing.options), model)
+    return Strategies(sampler, _combiner(recipe, tasks, seed), regularizers, freezing)
+
+
+def _summarise(history: list[dict], tasks: list[str]) -> tuple[dict, dict, float, float]:
+    """Last-epoch metrics, best epoch per task (by its primary metric), and the overall means."""
+    last = history[-1]["dev"]
+    best = {}
+    for task in tasks:
+        primary = TASKS[task].primary_metric
+        scored = [(h["dev"][task][primary], h["epoch"]) for h in history if not math.isnan(h["dev"][task][primary])]
+        epoch = max(scored)[1] if scored else history[-1]["epoch"]
+        best[task] = {"epoch": epoch, **history[epoch - 1]["dev"][task]}
+
+    def overall(table):
+        return sum(table[t][TASKS[t].primary_metric] for t in tasks) / len(tasks)
+    return last, best, overall(last), overall(best)
+
+
+class Runner:
+    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print):
+        self.suite, self.out_dir, self.progress, self.log = suite, Path(out_dir), progress, log
+        self.device = select_device(suite.train.device)
+
+    def prepare(self) -> None:
+        suite = self.suite
+        backbone.quiet_transformers()
+        started = time.perf_counter()
+        self.data = {t: load_task(suite.data, t, suite.data_dir, suite.synthetic) for t in suite.tasks}
+        for task, data in self.data.items():
+            for split in ("train", "dev"):
+                if not data.rows.get(split):
+                    raise UserError(f"task '{task}': no {split} rows from source '{suite.data}'")
+            for split, reasons in data.skipped.items():
+                if reasons:
+                    self.log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
+        self.model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, self.log)
+        self.tokenizer = backbone.load_tokenizer(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.tokens = {}
+        cache = backbone.cache_root() / "tokens"
+        for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes}):
+            for task, data in self.data.items():
+                pair_mode = mode if TASKS[task].kind.is_pair else "single"
+                encoding = Encoding(pair_mode, suite.train.max_length)
+                for split in ("train", "dev"):
+                    self.tokens[mode, task, split] = tokenize(data.rows[split], self.tokenizer, encoding, cache)
+        self.prepare_seconds = time.perf_counter() - started
+
+    def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
+        suite = self.suite
+        seed_everything(seed)
+        encoder = backbone.load_encoder(self.model_path)
+        model = MultiTaskModel(encoder, [TASKS[t] for t in suite.tasks], recipe.pooling, recipe.pair_head,
+                               suite.train.single_head, suite.train.dropout)
+        mode = model.pair_mode
+        generator = torch.Generator().manual_seed(seed)
+        train_sets = {t: TaskBatches(self.tokens[mode, t, "train"], TASKS[t], suite.train.batch_size, self.pad_id,
+                                     generator) for t in suite.tasks}
+        dev_sets = {t: self.tokens[mode, t, "dev"] for t in suite.tasks}
+        strategies = build_strategies(recipe, model, train_sets, seed)
+        outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress)
+        last, best, overall, overall_best = _summarise(outcome.history, suite.tasks)
+        run_id = f"{recipe.name}-seed{seed}"
+        return {
+            "schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite.name, "recipe_name": recipe.name,
+            "recipe_index": index, "recipe": recipe.names(), "seed": seed,
+            "model": {"name": suite.model, "path": self.model_path,
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "config": {"suite": suite.resolved(), "recipe": recipe.resolved()},
+            "data": {"source": suite.data,
+                     "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in self.data.items()},
+                     "skipped": {t: d.skipped for t, d in self.data.items()}},
+            "primary_metrics": {t: TASKS[t].primary_metric for t in suite.tasks},
+            "metrics": last, "best": best, "overall": overall, "overall_best": overall_best,
+            "history": outcome.history, "train": outcome.train, "eval": outcome.eval,
+            "peak_memory_mb": outcome.memory["peak_memory_mb"], "memory": outcome.memory,
+            "strategies": {
+                "combiner": strategies.combiner.summary(),
+                "regularizers": {r.name: r.summary() for r in strategies.regularizers},
+                "freezing": {"trainable": outcome.trainable},
+            },
+            "env": environment(self.device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def run(self) -> list[dict]:
+        validate(self.suite)
+        self.prepare()
+        records = []
+        runs = [(i, r, s) for i, r in enumerate(self.suite.recipes) for s in self.suite.seeds]
+        for n, (index, recipe, seed) in enumerate(runs, 1):
+            self.log(f"[{n}/{len(runs)}] {recipe.name} seed {seed}")
+            record = self.run_one(index, recipe, seed)
+            write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
+            metrics = ", ".join(f"{t} {record['metrics'][t][TASKS[t].primary_metric]:.3f}" for t in self.suite.tasks)
+            self.log(f"      {metrics}; overall {record['overall']:.3f}; "
+                     f"{record['train']['examples_per_second']:.0f} train ex/s")
+            records.append(record)
+        tables.write_tables(records, self.out_dir)
+        plots.write_plots(records, self.out_dir)
+        return records
+

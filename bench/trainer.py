@@ -1,0 +1,207 @@
+"""Training and evaluation of one recipe with one seed. Knows the step contract, not strategies."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import statistics
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from bench.data import TaskBatches, eval_batches
+from bench.model import MultiTaskModel
+from strategies.base import TaskStep
+from tasks.spec import TaskSpec
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    dropout: float = 0.1
+    single_head: str = "linear"
+    device: str = "auto"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02):
+        self.device, self.interval = device, interval
+        self.peak_bytes = 0
+        self.start_bytes = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start_bytes = self.peak_bytes = self._rss()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+
+    def report(self) -> dict:
+        source = "cuda_max_memory_allocated" if self.device.type == "cuda" else "process_rss_sampled"
+        return {"peak_memory_mb": self.peak_bytes / 2**20,
+                "peak_memory_increase_mb": (self.peak_bytes - self.start_bytes) / 2**20,
+                "memory_source": source}
+
+
+@torch.inference_mode()
+def evaluate(model: MultiTaskModel, datasets: dict, specs: dict[str, TaskSpec], batch_size: int, pad_id: int,
+             device: torch.device, progress: bool = False) -> tuple[dict, dict]:
+    """Dev metrics per task, and evaluation throughput."""
+    model.eval()
+    metrics, examples, start = {}, 0, time.perf_counter()
+    for task, dataset in datasets.items():
+        spec = specs[task]
+        predictions = [None] * len(dataset)
+        batches = eval_batches(dataset, spec, batch_size, pad_id)
+        for indices, batch in tqdm(batches, desc=f"eval {task}", leave=False, disable=not progress or None,
+                                   total=math.ceil(len(dataset) / batch_size)):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = model(task, batch)
+            for i, p in zip(indices, output.predictions.cpu().tolist()):
+                predictions[i] = p
+        metrics[task] = spec.score(predictions, dataset["label"])
+        examples += len(dataset)
+    seconds = time.perf_counter() - start
+    return metrics, {"examples": examples, "seconds": seconds, "examples_per_second": examples / seconds}
+
+
+@dataclass
+class Strategies:
+    """Built strategy objects for one run (see strategies.base for the contract)."""
+
+    sampler: object
+    combiner: object
+    regularizers: list
+    freezing: object
+
+
+@dataclass
+class TrainOutcome:
+    history: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+    trainable: list[dict] = field(default_factory=list)
+
+
+def _regularized_losses(model, strategies, task, batch, output) -> dict:
+    """Per-task regulariser terms, from a `TaskStep` built only when regularisers are present."""
+    embeddings = model.input_embeddings(batch["input_ids"]).detach()
+    step = TaskStep(task=task, loss=output.loss, pooled=output.pooled, labels=batch["labels"],
+                    input_embeddings=embeddings, padding_mask=batch["attention_mask"],
+                    loss_from_embeddings=model.loss_closure(task, batch))
+    terms = {}
+    for regularizer in strategies.regularizers:
+        for name, value in regularizer.terms(step).items():
+            terms[f"{regularizer.name}.{name}"] = value
+    return terms
+
+
+def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, TaskBatches], dev_sets: dict,
+          settings: TrainSettings, device: torch.device, pad_id: int, progress: bool = True) -> TrainOutcome:
+    outcome = TrainOutcome()
+    model.to(device)
+    freezing = strategies.freezing
+    optimizer = torch.optim.AdamW(freezing.parameter_groups(settings.lr, settings.weight_decay))
+    steps_per_epoch = strategies.sampler.steps_per_epoch()
+    total_steps = steps_per_epoch * settings.epochs
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    streams = {task: batches.stream() for task, batches in train_sets.items()}
+    step_seconds, examples, step = [], 0, 0
+    specs = model.specs
+    with PeakMemory(device) as memory:
+        for epoch in range(1, settings.epochs + 1):
+            freezing.on_epoch_start(epoch)
+            outcome.trainable.append({"epoch": epoch, "step": step, "parameters": len(freezing.trainable())})
+            loss_sums, loss_counts = defaultdict(float), defaultdict(int)
+            model.train()
+            bar = tqdm(strategies.sampler.epoch(), total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}",
+                       leave=False, disable=not progress or None)
+            for step_tasks in bar:
+                freezing.on_step(step)
+                started = time.perf_counter()
+                losses = {}
+                for task in step_tasks:
+                    batch = {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
+                    output = model(task, batch)
+                    loss = output.loss
+                    if strategies.regularizers:
+                        for term in _regularized_losses(model, strategies, task, batch, output).values():
+                            loss = loss + term
+                    losses[task] = loss
+                    examples += batch["labels"].shape[0]
+                    loss_sums[task] += output.loss.item()
+                    loss_counts[task] += 1
+                strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
+                if settings.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)  # before the step
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_seconds.append(time.perf_counter() - started)
+                step += 1
+            metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress)
+            outcome.history.append({
+                "epoch": epoch, "step": step, "dev": metrics,
+                "train_loss": {t: loss_sums[t] / loss_counts[t] for t in loss_sums},
+            })
+            outcome.eval = eval_info
+    train_seconds = sum(step_seconds)  # steps include fetching their batches, exclude evaluation
+    outcome.train = {
+        "examples": examples, "steps": step, "steps_per_epoch": steps_per_epoch, "seconds": train_seconds,
+        "examples_per_second": examples / train_seconds if train_seconds else float("nan"),
+        "step_seconds_median": statistics.median(step_seconds) if step_seconds else float("nan"),
+    }
+    outcome.memory = memory.report()
+    return outcome

@@ -1,0 +1,160 @@
+"""The step contract between the trainer and strategies.
+
+One training step:
+1. the `Sampler` names the tasks whose next batch this step uses;
+2. the model yields each task's loss;
+3. each `Regularizer` adds terms per task (it gets a `TaskStep`: the loss, the pooled vectors and
+   a closure that re-runs the task's loss from perturbed input embeddings);
+4. the `Combiner` turns the per-task losses into gradients in `.grad`, knowing which parameters
+   are shared (encoder) and which belong to one task (its head);
+5. the `FreezingSchedule` decides, at epoch and step boundaries, what is trainable and the
+   optimizer's parameter groups.
+Regularisers act before the combiner, so any regulariser composes with any combiner.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class Strategy:
+    name: ClassVar[str]
+    axis: ClassVar[str]
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Any):
+        self.options = options
+
+
+class Sampler(Strategy, ABC):
+    """Names, for each step of an epoch, the tasks whose next batch the step uses."""
+
+    single_task: ClassVar[bool] = True  # every step holds exactly one task
+
+    def __init__(self, options, batches_per_epoch: Mapping[str, int], sizes: Mapping[str, int],
+                 generator: random.Random):
+        super().__init__(options)
+        self.tasks = list(batches_per_epoch)
+        self.batches_per_epoch = dict(batches_per_epoch)
+        self.sizes = dict(sizes)
+        self.generator = generator
+
+    @abstractmethod
+    def steps_per_epoch(self) -> int:
+        ...
+
+    @abstractmethod
+    def epoch(self) -> Iterator[tuple[str, ...]]:
+        """The tasks of each step of one epoch."""
+
+
+class RandomTaskSampler(Sampler):
+    """One task per step, drawn i.i.d. from `task_weights()`; an epoch has as many steps as
+    all tasks have batches, so every sampler spends the same number of task batches per epoch."""
+
+    @abstractmethod
+    def task_weights(self) -> dict[str, float]:
+        ...
+
+    def probabilities(self) -> dict[str, float]:
+        weights = self.task_weights()
+        total = sum(weights.values())
+        return {task: w / total for task, w in weights.items()}
+
+    def steps_per_epoch(self) -> int:
+        return sum(self.batches_per_epoch.values())
+
+    def epoch(self) -> Iterator[tuple[str, ...]]:
+        probabilities = self.probabilities()
+        tasks, weights = list(probabilities), list(probabilities.values())
+        for _ in range(self.steps_per_epoch()):
+            yield (self.generator.choices(tasks, weights)[0],)
+
+
+class Combiner(Strategy, ABC):
+    """Turns per-task losses into gradients on the model's parameters (left in `.grad`)."""
+
+    needs_several_tasks: ClassVar[bool] = False  # meaningless when a step holds one task
+
+    def __init__(self, options, tasks: Sequence[str], generator: torch.Generator):
+        super().__init__(options)
+        self.tasks = list(tasks)
+        self.generator = generator
+
+    @abstractmethod
+    def backward(self, losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
+                 task_specific: Mapping[str, Sequence[nn.Parameter]]) -> None:
+        ...
+
+    def summary(self) -> dict:
+        """What the run record keeps of this combiner (weights, statistics)."""
+        return {}
+
+
+@dataclass
+class TaskStep:
+    """What a regulariser is handed for one task batch."""
+
+    task: str
+    loss: Tensor
+    pooled: Tensor  # pooled sentence vectors; pair tasks: [2B, H], first B are side A
+    labels: Tensor
+    input_embeddings: Tensor  # word embeddings fed to the encoder (detached leaf)
+    padding_mask: Tensor  # 1 on real tokens
+    loss_from_embeddings: Callable[[Tensor], Tensor]  # the task loss with these embeddings instead
+
+
+class Regularizer(Strategy, ABC):
+    """Adds loss terms for a task batch before the combiner runs."""
+
+    def __init__(self, options, generator: torch.Generator):
+        super().__init__(options)
+        self.generator = generator
+        self.extra_forward_passes = 0
+        self.extra_backward_passes = 0
+
+    @abstractmethod
+    def terms(self, step: TaskStep) -> Mapping[str, Tensor]:
+        """Named scalar terms added to the task's loss."""
+
+    def summary(self) -> dict:
+        return {"extra_forward_passes": self.extra_forward_passes,
+                "extra_backward_passes": self.extra_backward_passes}
+
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class FreezingSchedule(Strategy, ABC):
+    """Decides which parameters train, and their learning rates, over the run."""
+
+    def __init__(self, options, model: nn.Module):
+        super().__init__(options)
+        self.model = model
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups; the default exempts biases and norms from weight decay."""
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            (no_decay if name.endswith(_NO_DECAY) else decay).append(parameter)
+        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_step(self, step: int) -> None:
+        pass
+
+    def trainable(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]

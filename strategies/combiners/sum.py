@@ -1,0 +1,23 @@
+"""Total loss: the per-task losses are summed and back-propagated once (the CS224N report's
+"total loss" method; with a single-task sampler this is plain per-task training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from strategies.base import Combiner
+from strategies.registry import register
+
+
+@register("combiner", "sum")
+class SumCombiner(Combiner):
+    """Sum the task losses, one backward."""
+
+    @dataclass
+    class Options:
+        pass
+
+    def backward(self, losses, shared, task_specific):
+        torch.stack(list(losses.values())).sum().backward()

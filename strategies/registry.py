@@ -1,0 +1,98 @@
+"""Strategy registry: `@register(axis, name)` for in-tree plugins, the entry-point group
+`mtlbench.strategies` for external packages.
+
+A strategy class carries a typed `Options` dataclass; `build` validates a user's options against it
+(unknown key -> nearest valid name) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, get_type_hints
+
+from tasks.errors import UserError
+
+AXES = ("sampler", "combiner", "regularizer", "freezing")
+ENTRY_POINT_GROUP = "mtlbench.strategies"
+
+_REGISTRY: dict[str, dict[str, type]] = {axis: {} for axis in AXES}
+_loaded = False
+
+
+def register(axis: str, name: str):
+    """Class decorator: make a strategy available under `name` on `axis`."""
+    if axis not in AXES:
+        raise ValueError(f"unknown axis {axis!r}; axes: {AXES}")
+
+    def decorate(cls):
+        if name in _REGISTRY[axis] and _REGISTRY[axis][name] is not cls:
+            raise ValueError(f"{axis} '{name}' registered twice ({_REGISTRY[axis][name]!r} and {cls!r})")
+        if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
+            raise TypeError(f"{cls.__name__} must define a dataclass `Options`")
+        cls.name = name
+        cls.axis = axis
+        _REGISTRY[axis][name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("strategies.builtin")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()  # importing the module runs its @register decorators
+
+
+def nearest(name: str, choices) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.0)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def available(axis: str) -> dict[str, type]:
+    _load_all()
+    return dict(sorted(_REGISTRY[axis].items()))
+
+
+def get(axis: str, name: str) -> type:
+    registered = available(axis)
+    if name not in registered:
+        raise UserError(f"unknown {axis} '{name}'{nearest(name, registered)}; available: {', '.join(registered)}")
+    return registered[name]
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
+        raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise UserError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def make_options(cls: type, options: dict[str, Any], where: str):
+    """Validate `options` against `cls.Options`; returns the Options instance."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    hints = get_type_hints(cls.Options)
+    values = {}
+    for key, value in options.items():
+        if key not in fields:
+            raise UserError(f"{where}: unknown option '{key}'{nearest(key, fields)} for {cls.axis} '{cls.name}'"
+                            + (f"; options: {', '.join(fields)}" if fields else "; it takes no options"))
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls.Options(**values)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where}: {error}") from None
+
+
+def describe(cls: type) -> str:
+    """First line of the strategy's docstring."""
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

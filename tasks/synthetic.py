@@ -1,0 +1,280 @@
+"""Embedded synthetic SST / Quora / STS-style tasks over one shared lexicon and grammar.
+
+Every *meaning* (entity, relation, quality) has two surface forms (synonyms), so the tasks share
+what there is to learn: the paraphrase and similarity tasks reward mapping synonyms together,
+and the sentiment task reuses the same nouns and adjectives. The tasks are built to need more
+than a bag of words:
+
+- sentiment depends on composition: negation flips and softens polarity ("not awful" is somewhat
+  positive), intensifiers sharpen mild words ("very good" is very positive), and in "X but Y" /
+  "although X , Y" the second clause decides while the first carries another valence;
+- most non-paraphrases change exactly one entity or relation of the question, so word overlap stays
+  high, while a paraphrase may change the template and swap synonyms (some non-paraphrases are
+  unrelated questions, as in the real Quora data);
+- similarity is 5 * (1 - changed_slots / slots) from the generating process, plus Gaussian noise.
+
+Generation is deterministic in (config, task, split).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+from tasks.spec import SPLITS, TaskData
+
+# Each inner tuple is one meaning; its members are interchangeable surface forms.
+NOUNS = (
+    ("film", "movie"), ("actor", "performer"), ("director", "filmmaker"), ("story", "tale"),
+    ("plot", "storyline"), ("script", "screenplay"), ("cast", "ensemble"), ("ending", "finale"),
+    ("soundtrack", "score"), ("hero", "protagonist"), ("villain", "antagonist"), ("city", "town"),
+    ("house", "home"), ("car", "vehicle"), ("dog", "puppy"), ("book", "novel"), ("song", "tune"),
+    ("teacher", "instructor"), ("doctor", "physician"), ("garden", "yard"), ("river", "stream"),
+    ("computer", "laptop"), ("phone", "cellphone"), ("kitchen", "galley"),
+)
+# (base form, third person) per surface form.
+VERBS = (
+    (("fix", "fixes"), ("repair", "repairs")), (("buy", "buys"), ("purchase", "purchases")),
+    (("find", "finds"), ("locate", "locates")), (("build", "builds"), ("construct", "constructs")),
+    (("watch", "watches"), ("view", "views")), (("clean", "cleans"), ("wash", "washes")),
+    (("sell", "sells"), ("vend", "vends")), (("start", "starts"), ("begin", "begins")),
+    (("help", "helps"), ("assist", "assists")), (("describe", "describes"), ("explain", "explains")),
+    (("choose", "chooses"), ("select", "selects")), (("improve", "improves"), ("enhance", "enhances")),
+)
+# Adjective meanings by valence -2..+2.
+ADJECTIVES = {
+    2: (("brilliant", "superb"), ("wonderful", "marvelous"), ("excellent", "outstanding")),
+    1: (("good", "fine"), ("pleasant", "agreeable"), ("charming", "likable")),
+    0: (("ordinary", "average"), ("typical", "standard"), ("plain", "simple")),
+    -1: (("weak", "poor"), ("dull", "boring"), ("clumsy", "awkward")),
+    -2: (("awful", "dreadful"), ("terrible", "horrible"), ("disastrous", "atrocious")),
+}
+ALL_ADJECTIVES = tuple(m for v in sorted(ADJECTIVES) for m in ADJECTIVES[v])
+INTENSIFIERS = ("very", "really", "extremely", "truly")
+COPULAS = ("is", "was", "seemed", "felt")
+OPENERS = ("honestly ,", "overall ,", "in my opinion ,", "to be fair ,", "frankly ,")
+FUNCTION_WORDS = (
+    "the", "a", "not", "but", "although", "and", "in", "how", "do", "i", "can", "what", "is", "best",
+    "way", "to", "why", "does", "reason", "where", "good", "place", "would", "you", "say", "?", ",",
+)
+
+# Clause recipes per target valence: (adjective valence, intensified, negated).
+# Intensifying sharpens +-1 to +-2; negating a polar adjective gives the opposite sign, magnitude 1.
+_CLAUSES = {
+    2: ((2, False, False), (2, True, False), (1, True, False)),
+    1: ((1, False, False), (-1, False, True), (-2, False, True), (-1, True, True)),
+    0: ((0, False, False), (0, True, False)),
+    -1: ((-1, False, False), (1, False, True), (2, False, True), (1, True, True)),
+    -2: ((-2, False, False), (-2, True, False), (-1, True, False)),
+}
+
+
+def compose_valence(adjective_valence: int, intensified: bool, negated: bool) -> int:
+    """The valence of "[not] [very] ADJ" under the generator's grammar."""
+    v = adjective_valence
+    if intensified and abs(v) == 1:
+        v *= 2
+    if negated and v != 0:
+        v = -1 if v > 0 else 1
+    return v
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Sizes per task and split, noise levels and the generator's seed."""
+
+    seed: int = 13
+    sst_train: int = 2400
+    sst_dev: int = 600
+    sst_test: int = 600
+    quora_train: int = 9600
+    quora_dev: int = 1200
+    quora_test: int = 1200
+    sts_train: int = 2400
+    sts_dev: int = 600
+    sts_test: int = 600
+    sst_label_noise: float = 0.08  # fraction of labels moved one class, like annotator disagreement
+    quora_positive_rate: float = 0.37
+    quora_unrelated_negatives: float = 0.3  # negatives that are a different question, not one slot changed
+    keep_form: float = 0.7  # pair tasks: an unchanged meaning keeps its surface form with this probability
+    sts_noise: float = 0.35  # std of Gaussian noise on the 0-5 score
+
+    def size(self, task: str, split: str) -> int:
+        return getattr(self, f"{task}_{split}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can emit, in a stable order."""
+    words: list[str] = list(FUNCTION_WORDS) + list(INTENSIFIERS) + list(COPULAS)
+    words += [w for o in OPENERS for w in o.split()]
+    words += [w for m in NOUNS for w in m]
+    words += [f for m in VERBS for form in m for f in form]
+    words += [w for m in ALL_ADJECTIVES for w in m]
+    return list(dict.fromkeys(words))
+
+
+def _rng(config: SyntheticConfig, task: str, split: str) -> random.Random:
+    return random.Random(f"{config.seed}/{task}/{split}")
+
+
+# --- sentiment -----------------------------------------------------------------------------------
+
+def _clause(rng: random.Random, valence: int) -> str:
+    adj_valence, intensified, negated = rng.choice(_CLAUSES[valence])
+    words = ["the", rng.choice(rng.choice(NOUNS)), rng.choice(COPULAS)]
+    if negated:
+        words.append("not")
+    if intensified:
+        words.append(rng.choice(INTENSIFIERS))
+    words.append(rng.choice(rng.choice(ADJECTIVES[adj_valence])))
+    return " ".join(words)
+
+
+def _contrasting(rng: random.Random, valence: int) -> int:
+    # Uniform over the other valences: "A but B" and "B but A" are then equally likely, so the
+    # words alone cannot tell which clause decides.
+    return rng.choice([v for v in ADJECTIVES if v != valence])
+
+
+def sentiment_example(rng: random.Random, noise: float) -> dict:
+    valence = rng.randint(-2, 2)
+    form = rng.random()
+    if form < 0.2:
+        text = _clause(rng, valence)
+    elif form < 0.65:
+        text = f"{_clause(rng, _contrasting(rng, valence))} but {_clause(rng, valence)}"
+    elif form < 0.9:
+        text = f"although {_clause(rng, _contrasting(rng, valence))} , {_clause(rng, valence)}"
+    else:
+        text = f"{_clause(rng, valence)} and {_clause(rng, valence)}"
+    if rng.random() < 0.2:
+        text = f"{rng.choice(OPENERS)} {text}"
+    label = valence + 2
+    if rng.random() < noise:
+        label = min(4, max(0, label + rng.choice((-1, 1))))
+    return {"text": text, "label": label}
+
+
+# --- paraphrase --------------------------------------------------------------------------------
+
+# Question intents: slot kinds and interchangeable templates.
+_INTENTS = (
+    (("verb", "noun"), (
+        "how do i {verb} the {noun} ?", "how can i {verb} the {noun} ?",
+        "what is the best way to {verb} the {noun} ?",
+    )),
+    (("verb", "noun", "place"), (
+        "how do i {verb} the {noun} in the {place} ?", "how can i {verb} the {noun} in the {place} ?",
+        "in the {place} , how can i {verb} the {noun} ?",
+    )),
+    (("subject", "verb3", "noun"), (
+        "why does the {subject} {verb} the {noun} ?",
+        "what is the reason the {subject} {verb3} the {noun} ?",
+    )),
+    (("verb", "noun"), (
+        "where can i {verb} a {noun} ?", "where is a good place to {verb} a {noun} ?",
+    )),
+    (("noun", "adjective"), (
+        "is the {noun} {adjective} ?", "would you say the {noun} is {adjective} ?",
+    )),
+)
+_SLOT_MEANINGS = {
+    "verb": len(VERBS), "verb3": len(VERBS), "noun": len(NOUNS), "subject": len(NOUNS),
+    "place": len(NOUNS), "adjective": len(ALL_ADJECTIVES),
+}
+
+
+def _surface(rng: random.Random, meanings: dict[str, int], like: dict | None = None, keep: float = 0.0) -> dict:
+    """Surface form index per slot; with `like`, an unchanged meaning keeps its form with prob. `keep`."""
+    forms = {}
+    for slot, m in meanings.items():
+        if like is not None and like["meanings"][slot] == m and rng.random() < keep:
+            forms[slot] = like["forms"][slot]
+        else:
+            forms[slot] = rng.randrange(2)
+    return {"meanings": meanings, "forms": forms}
+
+
+def _realise(template: str, choice: dict) -> str:
+    words = {}
+    for slot, m in choice["meanings"].items():
+        form = choice["forms"][slot]
+        if slot in ("verb", "verb3"):
+            words["verb"], words["verb3"] = VERBS[m][form]
+        elif slot == "adjective":
+            words[slot] = ALL_ADJECTIVES[m][form]
+        else:
+            words[slot] = NOUNS[m][form]
+    return template.format(**words)
+
+
+def _other_meaning(rng: random.Random, slot: str, current: int) -> int:
+    return rng.choice([m for m in range(_SLOT_MEANINGS[slot]) if m != current])
+
+
+def _question(rng: random.Random) -> tuple[tuple, tuple, dict]:
+    slots, templates = rng.choice(_INTENTS)
+    return slots, templates, {s: rng.randrange(_SLOT_MEANINGS[s]) for s in slots}
+
+
+def paraphrase_example(rng: random.Random, positive_rate: float, keep_form: float, unrelated_negatives: float) -> dict:
+    slots, templates, meanings = _question(rng)
+    first = _surface(rng, meanings)
+    template_a = rng.choice(templates)
+    text_a = _realise(template_a, first)
+    is_duplicate = rng.random() < positive_rate
+    if not is_duplicate and rng.random() < unrelated_negatives:
+        _, other_templates, other_meanings = _question(rng)  # a different question altogether
+        text_b = _realise(rng.choice(other_templates), _surface(rng, other_meanings))
+        return {"text_a": text_a, "text_b": text_b, "label": 0}
+    other = dict(meanings)
+    if not is_duplicate:
+        changed = rng.choice(slots)  # one entity or relation differs; word overlap stays high
+        other[changed] = _other_meaning(rng, changed, meanings[changed])
+    template_b = template_a if rng.random() < 0.5 else rng.choice(templates)
+    text_b = _realise(template_b, _surface(rng, other, first, keep_form))
+    return {"text_a": text_a, "text_b": text_b, "label": int(is_duplicate)}
+
+
+# --- similarity --------------------------------------------------------------------------------
+
+_STATEMENT_SLOTS = ("subject", "verb3", "noun", "place")
+_STATEMENTS = (
+    "the {subject} {verb3} the {noun} in the {place}",
+    "in the {place} , the {subject} {verb3} the {noun}",
+)
+
+
+def similarity_example(rng: random.Random, noise: float, keep_form: float) -> dict:
+    meanings = {s: rng.randrange(_SLOT_MEANINGS[s]) for s in _STATEMENT_SLOTS}
+    changed = rng.randint(0, len(_STATEMENT_SLOTS))
+    other = dict(meanings)
+    for slot in rng.sample(_STATEMENT_SLOTS, changed):
+        other[slot] = _other_meaning(rng, slot, meanings[slot])
+    score = 5.0 * (1 - changed / len(_STATEMENT_SLOTS)) + rng.gauss(0.0, noise)
+    first = _surface(rng, meanings)
+    return {
+        "text_a": _realise(rng.choice(_STATEMENTS), first),
+        "text_b": _realise(rng.choice(_STATEMENTS), _surface(rng, other, first, keep_form)),
+        "label": round(min(5.0, max(0.0, score)), 2),
+    }
+
+
+def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData:
+    """All splits of one synthetic task."""
+    makers = {
+        "sst": lambda rng: sentiment_example(rng, config.sst_label_noise),
+        "quora": lambda rng: paraphrase_example(rng, config.quora_positive_rate, config.keep_form,
+                                                config.quora_unrelated_negatives),
+        "sts": lambda rng: similarity_example(rng, config.sts_noise, config.keep_form),
+    }
+    if task not in makers:
+        raise KeyError(task)
+    rows = {}
+    for split in SPLITS:
+        rng = _rng(config, task, split)
+        rows[split] = [makers[task](rng) for _ in range(config.size(task, split))]
+    return TaskData(rows=rows)
