@@ -107,7 +107,7 @@ class TaskBatches:
 
     def __init__(self, dataset, spec: TaskSpec, batch_size: int, pad_id: int, generator: torch.Generator):
         self.rows = dataset.to_list()
-        self.lengths = dataset["length"]
+        self.lengths = list(dataset["length"])  # a plain list: Column indexing is slow
         self.spec = spec
         self.batch_size = batch_size
         self.pad_id = pad_id
@@ -125,7 +125,8 @@ class TaskBatches:
 
 def eval_batches(dataset, spec: TaskSpec, batch_size: int, pad_id: int):
     """Batches sorted by length (least padding), with the original row indices."""
-    rows, lengths = dataset.to_list(), dataset["length"]
+    rows = dataset.to_list()
+    lengths = [row["length"] for row in rows]
     order = sorted(range(len(rows)), key=lengths.__getitem__)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]

@@ -108,7 +108,7 @@ def evaluate(model: MultiTaskModel, datasets: dict, specs: dict[str, TaskSpec], 
             output = model(task, batch)
             for i, p in zip(indices, output.predictions.cpu().tolist()):
                 predictions[i] = p
-        metrics[task] = spec.score(predictions, dataset["label"])
+        metrics[task] = spec.score(predictions, list(dataset["label"]))
         examples += len(dataset)
     seconds = time.perf_counter() - start
     return metrics, {"examples": examples, "seconds": seconds, "examples_per_second": examples / seconds}
@@ -151,7 +151,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     outcome = TrainOutcome()
     model.to(device)
     freezing = strategies.freezing
-    optimizer = torch.optim.AdamW(freezing.parameter_groups(settings.lr, settings.weight_decay))
+    # foreach: one kernel per parameter group, not per tensor (the default on CPU is per tensor).
+    optimizer = torch.optim.AdamW(freezing.parameter_groups(settings.lr, settings.weight_decay), foreach=True)
     steps_per_epoch = strategies.sampler.steps_per_epoch()
     total_steps = steps_per_epoch * settings.epochs
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)

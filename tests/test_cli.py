@@ -1,0 +1,162 @@
+"""End to end on a tiny suite, through the same entry point users call."""
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from strategies import registry
+from strategies.base import Regularizer
+
+from conftest import write_suite
+
+RECIPES = ('[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
+           '[[recipes]]\nname = "joint"\nsampler = "joint"\ncombiner = "sum"\n')
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory):
+    return write_suite(tmp_path_factory.mktemp("suite") / "tiny.toml", RECIPES)
+
+
+@pytest.fixture(scope="module")
+def first_run(suite_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", str(suite_file), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_run_writes_records_tables_and_plots(first_run, capsys):
+    names = sorted(p.name for p in first_run.iterdir())
+    assert names == ["joint-seed0.json", "metrics.png", "overall_vs_throughput.png", "rr-seed0.json",
+                     "table.csv", "table.md", "table.tex"]
+    record = json.loads((first_run / "rr-seed0.json").read_text())
+    assert record["recipe"] == {"sampler": "round_robin", "combiner": "sum", "regularizers": [],
+                                "freezing": "none", "pooling": "mean", "pair_head": "concat_product"}
+    for key in ("run_id", "suite", "seed", "model", "config", "metrics", "overall", "history", "train", "eval",
+                "peak_memory_mb", "env"):
+        assert key in record
+    assert set(record["metrics"]) == {"sst", "quora", "sts"}
+    assert set(record["metrics"]["sts"]) == {"pearson", "spearman"}
+    assert record["best"]["sst"]["epoch"] == 1
+    assert record["train"]["examples"] == 96 + 192 + 96  # round-robin uses every batch once per epoch
+    assert record["train"]["examples_per_second"] > 0 and record["train"]["step_seconds_median"] > 0
+    assert record["eval"]["examples_per_second"] > 0 and record["peak_memory_mb"] > 0
+    assert record["env"]["torch"] == torch.__version__
+    assert record["config"]["suite"]["train"]["epochs"] == 1
+    primaries = [record["metrics"]["sst"]["accuracy"], record["metrics"]["quora"]["accuracy"],
+                 record["metrics"]["sts"]["pearson"]]
+    assert record["overall"] == pytest.approx(sum(primaries) / 3)
+    assert (first_run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_recipe_and_seed_give_identical_metrics(first_run, suite_file, tmp_path):
+    assert main(["run", str(suite_file), "--recipes", "rr", "--out", str(tmp_path), "--no-progress"]) == 0
+    again = json.loads((tmp_path / "rr-seed0.json").read_text())
+    before = json.loads((first_run / "rr-seed0.json").read_text())
+    assert again["metrics"] == before["metrics"] and again["history"] == before["history"]
+
+
+def test_table_and_plot_rerender_from_records(first_run, capsys):
+    assert main(["table", str(first_run)]) == 0
+    assert re.search(r"\| rr +\|", capsys.readouterr().out)
+    assert main(["table", str(first_run), "--format", "csv", "--select", "best"]) == 0
+    assert capsys.readouterr().out.startswith("suite,recipe,")
+    assert main(["plot", str(first_run)]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipes", "r"], "unknown recipe 'r' (did you mean 'rr'?)"),
+    (["--data", "synthetc"], "unknown value 'synthetc' (did you mean 'synthetic'?)"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_record(suite_file, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["run", str(suite_file), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_strategy_in_a_suite_file_exits_2(tmp_path, capsys):
+    bad = write_suite(tmp_path / "bad.toml", '[[recipes]]\nsampler = "round-robin"\n')
+    assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "did you mean 'round_robin'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_command_reports_loaded_and_skipped(tmp_path, capsys):
+    (tmp_path / "ids-sst-train.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n1\tb\tbad\tx\n")
+    (tmp_path / "ids-sst-dev.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n")
+    assert main(["data", "--data", "cs224n", "--data-dir", str(tmp_path), "--tasks", "sst"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"sst +train +1 +1 +1 sentiment not a number", out)
+
+
+def test_console_script_lists_strategies_and_fails_cleanly(tmp_path):
+    script = Path(sys.executable).with_name("mtlbench")
+    listed = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0
+    for name in ("round_robin", "joint", "proportional", "temperature", "uniform", "sum", "weighted", "quick"):
+        assert name in listed.stdout
+    bad = subprocess.run([str(script), "run", "nosuchsuite", "--out", str(tmp_path / "o")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("mtlbench: error: unknown suite 'nosuchsuite'")
+
+
+@pytest.fixture
+def toy_regularizer():
+    @registry.register("regularizer", "pooled_l2_test")
+    class PooledL2(Regularizer):
+        """Test-only: lambda * mean squared pooled vector."""
+
+        @dataclass
+        class Options:
+            weight: float = 0.1
+
+        seen = []
+
+        def terms(self, step):
+            PooledL2.seen.append((step.task, tuple(step.input_embeddings.shape), step.padding_mask.shape))
+            return {"l2": self.options.weight * step.pooled.pow(2).mean()}
+    yield PooledL2
+    del registry._REGISTRY["regularizer"]["pooled_l2_test"]
+
+
+def test_regularizers_plug_in_without_touching_the_trainer(toy_regularizer, tmp_path):
+    suite = write_suite(tmp_path / "reg.toml", '[[recipes]]\nname = "reg"\nsampler = "joint"\n'
+                                               'regularizers = [{ name = "pooled_l2_test", weight = 0.5 }]\n')
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "out" / "reg-seed0.json").read_text())
+    assert record["recipe"]["regularizers"] == ["pooled_l2_test"]
+    assert record["config"]["recipe"]["regularizers"] == [{"name": "pooled_l2_test", "options": {"weight": 0.5}}]
+    assert {task for task, _, _ in toy_regularizer.seen} == {"sst", "quora", "sts"}
+
+
+def test_external_packages_register_through_entry_points(monkeypatch):
+    class FakeEntryPoint:
+        def load(self):
+            @registry.register("sampler", "external_test")
+            class External(registry.get("sampler", "uniform")):
+                """External test sampler."""
+            return External
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
+    try:
+        assert "external_test" in registry.available("sampler")
+    finally:
+        registry._REGISTRY["sampler"].pop("external_test", None)
+
+
+def test_bench_never_names_a_strategy():
+    names = {n for axis in registry.AXES for n in registry.available(axis)} - {"none", "sum"}
+    for path in Path("bench").glob("*.py"):
+        source = path.read_text()
+        for name in names:
+            assert f'"{name}"' not in source and f"'{name}'" not in source, f"{path} names strategy {name}"

@@ -1,0 +1,55 @@
+import pytest
+
+from bench import config
+from tasks.errors import UserError
+
+from conftest import write_suite
+
+ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
+
+
+def load(tmp_path, recipes=ONE, **kw):
+    return config.load_suite(str(write_suite(tmp_path / "suite.toml", recipes, **kw)))
+
+
+def test_recipe_is_fully_resolved_with_defaults(tmp_path):
+    suite = load(tmp_path, '[[recipes]]\nsampler = { name = "temperature" }\npair_head = "option2"\n')
+    recipe = suite.recipes[0]
+    assert recipe.name == "temperature+sum"
+    assert recipe.sampler.options == {"temperature": 2.0}  # default recorded, not implicit
+    assert recipe.names() == {"sampler": "temperature", "combiner": "sum", "regularizers": [], "freezing": "none",
+                              "pooling": "mean", "pair_head": "concat"}
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ('[[recipes]]\nsampler = "round_robbin"\n', "unknown sampler 'round_robbin' (did you mean 'round_robin'?)"),
+    ('[[recipes]]\ncombiner = "summ"\n', "unknown combiner 'summ' (did you mean 'sum'?)"),
+    ('[[recipes]]\nsamplr = "joint"\n', "unknown key 'samplr' (did you mean 'sampler'?)"),
+    ('[[recipes]]\nsampler = { name = "temperature", temprature = 3 }\n', "unknown option 'temprature' (did you mean 'temperature'?)"),
+    ('[[recipes]]\nsampler = { name = "temperature", temperature = "hot" }\n', "expected float"),
+    ('[[recipes]]\npooling = "meen"\n', "unknown value 'meen' (did you mean 'mean'?)"),
+])
+def test_bad_recipes_name_the_nearest_valid_choice(tmp_path, recipes, message):
+    with pytest.raises(UserError) as error:
+        load(tmp_path, recipes)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_train_key_and_unknown_suite(tmp_path):
+    with pytest.raises(UserError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
+        load(tmp_path, train="epoch = 1")
+    with pytest.raises(UserError, match="unknown suite 'quik' \\(did you mean 'quick'\\?\\)"):
+        config.load_suite("quik")
+
+
+def test_select_recipes_checks_names(tmp_path):
+    suite = load(tmp_path)
+    with pytest.raises(UserError, match="unknown recipe 'r' \\(did you mean 'rr'\\?\\)"):
+        config.select_recipes(suite, ["r"])
+
+
+def test_shipped_suites_load():
+    for name in config.suite_names():
+        suite = config.load_suite(name)
+        assert suite.recipes
