@@ -121,9 +121,10 @@ def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig,
         {"tiny_encoder": asdict(config), "synthetic": data_config.as_dict(), "final_mlm_loss": loss.item()}, indent=2))
 
 
-def ensure_tiny(config: TinyEncoderConfig = TinyEncoderConfig(),
-                data_config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(), log=print) -> Path:
+def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.SyntheticConfig | None = None,
+                log=print) -> Path:
     """Path of the pretrained tiny encoder, building it on first use."""
+    config, data_config = config or TinyEncoderConfig(), data_config or synthetic.SyntheticConfig()
     target = cache_root() / "encoders" / f"tiny-{tiny_key(config, data_config)}"
     if (target / "mtlbench-tiny.json").exists():
         return target

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from bench.tables import SHORT, summary  # noqa: E402
+from bench.tables import SHORT, summary
 
 
 def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:

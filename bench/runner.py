@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -133,7 +133,7 @@ class Runner:
                 "freezing": {"trainable": outcome.trainable},
             },
             "env": environment(self.device),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
     def run(self) -> list[dict]:

@@ -163,7 +163,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
         for epoch in range(1, settings.epochs + 1):
             freezing.on_epoch_start(epoch)
             outcome.trainable.append({"epoch": epoch, "step": step, "parameters": len(freezing.trainable())})
-            loss_sums, loss_counts = defaultdict(float), defaultdict(int)
+            # Summed on the device and read once per epoch: .item() per step would sync CUDA every step.
+            loss_sums, loss_counts = {}, defaultdict(int)
             model.train()
             bar = tqdm(strategies.sampler.epoch(), total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}",
                        leave=False, disable=not progress or None)
@@ -180,7 +181,7 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
                             loss = loss + term
                     losses[task] = loss
                     examples += batch["labels"].shape[0]
-                    loss_sums[task] += output.loss.item()
+                    loss_sums[task] = loss_sums.get(task, 0) + output.loss.detach()
                     loss_counts[task] += 1
                 strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
                 if settings.max_grad_norm:
@@ -195,7 +196,7 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
             metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress)
             outcome.history.append({
                 "epoch": epoch, "step": step, "dev": metrics,
-                "train_loss": {t: loss_sums[t] / loss_counts[t] for t in loss_sums},
+                "train_loss": {t: loss_sums[t].item() / loss_counts[t] for t in loss_sums},
             })
             outcome.eval = eval_info
     train_seconds = sum(step_seconds)  # steps include fetching their batches, exclude evaluation

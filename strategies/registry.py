@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
 from typing import Any, get_type_hints
 
 from tasks.errors import UserError
 
 AXES = ("sampler", "combiner", "regularizer", "freezing")
+# In-tree plugins live one module each in these packages and are discovered, not listed.
+PLUGIN_PACKAGES = ("strategies.samplers", "strategies.combiners", "strategies.regularizers", "strategies.freezing")
 ENTRY_POINT_GROUP = "mtlbench.strategies"
 
 _REGISTRY: dict[str, dict[str, type]] = {axis: {} for axis in AXES}
@@ -45,7 +48,10 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("strategies.builtin")
+    for package_name in PLUGIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{module.name}")  # runs its @register
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()  # importing the module runs its @register decorators
 

@@ -74,5 +74,11 @@ def load(task: str, data_dir: str | Path | None = None) -> TaskData:
         if not path.exists():
             raise UserError(f"{path}: not found (hf source with --data-dir expects DatasetDict.save_to_disk output)")
         return rows_from_dataset_dict(task, datasets.load_from_disk(str(path)), str(path))
-    dataset_dict = datasets.load_dataset(spec.path, spec.name)
-    return rows_from_dataset_dict(task, dataset_dict, f"{spec.path}/{spec.name or ''}")
+    origin = f"{spec.path}" + (f" ({spec.name})" if spec.name else "")
+    try:
+        dataset_dict = datasets.load_dataset(spec.path, spec.name)
+    except Exception as error:  # network, auth or hub errors: report them, with the offline alternative
+        raise UserError(f"could not load {origin} from the Hugging Face hub ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); offline, pass --data-dir DIR "
+                        f"holding DatasetDict.save_to_disk output per task") from None
+    return rows_from_dataset_dict(task, dataset_dict, origin)

@@ -84,13 +84,13 @@ class SyntheticConfig:
     """Sizes per task and split, noise levels and the generator's seed."""
 
     seed: int = 13
-    sst_train: int = 2400
+    sst_train: int = 3000
     sst_dev: int = 600
     sst_test: int = 600
-    quora_train: int = 9600
+    quora_train: int = 9000
     quora_dev: int = 1200
     quora_test: int = 1200
-    sts_train: int = 2400
+    sts_train: int = 3000
     sts_dev: int = 600
     sts_test: int = 600
     sst_label_noise: float = 0.08  # fraction of labels moved one class, like annotator disagreement

@@ -6,15 +6,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
+from conftest import write_suite
 
 from bench.cli import main
 from strategies import registry
 from strategies.base import Regularizer
-
-from conftest import write_suite
 
 RECIPES = ('[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
            '[[recipes]]\nname = "joint"\nsampler = "joint"\ncombiner = "sum"\n')
@@ -100,12 +100,13 @@ def test_data_command_reports_loaded_and_skipped(tmp_path, capsys):
 
 def test_console_script_lists_strategies_and_fails_cleanly(tmp_path):
     script = Path(sys.executable).with_name("mtlbench")
-    listed = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
+    listed = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120,
+                            check=False)
     assert listed.returncode == 0
     for name in ("round_robin", "joint", "proportional", "temperature", "uniform", "sum", "weighted", "quick"):
         assert name in listed.stdout
     bad = subprocess.run([str(script), "run", "nosuchsuite", "--out", str(tmp_path / "o")], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("mtlbench: error: unknown suite 'nosuchsuite'")
 
 
@@ -119,7 +120,7 @@ def toy_regularizer():
         class Options:
             weight: float = 0.1
 
-        seen = []
+        seen: ClassVar[list] = []
 
         def terms(self, step):
             PooledL2.seen.append((step.task, tuple(step.input_embeddings.shape), step.padding_mask.shape))
@@ -160,3 +161,10 @@ def test_bench_never_names_a_strategy():
         source = path.read_text()
         for name in names:
             assert f'"{name}"' not in source and f"'{name}'" not in source, f"{path} names strategy {name}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = Path("README.md").read_text().splitlines()
+    commands = [line for line in readme if line.startswith("python3 -m venv") and "pytest" in line]
+    assert len(commands) == 1
+    assert commands[0] in Path(".ci/run").read_text().splitlines()

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from strategies import registry
 from tasks.errors import UserError

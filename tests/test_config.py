@@ -1,9 +1,8 @@
 import pytest
+from conftest import write_suite
 
 from bench import config
 from tasks.errors import UserError
-
-from conftest import write_suite
 
 ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
 

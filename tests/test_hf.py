@@ -41,3 +41,13 @@ def test_missing_column_is_a_clear_error(tmp_path):
 def test_hub_specs_name_real_datasets():
     assert hf.HUB["quora"].path == "nyu-mll/glue" and hf.HUB["quora"].name == "qqp"
     assert hf.HUB["sts"].name == "stsb"
+
+
+def test_hub_failure_is_a_one_line_error_with_the_offline_alternative(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the hub\nmore detail")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as error:
+        load_task("hf", "sts")
+    message = str(error.value)
+    assert "nyu-mll/glue (stsb)" in message and "--data-dir" in message and "\n" not in message

@@ -1,4 +1,5 @@
 import random
+import sys
 from collections import Counter
 
 import pytest
@@ -66,3 +67,15 @@ def test_random_draws_follow_the_probabilities_and_the_seed():
     for task, p in sampler.probabilities().items():
         assert counts[task] / n == pytest.approx(p, abs=0.015)
     assert list(make("uniform").epoch()) == list(make("uniform").epoch())  # same seed, same schedule
+
+
+def test_every_in_tree_module_is_discovered_and_registers():
+    expected = {
+        "sampler": {"joint", "proportional", "round_robin", "temperature", "uniform"},
+        "combiner": {"sum", "weighted"},
+        "freezing": {"none"},
+    }
+    for axis, names in expected.items():
+        assert names <= set(registry.available(axis))
+    for cls in (c for axis in registry.AXES for c in registry.available(axis).values()):
+        assert cls.__doc__ and sys.modules[cls.__module__].__doc__, f"{cls.__name__}: docstring citing its source"

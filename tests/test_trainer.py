@@ -3,10 +3,10 @@ import random
 import pytest
 import torch
 
+from bench.config import Recipe, StrategySpec
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
 from bench.runner import build_strategies
-from bench.config import Recipe, StrategySpec
 from bench.trainer import TrainSettings, train
 from tasks.spec import SST
 from tasks.synthetic import SyntheticConfig, generate
