@@ -47,15 +47,28 @@ def pool(method: str, outputs, mask: Tensor) -> Tensor:
     raise ValueError(f"unknown pooling {method!r}")
 
 
-def _classifier(kind: str, width: int, outputs: int, dropout: float, bias: float = 0.0) -> nn.Module:
+def _classifier(kind: str, width: int, outputs: int, dropout: float) -> nn.Module:
     layers = [nn.Dropout(dropout)]
     if kind == "tanh_mlp":
         layers += [nn.Linear(width, width), nn.Tanh(), nn.Dropout(dropout)]
-    last = nn.Linear(width, outputs)
-    # Regression starts at the middle of the label range, not at 0: the first steps then fit the
-    # signal instead of spending large gradients on the offset.
-    nn.init.constant_(last.bias, bias)
-    return nn.Sequential(*layers, last)
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
+
+
+class ToRange(nn.Module):
+    """Wraps a head so its standardised output o lands on [low, high]: middle + half_width * o.
+
+    A regression head then predicts in units of the label range: output 0 is mid-range, and the
+    head's weights need not grow to the label scale (0-5) before the signal is fitted, which at
+    small scale stalled STS for the first epoch (measured).
+    """
+
+    def __init__(self, head: nn.Module, low: float, high: float):
+        super().__init__()
+        self.head = head
+        self.middle, self.half_width = (low + high) / 2, (high - low) / 2
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.middle + self.half_width * self.head(*inputs)
 
 
 class CosineHead(nn.Module):
@@ -73,10 +86,10 @@ class CosineHead(nn.Module):
 class FeatureHead(nn.Module):
     """[u; v; |u-v|] (option 2) or [u; v; |u-v|; u*v] (option 3) -> classifier."""
 
-    def __init__(self, with_product: bool, width: int, outputs: int, dropout: float, kind: str, bias: float):
+    def __init__(self, with_product: bool, width: int, outputs: int, dropout: float, kind: str):
         super().__init__()
         self.with_product = with_product
-        self.classifier = _classifier(kind, width * (4 if with_product else 3), outputs, dropout, bias)
+        self.classifier = _classifier(kind, width * (4 if with_product else 3), outputs, dropout)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         features = [u, v, (u - v).abs()] + ([u * v] if self.with_product else [])
@@ -122,16 +135,16 @@ class MultiTaskModel(nn.Module):
             raise ValueError("pooling 'last4_mean' needs an encoder with at least 3 layers")
         self.heads = nn.ModuleDict()
         for spec in tasks:
-            low, high = spec.label_range or (0.0, 0.0)
-            middle = (low + high) / 2
-            if not spec.kind.is_pair or pair_head == "cross":
-                self.heads[spec.name] = _classifier(single_head, width, spec.num_labels, dropout, middle)
-            elif pair_head == "cosine":
-                # Regression: cos in [-1, 1] mapped onto the label range; classification: a logit.
-                self.heads[spec.name] = CosineHead((high - low) / 2, middle) if spec.label_range else CosineHead(5.0, 0.0)
+            if pair_head == "cosine" and spec.kind.is_pair:
+                # cos in [-1, 1]: a learned scale and offset, starting at the label range or as a logit.
+                low, high = spec.label_range or (-5.0, 5.0)
+                self.heads[spec.name] = CosineHead((high - low) / 2, (low + high) / 2)
+                continue
+            if spec.kind.is_pair and pair_head != "cross":
+                head = FeatureHead(pair_head == "concat_product", width, spec.num_labels, dropout, single_head)
             else:
-                self.heads[spec.name] = FeatureHead(pair_head == "concat_product", width, spec.num_labels, dropout,
-                                                    single_head, middle)
+                head = _classifier(single_head, width, spec.num_labels, dropout)
+            self.heads[spec.name] = ToRange(head, *spec.label_range) if spec.label_range else head
 
     @property
     def pair_mode(self) -> str:

@@ -21,7 +21,7 @@ def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> lis
     columns = [f"{task} {SHORT[metric]}" for task, metric in primary.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(recipes)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(columns) * max(1, len(recipes)) / 2 + 2), 4))
     width = 0.8 / len(recipes)
     x = np.arange(len(columns))
     for i, recipe in enumerate(recipes):
@@ -29,9 +29,9 @@ def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> lis
                yerr=std[columns].iloc[i].fillna(0), label=recipe, capsize=2)
     ax.set_xticks(x, [f"{c} (dev)" for c in columns])
     ax.set_ylabel("primary metric")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(min(0.0, float(np.nanmin(mean[columns].to_numpy())) - 0.05), 1.0)  # Pearson can be negative
     ax.set_title(f"{records[0]['suite']}: per-task dev metrics ({select} epoch)")
-    ax.legend(fontsize=7, ncols=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach the top
     fig.tight_layout()
     bars = out_dir / "metrics.png"
     fig.savefig(bars, dpi=120)

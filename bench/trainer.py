@@ -146,6 +146,29 @@ def _regularized_losses(model, strategies, task, batch, output) -> dict:
     return terms
 
 
+def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], optimizer,
+                  schedule=None, max_grad_norm: float | None = 1.0) -> dict[str, torch.Tensor]:
+    """One step of the contract: each task's loss plus its regulariser terms, the combiner's
+    backward, clipping (before the step), the optimizer step. Returns each task's own loss, detached."""
+    losses, task_losses = {}, {}
+    for task, batch in batches.items():
+        output = model(task, batch)
+        loss = output.loss
+        if strategies.regularizers:
+            for term in _regularized_losses(model, strategies, task, batch, output).values():
+                loss = loss + term
+        losses[task] = loss
+        task_losses[task] = output.loss.detach()
+    strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return task_losses
+
+
 def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, TaskBatches], dev_sets: dict,
           settings: TrainSettings, device: torch.device, pad_id: int, progress: bool = True) -> TrainOutcome:
     outcome = TrainOutcome()
@@ -171,28 +194,17 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
             for step_tasks in bar:
                 freezing.on_step(step)
                 started = time.perf_counter()
-                losses = {}
-                for task in step_tasks:
-                    batch = {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
-                    output = model(task, batch)
-                    loss = output.loss
-                    if strategies.regularizers:
-                        for term in _regularized_losses(model, strategies, task, batch, output).values():
-                            loss = loss + term
-                    losses[task] = loss
-                    examples += batch["labels"].shape[0]
-                    loss_sums[task] = loss_sums.get(task, 0) + output.loss.detach()
-                    loss_counts[task] += 1
-                strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
-                if settings.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)  # before the step
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
+                batches = {task: {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
+                           for task in step_tasks}
+                task_losses = training_step(model, strategies, batches, optimizer, schedule, settings.max_grad_norm)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 step_seconds.append(time.perf_counter() - started)
                 step += 1
+                for task, loss in task_losses.items():
+                    loss_sums[task] = loss_sums.get(task, 0) + loss
+                    loss_counts[task] += 1
+                    examples += batches[task]["labels"].shape[0]
             metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress)
             outcome.history.append({
                 "epoch": epoch, "step": step, "dev": metrics,

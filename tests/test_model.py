@@ -61,8 +61,21 @@ def test_cross_encoder_and_regression_head(encoder, tokenizer):
     assert "token_type_ids" in batch and batch["token_type_ids"].max() == 1
     output = model("sts", batch)
     assert output.predictions.dtype == torch.float32
-    head_bias = model.heads["sts"][-1].bias
-    assert head_bias.item() == pytest.approx(2.5)  # regression starts mid-range
+    to_range = model.heads["sts"]
+    torch.nn.init.zeros_(to_range.head[-1].weight)
+    with torch.no_grad():
+        for value, expected in ((-1.0, 0.0), (0.0, 2.5), (1.0, 5.0)):  # standardised output -> 0..5
+            to_range.head[-1].bias.fill_(value)
+            assert to_range(torch.randn(3, 32)).squeeze(-1).tolist() == [expected] * 3
+
+
+@pytest.mark.parametrize("pair_head", ["cosine", "concat", "concat_product"])
+def test_bi_encoder_regression_heads_predict_on_the_label_scale(encoder, tokenizer, pair_head):
+    model = MultiTaskModel(encoder, [STS], "mean", pair_head).eval()
+    batch = _batch(tokenizer, STS, [dict(r, label=float(3 * r["label"])) for r in PAIRS], "bi")
+    output = model("sts", batch)
+    assert output.predictions.shape == (2,) and output.predictions.dtype == torch.float32
+    assert ((output.predictions > -0.5) & (output.predictions < 5.5)).all()  # starts near the range, not at 0
 
 
 def test_shared_and_task_parameters_are_disjoint(encoder):

@@ -1,0 +1,58 @@
+"""Training-step cost, measured with pytest-benchmark on the same batches.
+
+The normal test run executes each benchmark once, untimed (--benchmark-disable in pyproject), so
+they cannot rot; time them with
+
+    python -m pytest tests/benchmarks --benchmark-enable --benchmark-group-by=group
+"""
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.config import Recipe, StrategySpec
+from bench.data import Encoding, TaskBatches, tokenize
+from bench.model import MultiTaskModel
+from bench.runner import build_strategies
+from bench.trainer import training_step
+from tasks.spec import SST
+from tasks.synthetic import SyntheticConfig, generate
+
+
+def _pad_to(batch: dict, length: int, pad_id: int) -> dict:
+    """The batch as a fixed-length pipeline would feed it (every example padded to `length`)."""
+    extra = length - batch["input_ids"].shape[1]
+    return {**batch,
+            "input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=pad_id),
+            "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0)}
+
+
+def _stepper(encoder, tokenizer, pad_to: int | None):
+    torch.manual_seed(0)
+    rows = generate("sst", SyntheticConfig(sst_train=256)).rows["train"]
+    dataset = tokenize(rows, tokenizer, Encoding("single", 128), Path(os.environ["MTLBENCH_CACHE"]) / "tokens")
+    batches = TaskBatches(dataset, SST, 32, tokenizer.pad_token_id, torch.Generator().manual_seed(0))
+    stream = batches.stream()
+    fixed = [next(stream) for _ in range(8)]
+    if pad_to:
+        fixed = [_pad_to(b, pad_to, tokenizer.pad_token_id) for b in fixed]
+    model = MultiTaskModel(encoder, [SST], "mean", "concat_product")
+    recipe = Recipe("rr", StrategySpec("round_robin"), StrategySpec("sum"), [], StrategySpec("none"), "mean",
+                    "concat_product")
+    strategies = build_strategies(recipe, model, {"sst": batches}, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    cycle = itertools.cycle(fixed)
+    return lambda: training_step(model, strategies, {"sst": next(cycle)}, optimizer)
+
+
+@pytest.mark.benchmark(group="padding")
+def test_step_dynamic_padding(benchmark, encoder, tokenizer):
+    benchmark(_stepper(encoder, tokenizer, pad_to=None))
+
+
+@pytest.mark.benchmark(group="padding")
+def test_step_padded_to_max_length(benchmark, encoder, tokenizer):
+    benchmark(_stepper(encoder, tokenizer, pad_to=encoder.config.max_position_embeddings))
