@@ -42,7 +42,7 @@ def quiet_transformers() -> None:
 @dataclass(frozen=True)
 class TinyEncoderConfig:
     hidden_size: int = 64
-    num_layers: int = 4
+    num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 128
     max_positions: int = 64
