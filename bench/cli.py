@@ -36,8 +36,10 @@ def _list(args) -> int:
     from strategies import registry
     from tasks.spec import TASKS
 
+    headings = {"sampler": "samplers", "combiner": "combiners", "regularizer": "regularizers",
+                "freezing": "freezing schedules"}
     for axis in registry.AXES:
-        print(f"{axis}s:")
+        print(f"{headings.get(axis, axis)}:")
         entries = registry.available(axis)
         if not entries:
             print("  (none yet)")

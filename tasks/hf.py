@@ -77,7 +77,7 @@ def load(task: str, data_dir: str | Path | None = None) -> TaskData:
     origin = f"{spec.path}" + (f" ({spec.name})" if spec.name else "")
     try:
         dataset_dict = datasets.load_dataset(spec.path, spec.name)
-    except Exception as error:  # network, auth or hub errors: report them, with the offline alternative
+    except Exception as error:  # noqa: BLE001 - network, auth, hub: every failure gets the offline hint
         raise UserError(f"could not load {origin} from the Hugging Face hub ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); offline, pass --data-dir DIR "
                         f"holding DatasetDict.save_to_disk output per task") from None
