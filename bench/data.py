@@ -75,27 +75,33 @@ def tokenize(rows: list[dict], tokenizer, encoding: Encoding, cache_dir: Path):
     ).with_format(None)
 
 
-def _pad(sequences: list[list[int]], pad_id: int, length: int | None = None) -> torch.Tensor:
+def _pad(sequences: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids padded to `length` (default: the longest), and the mask of real tokens.
+
+    The mask comes from the lengths, not from `ids != pad_id`: some tokenizers pad with a real token.
+    """
     length = length or max(len(s) for s in sequences)
-    out = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for i, s in enumerate(sequences):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
 
 
 def collate(examples: list[dict], spec: TaskSpec, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest example of the batch (dynamic padding)."""
     batch: dict[str, torch.Tensor] = {}
     if "input_ids_a" in examples[0]:
-        # Both sides padded to one length so the encoder can take them in one call.
+        # Both sides padded to one length so the encoder can take them in one call, side A first.
         length = max(max(len(e["input_ids_a"]), len(e["input_ids_b"])) for e in examples)
-        batch["input_ids"] = torch.cat([_pad([e["input_ids_a"] for e in examples], pad_id, length),
-                                        _pad([e["input_ids_b"] for e in examples], pad_id, length)])
+        ids_a, mask_a = _pad([e["input_ids_a"] for e in examples], pad_id, length)
+        ids_b, mask_b = _pad([e["input_ids_b"] for e in examples], pad_id, length)
+        batch["input_ids"], batch["attention_mask"] = torch.cat([ids_a, ids_b]), torch.cat([mask_a, mask_b])
     else:
-        batch["input_ids"] = _pad([e["input_ids"] for e in examples], pad_id)
+        batch["input_ids"], batch["attention_mask"] = _pad([e["input_ids"] for e in examples], pad_id)
         if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)
-    batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
+            batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)[0]
     if "label" in examples[0]:
         dtype = torch.float if spec.kind.value == "pair_regression" or spec.num_labels == 1 else torch.long
         batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=dtype)
@@ -107,7 +113,7 @@ class TaskBatches:
 
     def __init__(self, dataset, spec: TaskSpec, batch_size: int, pad_id: int, generator: torch.Generator):
         self.rows = dataset.to_list()
-        self.lengths = list(dataset["length"])  # a plain list: Column indexing is slow
+        self.lengths = [row["length"] for row in self.rows]  # plain ints: indexing a Column is slow
         self.spec = spec
         self.batch_size = batch_size
         self.pad_id = pad_id

@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
-from strategies.base import TaskStep
+from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep
 from tasks.spec import TaskSpec
 
 
@@ -118,10 +118,10 @@ def evaluate(model: MultiTaskModel, datasets: dict, specs: dict[str, TaskSpec], 
 class Strategies:
     """Built strategy objects for one run (see strategies.base for the contract)."""
 
-    sampler: object
-    combiner: object
-    regularizers: list
-    freezing: object
+    sampler: Sampler
+    combiner: Combiner
+    regularizers: list[Regularizer]
+    freezing: FreezingSchedule
 
 
 @dataclass

@@ -39,3 +39,12 @@ def test_batches_are_dynamically_padded_and_length_grouped(tokenizer, tmp_path):
     random_padding = sum(int((torch.tensor(d["length"]).max() - torch.tensor(d["length"])).sum())
                          for d in (dataset[i:i + 16] for i in range(0, 400, 16)))
     assert padding < random_padding / 2  # grouping by length removes most padding
+
+
+def test_attention_mask_follows_lengths_even_when_pad_is_a_real_token():
+    from tasks.spec import QUORA
+    batch = data.collate([{"input_ids_a": [5, 0, 7], "input_ids_b": [5], "label": 1},
+                          {"input_ids_a": [5], "input_ids_b": [5, 6], "label": 0}], QUORA, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 0, 7], [5, 0, 0], [5, 0, 0], [5, 6, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
+    assert batch["labels"].dtype == torch.float
