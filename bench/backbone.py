@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from tasks import synthetic
+from tasks.errors import UserError
 
 TINY = "tiny"
 _TINY_VERSION = 1  # bump when the build below changes what it produces
@@ -148,13 +149,22 @@ def resolve(model: str, tiny_config: TinyEncoderConfig, data_config: synthetic.S
     return str(ensure_tiny(tiny_config, data_config, log)) if model == TINY else model
 
 
+def _load(loader, path: str, what: str):
+    try:
+        return loader.from_pretrained(path)
+    except (OSError, ValueError) as error:  # not found locally, no network, not a model directory
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not load the {what} of model '{path}': {first_line} "
+                        f"(a local directory, a name in your Hugging Face cache, or '{TINY}')") from None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return _load(AutoTokenizer, path, "tokenizer")
 
 
 def load_encoder(path: str):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path)
+    return _load(AutoModel, path, "encoder")

@@ -168,3 +168,12 @@ def test_ci_runs_exactly_the_readme_test_command():
     commands = [line for line in readme if line.startswith("python3 -m venv") and "pytest" in line]
     assert len(commands) == 1
     assert commands[0] in Path(".ci/run").read_text().splitlines()
+
+
+def test_unloadable_model_is_a_one_line_error(suite_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "no-such-model"
+    assert main(["run", str(suite_file), "--model", str(missing), "--out", str(out), "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlbench: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"mtlbench: error: could not load the tokenizer of model '{missing}'")
+    assert not out.exists()
