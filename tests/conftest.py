@@ -48,6 +48,7 @@ def tiny_encoder_path(private_cache):
     from bench import backbone
     from tasks.synthetic import SyntheticConfig
 
+    backbone.quiet_transformers()
     return str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), SyntheticConfig(**SMALL_DATA),
                                     log=lambda m: None))
 

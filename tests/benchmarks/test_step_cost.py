@@ -56,3 +56,31 @@ def test_step_dynamic_padding(benchmark, encoder, tokenizer):
 @pytest.mark.benchmark(group="padding")
 def test_step_padded_to_max_length(benchmark, encoder, tokenizer):
     benchmark(_stepper(encoder, tokenizer, pad_to=encoder.config.max_position_embeddings))
+
+
+def _joint_stepper(encoder, tokenizer, combiner: str):
+    """A joint (all-tasks) step on fixed SST / Quora / STS batches with the given combiner."""
+    from tasks.spec import QUORA, STS
+
+    torch.manual_seed(0)
+    cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"
+    config = SyntheticConfig(sst_train=256, quora_train=256, sts_train=256)
+    sets, fixed = {}, []
+    for spec, mode in ((SST, "single"), (QUORA, "bi"), (STS, "bi")):
+        dataset = tokenize(generate(spec.name, config).rows["train"], tokenizer, Encoding(mode, 64), cache)
+        sets[spec.name] = TaskBatches(dataset, spec, 32, tokenizer.pad_token_id, torch.Generator().manual_seed(0))
+    streams = {task: batches.stream() for task, batches in sets.items()}
+    fixed = [{task: next(stream) for task, stream in streams.items()} for _ in range(8)]
+    model = MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product")
+    recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner), [],
+                    StrategySpec("none"), "mean", "concat_product")
+    strategies = build_strategies(recipe, model, sets, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    cycle = itertools.cycle(fixed)
+    return lambda: training_step(model, strategies, next(cycle), optimizer)
+
+
+@pytest.mark.benchmark(group="combiner (joint step, 3 tasks)")
+@pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
+def test_joint_step_cost(benchmark, encoder, tokenizer, combiner):
+    benchmark(_joint_stepper(encoder, tokenizer, combiner))
