@@ -61,6 +61,7 @@ class Recipe:
     freezing: StrategySpec
     pooling: str
     pair_head: str
+    position: int = 0  # place in the suite file; kept when --recipes selects a subset
 
     def names(self) -> dict:
         return {"sampler": self.sampler.name, "combiner": self.combiner.name,
@@ -201,6 +202,8 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     if not entries:
         raise UserError(f"{where}: no [[recipes]]")
     recipes = [_recipe(e, defaults, f"{where} recipes[{i}]") for i, e in enumerate(entries)]
+    for position, recipe in enumerate(recipes):
+        recipe.position = position
     seen = set()
     for recipe in recipes:
         if recipe.name in seen:

@@ -15,7 +15,7 @@ from bench import backbone, plots, tables
 from bench.config import Recipe, Suite
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
-from bench.records import SCHEMA_VERSION, environment, write_json_atomic
+from bench.records import SCHEMA_VERSION, environment, load_records, write_json_atomic
 from bench.trainer import Strategies, seed_everything, select_device, train
 from strategies import registry
 from tasks.errors import UserError
@@ -140,16 +140,19 @@ class Runner:
         validate(self.suite)
         self.prepare()
         records = []
-        runs = [(i, r, s) for i, r in enumerate(self.suite.recipes) for s in self.suite.seeds]
-        for n, (index, recipe, seed) in enumerate(runs, 1):
+        runs = [(r, s) for r in self.suite.recipes for s in self.suite.seeds]
+        for n, (recipe, seed) in enumerate(runs, 1):
             self.log(f"[{n}/{len(runs)}] {recipe.name} seed {seed}")
-            record = self.run_one(index, recipe, seed)
+            record = self.run_one(recipe.position, recipe, seed)
             write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
             metrics = ", ".join(f"{t} {record['metrics'][t][TASKS[t].primary_metric]:.3f}" for t in self.suite.tasks)
             self.log(f"      {metrics}; overall {record['overall']:.3f}; "
                      f"{record['train']['examples_per_second']:.0f} train ex/s")
             records.append(record)
-        tables.write_tables(records, self.out_dir)
-        plots.write_plots(records, self.out_dir)
-        return records
+        # Render over every record in the directory, so runs added to it (more seeds, another
+        # recipe) extend the table instead of replacing it.
+        every_record = load_records(self.out_dir)
+        tables.write_tables(every_record, self.out_dir)
+        plots.write_plots(every_record, self.out_dir)
+        return every_record
 

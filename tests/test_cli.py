@@ -177,3 +177,14 @@ def test_unloadable_model_is_a_one_line_error(suite_file, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlbench: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"mtlbench: error: could not load the tokenizer of model '{missing}'")
     assert not out.exists()
+
+
+def test_a_second_run_into_the_same_directory_extends_the_table(first_run, suite_file, tmp_path):
+    import shutil
+    out = tmp_path / "shared"
+    shutil.copytree(first_run, out)
+    assert main(["run", str(suite_file), "--recipes", "rr", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    import pandas as pd
+    table = pd.read_csv(out / "table.csv").set_index("recipe")
+    assert table.loc["rr", "seeds"] == 2  # seed 1 added to the earlier seed 0
+    assert table.loc["joint", "seeds"] == 1  # the earlier recipe is still in the table

@@ -42,6 +42,12 @@ def test_bad_train_key_and_unknown_suite(tmp_path):
         config.load_suite("quik")
 
 
+def test_selected_recipes_keep_their_position_in_the_suite(tmp_path):
+    suite = load(tmp_path, '[[recipes]]\nname = "a"\n[[recipes]]\nname = "b"\n[[recipes]]\nname = "c"\n')
+    config.select_recipes(suite, ["c"])
+    assert [(r.name, r.position) for r in suite.recipes] == [("c", 2)]  # tables keep the suite's order
+
+
 def test_select_recipes_checks_names(tmp_path):
     suite = load(tmp_path)
     with pytest.raises(UserError, match="unknown recipe 'r' \\(did you mean 'rr'\\?\\)"):
