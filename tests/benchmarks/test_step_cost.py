@@ -84,3 +84,41 @@ def _joint_stepper(encoder, tokenizer, combiner: str):
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
 def test_joint_step_cost(benchmark, encoder, tokenizer, combiner):
     benchmark(_joint_stepper(encoder, tokenizer, combiner))
+
+
+def interleaved_ratio(rounds: int = 30, steps: int = 10) -> dict[str, float]:
+    """Median step time of `pcgrad` and `sum` on the same batches, alternating in blocks within one
+    process so that machine drift hits both alike; returns the medians (ms) and their ratio."""
+    import statistics
+    import tempfile
+    import time
+
+    from conftest import SMALL_DATA, TINY_ENCODER
+
+    from bench import backbone
+
+    os.environ.setdefault("MTLBENCH_CACHE", tempfile.mkdtemp(prefix="mtlbench-bench-"))
+    backbone.quiet_transformers()
+    path = str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), SyntheticConfig(**SMALL_DATA),
+                                    log=lambda m: None))
+    tokenizer = backbone.load_tokenizer(path)
+    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, name) for name in ("sum", "pcgrad")}
+    times = {name: [] for name in steppers}
+    for step in steppers.values():
+        for _ in range(20):  # warm-up
+            step()
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            for _ in range(steps):
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    return {**medians, "ratio": medians["pcgrad"] / medians["sum"]}
+
+
+if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
+    print({k: round(v, 3) for k, v in interleaved_ratio().items()})
