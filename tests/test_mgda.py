@@ -80,3 +80,20 @@ def test_registered_as_a_multi_task_combiner():
     combiner.backward(losses, shared, {"a": [], "b": []})
     torch.testing.assert_close(shared[0].grad, torch.tensor([0.8, 0.4]))
     assert combiner.summary()["mean_weights"] == pytest.approx({"a": 0.8, "b": 0.2})
+
+
+def test_l2_normalization_makes_the_direction_invariant_to_loss_scale():
+    gradients = torch.tensor([[2.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.5, -0.5, 1.0]], dtype=torch.float64)
+    scaled = gradients * torch.tensor([[1.0], [100.0], [1.0]], dtype=torch.float64)  # task 2's loss x 100
+    d, _ = mgda(gradients, "l2")
+    d_scaled, _ = mgda(scaled, "l2")
+    torch.testing.assert_close(d, d_scaled)
+    plain, plain_scaled = mgda(gradients)[0], mgda(scaled)[0]
+    assert not torch.allclose(plain / plain.norm(), plain_scaled / plain_scaled.norm())  # "none" is not
+
+
+def test_l2_weights_solve_the_problem_for_unit_gradients():
+    gradients = torch.tensor([[3.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    _, weights = mgda(gradients, "l2")
+    # Unit gradients e1, e2: min-norm weights 1/2 each, rescaled by 1/||g_t||.
+    torch.testing.assert_close(weights, torch.tensor([0.5 / 3.0, 0.5 / 0.5], dtype=torch.float64))
