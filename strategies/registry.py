@@ -12,7 +12,7 @@ import difflib
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from tasks.errors import UserError
 
@@ -74,6 +74,13 @@ def get(axis: str, name: str) -> type:
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    if get_origin(annotation) is Literal:  # a closed set of choices, declared once in the Options type
+        choices = get_args(annotation)
+        if value not in choices:
+            name = where.rsplit(".", 1)[-1]
+            raise UserError(f"{where}: {name} must be one of {choices}, got {value!r}"
+                            f"{nearest(str(value), [str(c) for c in choices])}")
+        return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str, bool) and not isinstance(value, annotation):

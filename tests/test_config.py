@@ -27,6 +27,7 @@ def test_recipe_is_fully_resolved_with_defaults(tmp_path):
     ('[[recipes]]\nsampler = { name = "temperature", temprature = 3 }\n', "unknown option 'temprature' (did you mean 'temperature'?)"),
     ('[[recipes]]\nsampler = { name = "temperature", temperature = "hot" }\n', "expected float"),
     ('[[recipes]]\npooling = "meen"\n', "unknown value 'meen' (did you mean 'mean'?)"),
+    ('[[recipes]]\nsampler = { name = "joint", steps_per_epoch = "mins" }\n', "got 'mins' (did you mean 'min'?)"),
 ])
 def test_bad_recipes_name_the_nearest_valid_choice(tmp_path, recipes, message):
     with pytest.raises(UserError) as error:

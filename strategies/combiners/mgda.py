@@ -89,10 +89,6 @@ class MGDA(GradientCombiner):
     class Options:
         normalization: Literal["none", "l2"] = "none"
 
-        def __post_init__(self):
-            if self.normalization not in NORMALIZATIONS:
-                raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-
     def __init__(self, options, tasks, generator):
         super().__init__(options, tasks, generator)
         if len(tasks) > MAX_TASKS:

@@ -66,10 +66,6 @@ class PCGrad(GradientCombiner):
     class Options:
         reduction: Literal["sum", "mean"] = "sum"
 
-        def __post_init__(self):
-            if self.reduction not in REDUCTIONS:
-                raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-
     def combine(self, gradients, gramian):
         weights = pcgrad_weights(gramian, self.generator, self.options.reduction)
         return weights @ gradients, weights

@@ -13,8 +13,6 @@ from typing import Literal
 from strategies.base import Sampler
 from strategies.registry import register
 
-EPOCH_LENGTHS = ("balanced", "min", "max")
-
 
 @register("sampler", "joint")
 class JointSampler(Sampler):
@@ -28,10 +26,6 @@ class JointSampler(Sampler):
         # min: stop when the smallest task runs out (the report's "while all batches > 0");
         # max: run until the largest task is used once (small tasks repeat).
         steps_per_epoch: Literal["balanced", "min", "max"] = "balanced"
-
-        def __post_init__(self):
-            if self.steps_per_epoch not in EPOCH_LENGTHS:
-                raise ValueError(f"steps_per_epoch must be one of {EPOCH_LENGTHS}, got {self.steps_per_epoch!r}")
 
     def steps_per_epoch(self) -> int:
         counts = self.batches_per_epoch.values()
