@@ -150,11 +150,26 @@ class MultiTaskModel(nn.Module):
     def pair_mode(self) -> str:
         return "cross" if self.pair_head == "cross" else "bi"
 
+    def _trainable_split(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        """(shared, per-task) trainable parameters. Called every step: the module tree is walked
+        once, and the split is rebuilt only when a freezing schedule changes `requires_grad`."""
+        if not hasattr(self, "_parameter_groups"):
+            self._parameter_groups = (list(self.encoder.parameters()),
+                                      {task: list(head.parameters()) for task, head in self.heads.items()})
+            self._split_key, self._split = None, None
+        encoder, heads = self._parameter_groups
+        key = tuple(p.requires_grad for p in encoder) + tuple(p.requires_grad for ps in heads.values() for p in ps)
+        if key != self._split_key:
+            self._split_key = key
+            self._split = ([p for p in encoder if p.requires_grad],
+                           {task: [p for p in ps if p.requires_grad] for task, ps in heads.items()})
+        return self._split
+
     def shared_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoder.parameters() if p.requires_grad]
+        return self._trainable_split()[0]
 
     def task_parameters(self) -> dict[str, list[nn.Parameter]]:
-        return {task: [p for p in head.parameters() if p.requires_grad] for task, head in self.heads.items()}
+        return self._trainable_split()[1]
 
     def input_embeddings(self, input_ids: Tensor) -> Tensor:
         return self.encoder.get_input_embeddings()(input_ids)

@@ -85,3 +85,15 @@ def test_shared_and_task_parameters_are_disjoint(encoder):
     assert set(per_task) == {"sst", "quora", "sts"}
     assert all(id(p) not in shared for params in per_task.values() for p in params)
     assert len(shared) + sum(len(v) for v in per_task.values()) == len(list(model.parameters()))
+
+
+def test_trainable_split_follows_requires_grad_changes(encoder):
+    model = MultiTaskModel(encoder, [SST, QUORA], "mean", "concat_product")
+    everything = len(model.shared_parameters())
+    assert model.shared_parameters() is model.shared_parameters()  # cached between steps
+    embeddings = model.encoder.get_input_embeddings().weight
+    embeddings.requires_grad_(False)  # what a freezing schedule does
+    assert len(model.shared_parameters()) == everything - 1
+    assert all(p is not embeddings for p in model.shared_parameters())
+    model.heads["sst"].requires_grad_(False)
+    assert model.task_parameters()["sst"] == [] and model.task_parameters()["quora"]
