@@ -52,7 +52,8 @@ def cosines(gramian: Tensor) -> Tensor:
 
 
 class GradientCombiner(Combiner):
-    """Base for gradient-surgery and gradient-weighting methods: subclasses implement `combine`.
+    """Base for gradient-surgery and gradient-weighting methods: subclasses choose task weights
+    from the Gramian (`task_weights`); the update is `weights @ G`.
 
     Records, per task pair, the fraction of steps whose gradients conflict (negative cosine) and
     the mean cosine, and the mean task weights, for the run record.
@@ -68,14 +69,14 @@ class GradientCombiner(Combiner):
         self._weight_sum = torch.zeros(len(tasks))
 
     @abstractmethod
-    def combine(self, gradients: Tensor, gramian: Tensor) -> tuple[Tensor, Tensor]:
-        """(combined n-vector, task weights) from the T x n gradients and their T x T Gramian."""
+    def task_weights(self, gramian: Tensor) -> Tensor:
+        """T task weights from the T x T Gramian of the task gradients."""
 
     def backward(self, losses, shared, task_specific):
         gradients = task_gradients(losses, shared, task_specific)
         gramian = gradients @ gradients.T  # once per step: the method and the statistics share it
-        combined, weights = self.combine(gradients, gramian)
-        write_shared_gradient(combined, shared)
+        weights = self.task_weights(gramian).to(gradients.dtype)
+        write_shared_gradient(weights @ gradients, shared)
         self._record(gramian, weights, list(losses))
 
     def _record(self, gramian: Tensor, weights: Tensor, tasks: list[str]) -> None:

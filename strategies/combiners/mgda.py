@@ -94,6 +94,5 @@ class MGDA(GradientCombiner):
         if len(tasks) > MAX_TASKS:
             raise UserError(f"combiner 'mgda' solves exactly for at most {MAX_TASKS} tasks, got {len(tasks)}")
 
-    def combine(self, gradients, gramian):
-        weights = mgda_weights(gramian, self.options.normalization).to(gradients.dtype)
-        return weights @ gradients, weights
+    def task_weights(self, gramian):
+        return mgda_weights(gramian, self.options.normalization)

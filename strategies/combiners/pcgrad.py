@@ -66,6 +66,5 @@ class PCGrad(GradientCombiner):
     class Options:
         reduction: Literal["sum", "mean"] = "sum"
 
-    def combine(self, gradients, gramian):
-        weights = pcgrad_weights(gramian, self.generator, self.options.reduction)
-        return weights @ gradients, weights
+    def task_weights(self, gramian):
+        return pcgrad_weights(gramian, self.generator, self.options.reduction)
