@@ -1,4 +1,5 @@
-"""Plots from run records: per-task metric bars and overall-vs-throughput."""
+"""Plots from run records: per-task metric bars, overall-vs-throughput, and for gradient combiners
+the per-pair gradient conflicts and the task-weight trajectories."""
 
 from __future__ import annotations
 
@@ -48,4 +49,64 @@ def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> lis
     scatter = out_dir / "overall_vs_throughput.png"
     fig.savefig(scatter, dpi=120)
     plt.close(fig)
-    return [bars, scatter]
+    return [bars, scatter, *_conflict_plots(records, out_dir)]
+
+
+def _by_recipe(records: list[dict], key: str) -> dict[str, list[dict]]:
+    """Combiner summaries holding `key`, grouped by recipe in the suite's order."""
+    grouped: dict[str, list[dict]] = {}
+    for record in sorted(records, key=lambda r: (r.get("recipe_index", 0), r["seed"])):
+        summary = record.get("strategies", {}).get("combiner", {})
+        if key in summary:
+            grouped.setdefault(record["recipe_name"], []).append(summary)
+    return grouped
+
+
+def _conflict_plots(records: list[dict], out_dir: Path) -> list[Path]:
+    written = []
+    conflicts = _by_recipe(records, "conflicts")
+    if conflicts:
+        recipes = list(conflicts)
+        pairs = list(conflicts[recipes[0]][0]["conflicts"])
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        width = 0.8 / len(recipes)
+        x = np.arange(len(pairs))
+        for panel, (stat, label) in zip(axes, [("negative_cosine_fraction", "fraction of steps with cos < 0"),
+                                               ("mean_cosine", "mean cosine")]):
+            for i, recipe in enumerate(recipes):
+                values = np.array([[s["conflicts"][pair][stat] for pair in pairs] for s in conflicts[recipe]])
+                panel.bar(x + i * width - 0.4 + width / 2, values.mean(0), width, yerr=values.std(0),
+                          label=recipe, capsize=2)
+            panel.set_xticks(x, pairs)
+            panel.set_ylabel(label)
+            panel.axhline(0.5 if stat == "negative_cosine_fraction" else 0.0, color="grey", lw=0.8, ls="--")
+        axes[0].set_title("gradient conflicts per task pair (shared parameters)")
+        axes[1].set_title("task-gradient cosine per task pair")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        written.append(out_dir / "gradient_conflicts.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    trajectories = _by_recipe(records, "weight_trajectory")
+    if trajectories:
+        recipes = list(trajectories)
+        columns = min(3, len(recipes))
+        rows = -(-len(recipes) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+        for ax, recipe in zip(axes.flat, recipes):
+            trajectory = trajectories[recipe][0]["weight_trajectory"]  # the first seed
+            for task in (k for k in trajectory if k not in ("every", "step")):
+                ax.plot(trajectory["step"], trajectory[task], label=task)
+            ax.set_title(recipe, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"task weight (mean of {trajectory['every']} steps)", fontsize=7)
+        for ax in list(axes.flat)[len(recipes):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle("task weights w in the update w @ G over training (first seed)")
+        fig.tight_layout()
+        written.append(out_dir / "task_weights.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

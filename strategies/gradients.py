@@ -51,12 +51,58 @@ def cosines(gramian: Tensor) -> Tensor:
     return gramian / (norms[:, None] * norms[None, :]).clamp_min(EPS)
 
 
+class WindowMeans:
+    """Means of named per-step values over consecutive windows of `every` steps: a trajectory
+    that stays small in the record however long the run."""
+
+    def __init__(self, names: Sequence[str], every: int):
+        self.names, self.every = list(names), every
+        self.steps: list[int] = []
+        self.series: dict[str, list[float]] = {name: [] for name in self.names}
+        self._sums, self._count, self._seen = dict.fromkeys(self.names, 0.0), 0, 0
+        self._totals = dict.fromkeys(self.names, 0.0)
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self._sums[name] += value
+            self._totals[name] += value
+        self._count += 1
+        self._seen += 1
+        if self._count == self.every:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.steps.append(self._seen)
+        for name in self.names:
+            self.series[name].append(self._sums[name] / self._count)
+        self._sums, self._count = dict.fromkeys(self.names, 0.0), 0
+
+    def means(self) -> dict[str, float]:
+        """Means over every step so far."""
+        return {name: total / max(self._seen, 1) for name, total in self._totals.items()}
+
+    def as_dict(self) -> dict:
+        steps, series = list(self.steps), {name: list(values) for name, values in self.series.items()}
+        if self._count:  # the last, partial window
+            steps.append(self._seen)
+            for name in self.names:
+                series[name].append(self._sums[name] / self._count)
+        return {"every": self.every, "step": steps, **series}
+
+
+TRAJECTORY_EVERY = 25  # steps per point of the recorded trajectories
+
+
+def pair_names(tasks: Sequence[str]) -> list[str]:
+    return [f"{a}|{b}" for i, a in enumerate(tasks) for b in tasks[i + 1:]]
+
+
 class GradientCombiner(Combiner):
     """Base for gradient-surgery and gradient-weighting methods: subclasses choose task weights
     from the Gramian (`task_weights`); the update is `weights @ G`.
 
     Records, per task pair, the fraction of steps whose gradients conflict (negative cosine) and
-    the mean cosine, and the mean task weights, for the run record.
+    the mean cosine; and the trajectories of the task weights and pair cosines (window means).
     """
 
     needs_several_tasks = True
@@ -64,15 +110,19 @@ class GradientCombiner(Combiner):
     def __init__(self, options, tasks, generator):
         super().__init__(options, tasks, generator)
         self.steps = 0
-        self._negative = torch.zeros(len(tasks), len(tasks))
-        self._cosine_sum = torch.zeros(len(tasks), len(tasks))
-        self._weight_sum = torch.zeros(len(tasks))
+        self.step_tasks = list(tasks)
+        self.pairs = pair_names(self.tasks)
+        self._negative = dict.fromkeys(self.pairs, 0)
+        self._cosine_sum = dict.fromkeys(self.pairs, 0.0)
+        self.weight_trajectory = WindowMeans(self.tasks, TRAJECTORY_EVERY)
+        self.cosine_trajectory = WindowMeans(self.pairs, TRAJECTORY_EVERY)
 
     @abstractmethod
     def task_weights(self, gramian: Tensor) -> Tensor:
-        """T task weights from the T x T Gramian of the task gradients."""
+        """T task weights from the T x T Gramian of the task gradients (rows in step order)."""
 
     def backward(self, losses, shared, task_specific):
+        self.step_tasks = list(losses)  # the Gramian's rows, for methods with per-task state
         gradients = task_gradients(losses, shared, task_specific)
         gramian = gradients @ gradients.T  # once per step: the method and the statistics share it
         weights = self.task_weights(gramian).to(gradients.dtype)
@@ -80,23 +130,54 @@ class GradientCombiner(Combiner):
         self._record(gramian, weights, list(losses))
 
     def _record(self, gramian: Tensor, weights: Tensor, tasks: list[str]) -> None:
-        index = torch.tensor([self.tasks.index(t) for t in tasks])
-        cos = cosines(gramian).cpu()
-        grid = index[:, None], index[None, :]
-        self._negative[grid] += (cos < 0).float()
-        self._cosine_sum[grid] += cos
-        self._weight_sum[index] += weights.detach().cpu().float()
+        cos = cosines(gramian.double()).tolist()  # one device sync; T is tiny
+        step_cosines = {}
+        for i, a in enumerate(tasks):
+            for j in range(i + 1, len(tasks)):
+                pair = f"{a}|{tasks[j]}" if f"{a}|{tasks[j]}" in self._negative else f"{tasks[j]}|{a}"
+                self._negative[pair] += cos[i][j] < 0
+                self._cosine_sum[pair] += cos[i][j]
+                step_cosines[pair] = cos[i][j]
+        self.weight_trajectory.add(dict(zip(tasks, weights.tolist())))
+        self.cosine_trajectory.add(step_cosines)
         self.steps += 1
 
     def summary(self) -> dict:
         if not self.steps:
             return {}
-        pairs = {}
-        for i, a in enumerate(self.tasks):
-            for j in range(i + 1, len(self.tasks)):
-                pairs[f"{a}|{self.tasks[j]}"] = {
-                    "negative_cosine_fraction": (self._negative[i, j] / self.steps).item(),
-                    "mean_cosine": (self._cosine_sum[i, j] / self.steps).item(),
-                }
-        return {"steps": self.steps, "conflicts": pairs,
-                "mean_weights": dict(zip(self.tasks, (self._weight_sum / self.steps).tolist()))}
+        return {
+            "steps": self.steps,
+            "conflicts": {pair: {"negative_cosine_fraction": self._negative[pair] / self.steps,
+                                 "mean_cosine": self._cosine_sum[pair] / self.steps} for pair in self.pairs},
+            "mean_weights": self.weight_trajectory.means(),
+            "weight_trajectory": self.weight_trajectory.as_dict(),
+            "cosine_trajectory": self.cosine_trajectory.as_dict(),
+        }
+
+
+class LossWeightingCombiner(Combiner):
+    """Base for methods that only re-weight the task losses: one backward of sum_t w_t L_t, which
+    equals `weights @ G` without forming G. Records the task-weight trajectory."""
+
+    needs_several_tasks = True
+
+    def __init__(self, options, tasks, generator):
+        super().__init__(options, tasks, generator)
+        self.steps = 0
+        self.weight_trajectory = WindowMeans(self.tasks, TRAJECTORY_EVERY)
+
+    @abstractmethod
+    def loss_weights(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """T weights for this step's task losses (in `losses` order)."""
+
+    def backward(self, losses, shared, task_specific):
+        weights = self.loss_weights(losses)
+        (weights.to(next(iter(losses.values())).device) @ torch.stack(list(losses.values()))).backward()
+        self.weight_trajectory.add(dict(zip(losses, weights.tolist())))
+        self.steps += 1
+
+    def summary(self) -> dict:
+        if not self.steps:
+            return {}
+        return {"steps": self.steps, "mean_weights": self.weight_trajectory.means(),
+                "weight_trajectory": self.weight_trajectory.as_dict()}

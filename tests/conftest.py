@@ -66,3 +66,35 @@ def encoder(tiny_encoder_path):
     from bench import backbone
 
     return backbone.load_encoder(tiny_encoder_path)
+
+
+@pytest.fixture
+def real_step(encoder, tokenizer):
+    """A fresh three-task model (eval mode: no dropout) and one small batch per task."""
+    from bench.data import Encoding, collate, tokenize
+    from bench.model import MultiTaskModel
+    from tasks.spec import QUORA, SST, STS
+    from tasks.synthetic import SyntheticConfig, generate
+
+    cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"
+    config = SyntheticConfig(sst_train=8, quora_train=8, sts_train=8)
+    batches = {}
+    for spec, mode in ((SST, "single"), (QUORA, "bi"), (STS, "bi")):
+        dataset = tokenize(generate(spec.name, config).rows["train"], tokenizer, Encoding(mode, 32), cache)
+        batches[spec.name] = collate(dataset.to_list(), spec, tokenizer.pad_token_id)
+    return MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product").eval(), batches
+
+
+def gradients_by_hand(model, batches):
+    """Each task's gradient of the shared parameters (T x n, zeros where unused, e.g. the pooler)
+    and of its own head, by separate autograd calls."""
+    import torch
+
+    shared, heads = model.shared_parameters(), model.task_parameters()
+    rows = []
+    for task, batch in batches.items():
+        grads = torch.autograd.grad(model(task, batch).loss, shared, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                               for g, p in zip(grads, shared)]))
+    head_grads = {t: torch.autograd.grad(model(t, b).loss, heads[t]) for t, b in batches.items()}
+    return torch.stack(rows), head_grads

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_suite
+from conftest import gradients_by_hand, write_suite
 
 from strategies import registry
 from strategies.combiners.pcgrad import pcgrad
@@ -71,31 +71,11 @@ def test_random_order_matches_the_literal_algorithm(seed):
     torch.testing.assert_close(combined, naive_pcgrad(gradients, torch.Generator().manual_seed(seed)))
 
 
-def test_pcgrad_on_a_real_model_step_equals_the_math_by_hand(encoder, tokenizer):
-    import os
-    from pathlib import Path
-
-    from bench.data import Encoding, collate, tokenize
-    from bench.model import MultiTaskModel
-    from tasks.spec import QUORA, SST, STS
-    from tasks.synthetic import SyntheticConfig, generate
-
-    cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"
-    config = SyntheticConfig(sst_train=8, quora_train=8, sts_train=8)
-    batches = {}
-    for spec, mode in ((SST, "single"), (QUORA, "bi"), (STS, "bi")):
-        dataset = tokenize(generate(spec.name, config).rows["train"], tokenizer, Encoding(mode, 32), cache)
-        batches[spec.name] = collate(dataset.to_list(), spec, tokenizer.pad_token_id)
-    model = MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product").eval()  # no dropout
+def test_pcgrad_on_a_real_model_step_equals_the_math_by_hand(real_step):
+    model, batches = real_step
     shared, heads = model.shared_parameters(), model.task_parameters()
-
-    by_hand = []
-    for task, batch in batches.items():
-        grads = torch.autograd.grad(model(task, batch).loss, shared, allow_unused=True)  # pooler unused
-        by_hand.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                  for g, p in zip(grads, shared)]))
-    expected, _ = pcgrad(torch.stack(by_hand), torch.Generator().manual_seed(7))
-    head_expected = {t: torch.autograd.grad(model(t, b).loss, heads[t]) for t, b in batches.items()}
+    by_hand, head_expected = gradients_by_hand(model, batches)
+    expected, _ = pcgrad(by_hand, torch.Generator().manual_seed(7))
 
     cls = registry.get("combiner", "pcgrad")
     combiner = cls(cls.Options(), list(batches), torch.Generator().manual_seed(7))

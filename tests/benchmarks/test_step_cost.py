@@ -80,29 +80,40 @@ def _joint_stepper(encoder, tokenizer, combiner: str):
     return lambda: training_step(model, strategies, next(cycle), optimizer)
 
 
+def all_combiners() -> list[str]:
+    from strategies import registry
+
+    return ["sum", *sorted(name for name in registry.available("combiner") if name != "sum")]
+
+
 @pytest.mark.benchmark(group="combiner (joint step, 3 tasks)")
-@pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
+@pytest.mark.parametrize("combiner", all_combiners())
 def test_joint_step_cost(benchmark, encoder, tokenizer, combiner):
     benchmark(_joint_stepper(encoder, tokenizer, combiner))
 
 
-def interleaved_ratio(rounds: int = 30, steps: int = 10) -> dict[str, float]:
-    """Median step time of `pcgrad` and `sum` on the same batches, alternating in blocks within one
-    process so that machine drift hits both alike; returns the medians (ms) and their ratio."""
-    import statistics
+def _quick_encoder():
+    """The quick suite's own tiny encoder (64 wide), built on first use like `mtlbench run` does."""
     import tempfile
-    import time
-
-    from conftest import SMALL_DATA, TINY_ENCODER
 
     from bench import backbone
 
     os.environ.setdefault("MTLBENCH_CACHE", tempfile.mkdtemp(prefix="mtlbench-bench-"))
     backbone.quiet_transformers()
-    path = str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), SyntheticConfig(**SMALL_DATA),
-                                    log=lambda m: None))
-    tokenizer = backbone.load_tokenizer(path)
-    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, name) for name in ("sum", "pcgrad")}
+    path = str(backbone.ensure_tiny(log=lambda m: None))
+    return path, backbone.load_tokenizer(path)
+
+
+def interleaved_step_times(combiners: list[str], rounds: int = 30, steps: int = 10) -> dict[str, float]:
+    """Median step time (ms) of each combiner on the same batches, cycling through the combiners
+    in blocks within one process, so that machine drift hits them alike."""
+    import statistics
+    import time
+
+    from bench import backbone
+
+    path, tokenizer = _quick_encoder()
+    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, name) for name in combiners}
     times = {name: [] for name in steppers}
     for step in steppers.values():
         for _ in range(20):  # warm-up
@@ -113,12 +124,46 @@ def interleaved_ratio(rounds: int = 30, steps: int = 10) -> dict[str, float]:
                 started = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
-    return {**medians, "ratio": medians["pcgrad"] / medians["sum"]}
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
-if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py
+def step_peak_tensor_memory(step) -> float:
+    """Peak MiB of tensor memory live during one step, above what was live before it: the torch
+    profiler's allocation records (self memory per op, in time order, so nested ops count once).
+    Exact for tensors, blind to allocator caching, the same on CPU and GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    live = peak = 0
+    for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def cost_table(combiners: list[str], rounds: int = 30) -> str:
+    """Markdown: median joint-step time, ratio to `sum` (same batches, one process, interleaved)
+    and the step's peak tensor memory."""
+    from bench import backbone
+
+    medians = interleaved_step_times(combiners, rounds)
+    path, tokenizer = _quick_encoder()
+    peaks = {}
+    for name in combiners:
+        step = _joint_stepper(backbone.load_encoder(path), tokenizer, name)
+        for _ in range(3):  # optimizer state exists before the measured step
+            step()
+        peaks[name] = step_peak_tensor_memory(step)
+    lines = ["| combiner | step (ms, median) | × sum | peak tensor memory (MiB) |", "|---|---:|---:|---:|"]
+    for name in combiners:
+        lines.append(f"| {name} | {medians[name]:.2f} | {medians[name] / medians['sum']:.3f} | {peaks[name]:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [COMBINER ...]
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
-    print({k: round(v, 3) for k, v in interleaved_ratio().items()})
+    names = sys.argv[1:] or all_combiners()
+    print(cost_table(["sum", *[n for n in names if n != "sum"]]))
