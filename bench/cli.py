@@ -26,8 +26,8 @@ def _run(args) -> int:
           f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
     records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr)).run()
     print(tables.markdown(tables.summary(records)))
-    print(f"\n{out}: table.md, table.csv, table.tex, metrics.png and overall_vs_throughput.png over "
-          f"{len(records)} records", file=sys.stderr)
+    plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
+    print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)
     return 0
 
 

@@ -101,6 +101,7 @@ class TaskOutput:
     loss: Tensor
     predictions: Tensor  # class ids or scores, detached
     pooled: Tensor
+    logits: Tensor
 
 
 def task_loss(spec: TaskSpec, logits: Tensor, labels: Tensor) -> Tensor:
@@ -196,8 +197,11 @@ class MultiTaskModel(nn.Module):
         pooled = self.encode(batch, inputs_embeds)
         logits = self.logits(task, pooled)
         spec = self.specs[task]
-        return TaskOutput(task_loss(spec, logits, batch["labels"]), predictions(spec, logits.detach()), pooled)
+        return TaskOutput(task_loss(spec, logits, batch["labels"]), predictions(spec, logits.detach()), pooled, logits)
 
-    def loss_closure(self, task: str, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
-        """The task loss as a function of the input word embeddings (for adversarial regularisers)."""
-        return lambda embeddings: self.forward(task, batch, inputs_embeds=embeddings).loss
+    def outputs_closure(self, task: str, batch: dict[str, Tensor]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """(loss, logits) as a function of the input word embeddings (for adversarial regularisers)."""
+        def outputs(embeddings: Tensor) -> tuple[Tensor, Tensor]:
+            output = self.forward(task, batch, inputs_embeds=embeddings)
+            return output.loss, output.logits
+        return outputs

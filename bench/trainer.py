@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
-from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep
+from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep, with_gradient
 from tasks.spec import TaskSpec
 
 
@@ -133,17 +133,48 @@ class TrainOutcome:
     trainable: list[dict] = field(default_factory=list)
 
 
-def _regularized_losses(model, strategies, task, batch, output) -> dict:
-    """Per-task regulariser terms, from a `TaskStep` built only when regularisers are present."""
-    embeddings = model.input_embeddings(batch["input_ids"]).detach()
+class _CleanBackward:
+    """The clean loss's gradients w.r.t. the input embeddings and the parameters, from one backward
+    made on first request. The combiner then gets a loss with the same value and the same parameter
+    gradient whose backward is one multiply-add per parameter, so an adversarial regulariser pays
+    for its own passes only (FGM: 2 forwards + 2 backwards in all)."""
+
+    def __init__(self, loss: torch.Tensor, embeddings: torch.Tensor, parameters: list[torch.nn.Parameter]):
+        self.loss, self.embeddings, self.parameters = loss, embeddings, parameters
+        self.input_grad, self.parameter_grads = None, None
+
+    def input_gradient(self) -> torch.Tensor:
+        if self.input_grad is None:
+            grads = torch.autograd.grad(self.loss, [self.embeddings, *self.parameters], retain_graph=True,
+                                        allow_unused=True)  # retained: other terms may use the clean graph
+            self.input_grad, self.parameter_grads = grads[0], grads[1:]
+        return self.input_grad
+
+    def loss_for_combiner(self) -> torch.Tensor:
+        if self.parameter_grads is None:
+            return self.loss
+        return with_gradient(self.loss, self.parameters, self.parameter_grads)
+
+
+def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], task: str,
+                      batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task loss plus its regularisers' terms, and the task loss alone (detached). The clean
+    forward starts from the word embeddings so that their gradient is available to the terms."""
+    embeddings = model.input_embeddings(batch["input_ids"])
+    output = model(task, batch, inputs_embeds=embeddings)
+    parameters = model.shared_parameters() + model.task_parameters()[task]
+    clean = _CleanBackward(output.loss, embeddings, parameters)
+    outputs = model.outputs_closure(task, batch)
     step = TaskStep(task=task, loss=output.loss, pooled=output.pooled, labels=batch["labels"],
                     input_embeddings=embeddings, padding_mask=batch["attention_mask"],
-                    loss_from_embeddings=model.loss_closure(task, batch))
-    terms = {}
-    for regularizer in strategies.regularizers:
-        for name, value in regularizer.terms(step).items():
-            terms[f"{regularizer.name}.{name}"] = value
-    return terms
+                    loss_from_embeddings=lambda e: outputs(e)[0], spec=model.specs[task],
+                    logits=output.logits, outputs_from_embeddings=outputs, input_gradient=clean.input_gradient,
+                    parameters=parameters)
+    terms = [value for regularizer in regularizers for value in regularizer.terms(step).values()]
+    loss = clean.loss_for_combiner()
+    for term in terms:
+        loss = loss + term
+    return loss, output.loss.detach()
 
 
 def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], optimizer,
@@ -152,13 +183,11 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     backward, clipping (before the step), the optimizer step. Returns each task's own loss, detached."""
     losses, task_losses = {}, {}
     for task, batch in batches.items():
-        output = model(task, batch)
-        loss = output.loss
         if strategies.regularizers:
-            for term in _regularized_losses(model, strategies, task, batch, output).values():
-                loss = loss + term
-        losses[task] = loss
-        task_losses[task] = output.loss.detach()
+            losses[task], task_losses[task] = _regularized_loss(model, strategies.regularizers, task, batch)
+        else:
+            losses[task] = model(task, batch).loss
+            task_losses[task] = losses[task].detach()
     strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -182,10 +211,19 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     streams = {task: batches.stream() for task, batches in train_sets.items()}
     step_seconds, examples, step = [], 0, 0
     specs = model.specs
+    seen_changes = -1
+
+    def note_trainable(epoch: int) -> None:  # the record says which parameters trained when
+        nonlocal seen_changes
+        if freezing.changes != seen_changes:
+            seen_changes = freezing.changes
+            names = freezing.trainable()
+            outcome.trainable.append({"epoch": epoch, "step": step, "parameters": len(names), "names": names})
+
     with PeakMemory(device) as memory:
         for epoch in range(1, settings.epochs + 1):
             freezing.on_epoch_start(epoch)
-            outcome.trainable.append({"epoch": epoch, "step": step, "parameters": len(freezing.trainable())})
+            note_trainable(epoch)
             # Summed on the device and read once per epoch: .item() per step would sync CUDA every step.
             loss_sums, loss_counts = {}, defaultdict(int)
             model.train()
@@ -193,6 +231,7 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
                        leave=False, disable=not progress or None)
             for step_tasks in bar:
                 freezing.on_step(step)
+                note_trainable(epoch)
                 started = time.perf_counter()
                 batches = {task: {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
                            for task in step_tasks}

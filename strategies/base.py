@@ -15,6 +15,7 @@ Regularisers act before the combiner, so any regulariser composes with any combi
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from tasks.spec import TaskSpec
 
 
 class Strategy:
@@ -109,13 +112,28 @@ class TaskStep:
     loss: Tensor
     pooled: Tensor  # pooled sentence vectors; pair tasks: [2B, H], first B are side A
     labels: Tensor
-    input_embeddings: Tensor  # word embeddings fed to the encoder (detached leaf)
+    input_embeddings: Tensor  # word embeddings fed to the encoder, in the graph: perturb with a detached r
     padding_mask: Tensor  # 1 on real tokens
     loss_from_embeddings: Callable[[Tensor], Tensor]  # the task loss with these embeddings instead
+    spec: TaskSpec | None = None  # the task's kind and labels (None only in hand-built steps)
+    logits: Tensor | None = None  # the clean logits (in the graph)
+    outputs_from_embeddings: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None  # (loss, logits)
+    # The gradient of the clean loss w.r.t. the input embeddings. It comes from the one backward
+    # that also yields the parameters' gradients, so asking for it costs no extra pass.
+    input_gradient: Callable[[], Tensor] | None = None
+    parameters: Sequence[nn.Parameter] = ()  # the trainable parameters this task's loss reaches
+
+
+def with_gradient(value: Tensor, parameters: Sequence[nn.Parameter], gradients: Sequence[Tensor | None]) -> Tensor:
+    """A scalar equal to `value` whose gradient w.r.t. `parameters` is `gradients`: lets a term whose
+    gradients were already taken in a backward it needed anyway skip a second backward."""
+    linear = sum(((p * g).sum() for p, g in zip(parameters, gradients) if g is not None), value.new_zeros(()))
+    return value.detach() + linear - linear.detach()
 
 
 class Regularizer(Strategy, ABC):
-    """Adds loss terms for a task batch before the combiner runs."""
+    """Adds loss terms for a task batch before the combiner runs. Counts the forward and backward
+    passes it makes beyond the step's own clean forward and backward."""
 
     def __init__(self, options, generator: torch.Generator):
         super().__init__(options)
@@ -133,22 +151,60 @@ class Regularizer(Strategy, ABC):
 
 
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
 class FreezingSchedule(Strategy, ABC):
-    """Decides which parameters train, and their learning rates, over the run."""
+    """Decides which parameters train, and their learning rates, over the run.
+
+    Frozen parameters get `requires_grad = False`: they receive no gradient, and AdamW skips a
+    parameter without a gradient entirely (no update, no weight decay, no moment decay), so they
+    stay bit-for-bit unchanged. `changes` counts changes of the trainable set, for the record.
+    """
 
     def __init__(self, options, model: nn.Module):
         super().__init__(options)
         self.model = model
+        self.changes = 0
+
+    # --- where a parameter sits, by name (BERT-style encoders; `heads.<task>.` for the heads) ---
+    @staticmethod
+    def head_task(name: str) -> str | None:
+        return name.split(".")[1] if name.startswith("heads.") else None
+
+    @staticmethod
+    def layer_index(name: str) -> int | None:
+        match = _LAYER.search(name)
+        return int(match.group(1)) if match and not name.startswith("heads.") else None
+
+    @staticmethod
+    def is_embedding(name: str) -> bool:
+        return not name.startswith("heads.") and "embed" in name
+
+    def num_layers(self) -> int:
+        return 1 + max((i for n, _ in self.model.named_parameters() if (i := self.layer_index(n)) is not None),
+                       default=-1)
+
+    def set_trainable(self, trainable: Callable[[str], bool]) -> None:
+        changed = False
+        for name, parameter in self.model.named_parameters():
+            wanted = bool(trainable(name))
+            if parameter.requires_grad != wanted:
+                parameter.requires_grad_(wanted)
+                changed = True
+        self.changes += changed
+
+    def lr_scale(self, name: str) -> float:
+        """Multiplier of the base learning rate for this parameter."""
+        return 1.0
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups; the default exempts biases and norms from weight decay."""
-        decay, no_decay = [], []
+        """AdamW groups by learning-rate scale; biases and norms are exempt from weight decay."""
+        groups: dict[tuple[float, bool], list] = {}
         for name, parameter in self.model.named_parameters():
-            (no_decay if name.endswith(_NO_DECAY) else decay).append(parameter)
-        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+            groups.setdefault((self.lr_scale(name), name.endswith(_NO_DECAY)), []).append(parameter)
+        return [{"params": params, "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay}
+                for (scale, no_decay), params in groups.items()]
 
     def on_epoch_start(self, epoch: int) -> None:
         pass

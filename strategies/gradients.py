@@ -25,6 +25,13 @@ def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
     order); accumulate each task's head gradient into its `.grad`."""
     shared = list(shared)
     rows = []
+    if not shared:  # e.g. a frozen backbone: the heads still get their gradients below
+        for task, loss in losses.items():
+            heads = list(task_specific.get(task, ()))
+            for parameter, grad in zip(heads, torch.autograd.grad(loss, heads, allow_unused=True)):
+                if grad is not None:
+                    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+        return torch.zeros(len(losses), 0)
     for task, loss in losses.items():
         heads = list(task_specific.get(task, ()))
         grads = torch.autograd.grad(loss, shared + heads, allow_unused=True)
