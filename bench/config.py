@@ -39,8 +39,8 @@ from tasks.synthetic import SyntheticConfig
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
 MODEL_DEFAULTS = {"pooling": "mean", "pair_head": "concat_product"}
 RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head")
-SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "model", "seeds", "train", "synthetic",
-              "tiny_encoder", "defaults", "recipes")
+SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "model", "seeds", "train", "pretrained_train",
+              "synthetic", "tiny_encoder", "defaults", "recipes")
 
 
 @dataclass
@@ -194,7 +194,12 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UserError(f"{where}: seeds must be a positive count or a list of integers, got {raw.get('seeds')!r}")
-    train = _dataclass_from(TrainSettings, raw.get("train", {}), f"{where} [train]")
+    # [pretrained_train] overrides [train] when the model is a real checkpoint, not the tiny encoder:
+    # one suite then holds both the offline settings and those of its paper (e.g. lr 1e-5 for BERT).
+    pretrained = raw.get("pretrained_train", {})
+    _check_keys(pretrained, [f.name for f in dataclasses.fields(TrainSettings)], f"{where} [pretrained_train]")
+    train_raw = {**raw.get("train", {}), **(pretrained if raw.get("model", TINY) != TINY else {})}
+    train = _dataclass_from(TrainSettings, train_raw, f"{where} [train]")
     train.single_head = _choice(train.single_head, SINGLE_HEADS, f"{where} [train].single_head")
     defaults = raw.get("defaults", {})
     _check_keys(defaults, RECIPE_KEYS[1:], f"{where} [defaults]")

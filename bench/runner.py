@@ -33,6 +33,13 @@ def validate(suite: Suite) -> None:
     """Everything that can be checked without training, so a bad recipe fails before any record."""
     for recipe in suite.recipes:
         sampler_cls = registry.get("sampler", recipe.sampler.name)
+        # Built once with placeholder sizes, so that option values a strategy checks (a task name)
+        # fail here too; freezing schedules need the model and are checked when it exists.
+        sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(suite.tasks, 1),
+                    dict.fromkeys(suite.tasks, 1), random.Random(0))
+        for i, spec in enumerate(recipe.regularizers):
+            cls = registry.get("regularizer", spec.name)
+            cls(cls.Options(**spec.options), torch.Generator())
         combiner = _combiner(recipe, suite.tasks, 0)
         if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
             raise UserError(f"recipe '{recipe.name}': combiner '{recipe.combiner.name}' needs several task losses "
@@ -99,7 +106,8 @@ class Runner:
                     self.tokens[mode, task, split] = tokenize(data.rows[split], self.tokenizer, encoding, cache)
         self.prepare_seconds = time.perf_counter() - started
 
-    def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
+    def build(self, recipe: Recipe, seed: int):
+        """The model, strategies and data of one run."""
         suite = self.suite
         seed_everything(seed)
         encoder = backbone.load_encoder(self.model_path)
@@ -110,7 +118,11 @@ class Runner:
         train_sets = {t: TaskBatches(self.tokens[mode, t, "train"], TASKS[t], suite.train.batch_size, self.pad_id,
                                      generator) for t in suite.tasks}
         dev_sets = {t: self.tokens[mode, t, "dev"] for t in suite.tasks}
-        strategies = build_strategies(recipe, model, train_sets, seed)
+        return model, build_strategies(recipe, model, train_sets, seed), train_sets, dev_sets
+
+    def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
+        suite = self.suite
+        model, strategies, train_sets, dev_sets = self.build(recipe, seed)
         outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress)
         last, best, overall, overall_best = _summarise(outcome.history, suite.tasks)
         run_id = f"{recipe.name}-seed{seed}"
@@ -139,6 +151,8 @@ class Runner:
     def run(self) -> list[dict]:
         validate(self.suite)
         self.prepare()
+        for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
+            self.build(recipe, 0)
         records = []
         runs = [(r, s) for r in self.suite.recipes for s in self.suite.seeds]
         for n, (recipe, seed) in enumerate(runs, 1):

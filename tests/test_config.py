@@ -59,3 +59,26 @@ def test_shipped_suites_load():
     for name in config.suite_names():
         suite = config.load_suite(name)
         assert suite.recipes
+
+
+def test_shipped_suites_pass_strategy_validation():
+    from bench.runner import validate
+    for name in config.suite_names():
+        validate(config.load_suite(name))
+
+
+def test_pretrained_train_applies_only_to_a_real_checkpoint():
+    offline = config.load_suite("cs224n-table4")
+    assert offline.train.lr == 2e-3 and offline.train.epochs == 5
+    bert = config.load_suite("cs224n-table4", {"model": "bert-base-uncased"})
+    assert bert.train.lr == 1e-5 and bert.train.epochs == 10 and bert.train.batch_size == 8
+
+
+def test_cs224n_table4_expresses_the_report_experiments():
+    suite = config.load_suite("cs224n-table4")
+    recipes = {r.name: r for r in suite.recipes}
+    assert recipes["sst_only"].sampler.options["task"] == "sst"
+    assert recipes["round_robin_option2"].pair_head == "concat" and recipes["round_robin_option3"].pair_head == "concat_product"
+    assert recipes["total_loss"].combiner.name == "sum" and recipes["gradient_surgery"].combiner.name == "pcgrad"
+    assert [recipes[f"round_robin_{r}"].regularizers[0].name for r in ("fgm", "fgsm", "pgd", "contrastive")] == \
+        ["fgm", "fgsm", "pgd", "contrastive"]

@@ -4,7 +4,7 @@ unchanged (weight decay on), learning rates per layer, and the trainable set ove
 import pytest
 import torch
 
-from bench.trainer import Strategies, training_step
+from bench.trainer import Strategies, make_optimizer, training_step
 from strategies import registry
 
 
@@ -21,7 +21,7 @@ def strategies_with(model, freezing, combiner="sum"):
 def train_steps(model, batches, freezing, steps=3, combiner="sum", epoch=1):
     """`steps` joint steps with AdamW (weight decay 0.1); returns the parameters before and after."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(freezing.parameter_groups(1e-2, 0.1), foreach=True)
+    optimizer = make_optimizer(freezing.parameter_groups(1e-2, 0.1))  # what the trainer uses
     freezing.on_epoch_start(epoch)
     for step in range(steps):
         freezing.on_step(step)

@@ -79,3 +79,10 @@ def test_every_in_tree_module_is_discovered_and_registers():
         assert names <= set(registry.available(axis))
     for cls in (c for axis in registry.AXES for c in registry.available(axis).values()):
         assert cls.__doc__ and sys.modules[cls.__module__].__doc__, f"{cls.__name__}: docstring citing its source"
+
+
+def test_only_trains_the_named_task_one_pass_per_epoch():
+    sampler = make("only", task="quora")
+    assert list(sampler.epoch()) == [("quora",)] * 7 == [("quora",)] * sampler.steps_per_epoch()
+    with pytest.raises(UserError, match="unknown task 'sts2'.*did you mean 'sts'"):
+        make("only", task="sts2")

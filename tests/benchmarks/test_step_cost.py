@@ -17,7 +17,7 @@ from bench.config import Recipe, StrategySpec
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
 from bench.runner import build_strategies
-from bench.trainer import training_step
+from bench.trainer import make_optimizer, training_step
 from tasks.spec import SST
 from tasks.synthetic import SyntheticConfig, generate
 
@@ -43,7 +43,7 @@ def _stepper(encoder, tokenizer, pad_to: int | None):
     recipe = Recipe("rr", StrategySpec("round_robin"), StrategySpec("sum"), [], StrategySpec("none"), "mean",
                     "concat_product")
     strategies = build_strategies(recipe, model, {"sst": batches}, 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}])
     cycle = itertools.cycle(fixed)
     return lambda: training_step(model, strategies, {"sst": next(cycle)}, optimizer)
 
@@ -75,7 +75,7 @@ def _joint_stepper(encoder, tokenizer, combiner: str):
     recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner), [],
                     StrategySpec("none"), "mean", "concat_product")
     strategies = build_strategies(recipe, model, sets, 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}])
     cycle = itertools.cycle(fixed)
     return lambda: training_step(model, strategies, next(cycle), optimizer)
 
