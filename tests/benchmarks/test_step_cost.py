@@ -58,8 +58,9 @@ def test_step_padded_to_max_length(benchmark, encoder, tokenizer):
     benchmark(_stepper(encoder, tokenizer, pad_to=encoder.config.max_position_embeddings))
 
 
-def _joint_stepper(encoder, tokenizer, combiner: str):
-    """A joint (all-tasks) step on fixed SST / Quora / STS batches with the given combiner."""
+def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tuple = (), freezing: str = "none"):
+    """A joint (all-tasks) step on fixed SST / Quora / STS batches with the given strategies
+    (`regularizers`: (name, options) pairs)."""
     from tasks.spec import QUORA, STS
 
     torch.manual_seed(0)
@@ -72,10 +73,12 @@ def _joint_stepper(encoder, tokenizer, combiner: str):
     streams = {task: batches.stream() for task, batches in sets.items()}
     fixed = [{task: next(stream) for task, stream in streams.items()} for _ in range(8)]
     model = MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product")
-    recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner), [],
-                    StrategySpec("none"), "mean", "concat_product")
+    recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner),
+                    [StrategySpec(name, dict(options)) for name, options in regularizers], StrategySpec(freezing),
+                    "mean", "concat_product")
     strategies = build_strategies(recipe, model, sets, 0)
-    optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}])
+    optimizer = make_optimizer(strategies.freezing.parameter_groups(1e-3, 0.01))
+    strategies.freezing.on_epoch_start(1)
     cycle = itertools.cycle(fixed)
     return lambda: training_step(model, strategies, next(cycle), optimizer)
 
@@ -104,16 +107,17 @@ def _quick_encoder():
     return path, backbone.load_tokenizer(path)
 
 
-def interleaved_step_times(combiners: list[str], rounds: int = 30, steps: int = 10) -> dict[str, float]:
-    """Median step time (ms) of each combiner on the same batches, cycling through the combiners
-    in blocks within one process, so that machine drift hits them alike."""
+def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 10) -> dict[str, float]:
+    """Median step time (ms) of each variant (keyword arguments of `_joint_stepper`) on the same
+    batches, cycling through the variants in blocks within one process, so that machine drift
+    hits them alike."""
     import statistics
     import time
 
     from bench import backbone
 
     path, tokenizer = _quick_encoder()
-    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, name) for name in combiners}
+    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, **kwargs) for name, kwargs in variants.items()}
     times = {name: [] for name in steppers}
     for step in steppers.values():
         for _ in range(20):  # warm-up
@@ -142,28 +146,54 @@ def step_peak_tensor_memory(step) -> float:
     return peak / 2**20
 
 
-def cost_table(combiners: list[str], rounds: int = 30) -> str:
-    """Markdown: median joint-step time, ratio to `sum` (same batches, one process, interleaved)
-    and the step's peak tensor memory."""
+def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
+    """Markdown: median joint-step time, ratio to the first variant (same batches, one process,
+    interleaved) and the step's peak tensor memory."""
     from bench import backbone
 
-    medians = interleaved_step_times(combiners, rounds)
+    medians = interleaved_step_times(variants, rounds)
     path, tokenizer = _quick_encoder()
     peaks = {}
-    for name in combiners:
-        step = _joint_stepper(backbone.load_encoder(path), tokenizer, name)
+    for name, kwargs in variants.items():
+        step = _joint_stepper(backbone.load_encoder(path), tokenizer, **kwargs)
         for _ in range(3):  # optimizer state exists before the measured step
             step()
         peaks[name] = step_peak_tensor_memory(step)
-    lines = ["| combiner | step (ms, median) | × sum | peak tensor memory (MiB) |", "|---|---:|---:|---:|"]
-    for name in combiners:
-        lines.append(f"| {name} | {medians[name]:.2f} | {medians[name] / medians['sum']:.3f} | {peaks[name]:.2f} |")
+    base = next(iter(variants))
+    lines = [f"| variant | step (ms, median) | × {base} | peak tensor memory (MiB) |", "|---|---:|---:|---:|"]
+    for name in variants:
+        lines.append(f"| {name} | {medians[name]:.2f} | {medians[name] / medians[base]:.3f} | {peaks[name]:.2f} |")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [COMBINER ...]
+COMBINERS = {name: {"combiner": name} for name in all_combiners()}
+REGULARIZERS_AND_FREEZING = {
+    "sum": {},
+    "fgm": {"regularizers": (("fgm", {}),)},
+    "fgsm": {"regularizers": (("fgsm", {}),)},
+    "pgd (K=3)": {"regularizers": (("pgd", {"steps": 3}),)},
+    "freelb (K=3)": {"regularizers": (("freelb", {"steps": 3}),)},
+    "smart": {"regularizers": (("smart", {}),)},
+    "contrastive": {"regularizers": (("contrastive", {}),)},
+    "frozen_backbone": {"freezing": "frozen_backbone"},
+    "frozen_embeddings": {"freezing": "frozen_embeddings"},
+    "gradual_unfreezing (epoch 1)": {"freezing": "gradual_unfreezing"},
+    "layerwise_lr_decay": {"freezing": "layerwise_lr_decay"},
+}
+
+
+@pytest.mark.benchmark(group="regularizers and freezing (joint step, 3 tasks)")
+@pytest.mark.parametrize("variant", list(REGULARIZERS_AND_FREEZING))
+def test_regularizer_and_freezing_step_cost(benchmark, encoder, tokenizer, variant):
+    benchmark(_joint_stepper(encoder, tokenizer, **REGULARIZERS_AND_FREEZING[variant]))
+
+
+if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers]
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
-    names = sys.argv[1:] or all_combiners()
-    print(cost_table(["sum", *[n for n in names if n != "sum"]]))
+    which = sys.argv[1:] or ["combiners", "regularizers"]
+    if "combiners" in which:
+        print(cost_table(COMBINERS))
+    if "regularizers" in which:
+        print(cost_table(REGULARIZERS_AND_FREEZING, rounds=20))
