@@ -190,3 +190,26 @@ def test_smart_perturbs_real_tokens_at_epsilon_per_token(real_step, task):
     torch.testing.assert_close(final.abs().amax(-1)[real], torch.full((int(real.sum()),), 1e-3), rtol=1e-3, atol=1e-9)
     assert final[~real].abs().sum() == 0
     assert term.item() >= 0 and term.requires_grad
+
+
+def test_a_zero_weight_adversarial_term_leaves_the_training_step_unchanged(real_step):
+    """The regularised path (clean forward from embeddings, stored-gradient surrogate) must update
+    the parameters as plain training does, up to float rounding."""
+    import copy
+
+    from bench.trainer import Strategies, make_optimizer, training_step
+
+    model, batches = real_step
+    twin = copy.deepcopy(model)
+    combiner_cls = registry.get("combiner", "pcgrad")
+    updated = []
+    for net, regularizers in ((model, []), (twin, [make("fgm", epsilon=0.1, weight=0.0)])):
+        freezing = registry.get("freezing", "none")(registry.get("freezing", "none").Options(), net)
+        strategies = Strategies(None, combiner_cls(combiner_cls.Options(), list(net.specs), torch.Generator().manual_seed(0)),
+                                regularizers, freezing)
+        optimizer = make_optimizer(freezing.parameter_groups(1e-3, 0.01))
+        for _ in range(2):
+            training_step(net, strategies, batches, optimizer)
+        updated.append(dict(net.named_parameters()))
+    for name, parameter in updated[0].items():
+        torch.testing.assert_close(parameter, updated[1][name], rtol=1e-5, atol=1e-6, msg=name)
