@@ -136,7 +136,7 @@ class TrainOutcome:
 class _CleanBackward:
     """The clean loss's gradients w.r.t. the input embeddings and the parameters, from one backward
     made on first request. The combiner then gets a loss with the same value and the same parameter
-    gradient whose backward is one multiply-add per parameter, so an adversarial regulariser pays
+    gradient whose backward is one fused multiply (`with_gradient`), so an adversarial regulariser pays
     for its own passes only (a one-step perturbation: 2 forwards + 2 backwards in all)."""
 
     def __init__(self, loss: torch.Tensor, embeddings: torch.Tensor, parameters: list[torch.nn.Parameter]):

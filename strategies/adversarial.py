@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -71,6 +72,18 @@ def pgd_perturbation(gradient_at: Callable[[Tensor], Tensor], clean_gradient: Te
         if k < steps - 1:
             gradient = gradient_at(delta)
     return delta
+
+
+@dataclass
+class OneStepOptions:
+    """Options of a one-step attack (FGSM, FGM): its radius and the adversarial loss's weight."""
+
+    epsilon: float
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.epsilon < 0 or self.weight < 0:
+            raise ValueError(f"epsilon and weight must be >= 0, got {self.epsilon}, {self.weight}")
 
 
 class AdversarialRegularizer(Regularizer):

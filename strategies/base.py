@@ -229,3 +229,20 @@ class FreezingSchedule(Strategy, ABC):
 
     def trainable(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+class StagedSchedule(FreezingSchedule):
+    """A schedule that moves through numbered stages, one per epoch or one per `every_steps` steps
+    (its Options must define `every_steps`, 0 meaning per epoch)."""
+
+    @abstractmethod
+    def stage(self, stage: int) -> None:
+        """Set what trains in this stage."""
+
+    def on_epoch_start(self, epoch):
+        if not self.options.every_steps:
+            self.stage(epoch - 1)
+
+    def on_step(self, step):
+        if self.options.every_steps:
+            self.stage(step // self.options.every_steps)

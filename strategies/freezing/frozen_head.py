@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies.base import FreezingSchedule
+from strategies.base import StagedSchedule
 from strategies.registry import nearest, register
 from tasks.errors import UserError
 
 
 @register("freezing", "frozen_head")
-class FrozenHead(FreezingSchedule):
+class FrozenHead(StagedSchedule):
     """Heads of the `alternate` tasks take turns: one trains, the others stay frozen."""
 
     @dataclass
@@ -37,17 +37,9 @@ class FrozenHead(FreezingSchedule):
         self.turns = list(options.alternate) or tasks
         if len(self.turns) < 2:
             raise UserError("freezing.alternate: name at least two tasks to alternate")
-        self.turn(0)
+        self.stage(0)
 
-    def turn(self, index: int) -> None:
-        active = self.turns[index % len(self.turns)]
+    def stage(self, stage: int) -> None:
+        active = self.turns[stage % len(self.turns)]
         self.set_trainable(lambda name: self.head_task(name) in (None, active)
                            or self.head_task(name) not in self.turns)
-
-    def on_epoch_start(self, epoch):
-        if not self.options.every_steps:
-            self.turn(epoch - 1)
-
-    def on_step(self, step):
-        if self.options.every_steps:
-            self.turn(step // self.options.every_steps)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import FreezingSchedule
+from strategies.base import StagedSchedule
 from strategies.registry import register
 
 
 @register("freezing", "gradual_unfreezing")
-class GradualUnfreezing(FreezingSchedule):
+class GradualUnfreezing(StagedSchedule):
     """ULMFiT gradual unfreezing: the top layer first, one more layer per epoch (or N steps)."""
 
     @dataclass
@@ -43,11 +43,3 @@ class GradualUnfreezing(FreezingSchedule):
                 return stage >= self.layers
             return True  # heads, pooler
         self.set_trainable(trainable)
-
-    def on_epoch_start(self, epoch):
-        if not self.options.every_steps:
-            self.stage(epoch - 1)
-
-    def on_step(self, step):
-        if self.options.every_steps:
-            self.stage(step // self.options.every_steps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.adversarial import AdversarialRegularizer, fgm_perturbation
+from strategies.adversarial import AdversarialRegularizer, OneStepOptions, fgm_perturbation
 from strategies.registry import register
 
 
@@ -20,13 +20,8 @@ class FGM(AdversarialRegularizer):
     """FGM (Miyato et al., 2017): L2-normalised gradient perturbation of the input embeddings."""
 
     @dataclass
-    class Options:
+    class Options(OneStepOptions):
         epsilon: float = 1.0  # L2 radius per example
-        weight: float = 1.0  # of the adversarial loss
-
-        def __post_init__(self):
-            if self.epsilon < 0 or self.weight < 0:
-                raise ValueError(f"epsilon and weight must be >= 0, got {self.epsilon}, {self.weight}")
 
     def perturbation(self, step):
         return fgm_perturbation(step.input_gradient(), step.padding_mask, self.options.epsilon)

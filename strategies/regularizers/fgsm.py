@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.adversarial import AdversarialRegularizer, fgsm_perturbation
+from strategies.adversarial import AdversarialRegularizer, OneStepOptions, fgsm_perturbation
 from strategies.registry import register
 
 
@@ -18,13 +18,8 @@ class FGSM(AdversarialRegularizer):
     """FGSM (Goodfellow et al., 2015): sign-of-gradient perturbation of the input embeddings."""
 
     @dataclass
-    class Options:
+    class Options(OneStepOptions):
         epsilon: float = 0.01  # L-inf radius
-        weight: float = 1.0
-
-        def __post_init__(self):
-            if self.epsilon < 0 or self.weight < 0:
-                raise ValueError(f"epsilon and weight must be >= 0, got {self.epsilon}, {self.weight}")
 
     def perturbation(self, step):
         return fgsm_perturbation(step.input_gradient(), step.padding_mask, self.options.epsilon)
