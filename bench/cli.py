@@ -21,10 +21,14 @@ def _run(args) -> int:
         config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
     if args.epochs is not None:
         suite.train.epochs = args.epochs
+    if args.threads is not None:
+        suite.train.threads = args.threads
+    if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
+        raise UserError("--jobs and --threads must be at least 1")
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on "
           f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
-    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr)).run()
+    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr)).run(args.jobs)
     print(tables.markdown(tables.summary(records)))
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)
@@ -102,6 +106,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data source: synthetic, cs224n or hf")
     run.add_argument("--data-dir", help="directory of the cs224n files, or of saved hf datasets")
     run.add_argument("--epochs", type=int, help="override the suite's epochs")
+    run.add_argument("--jobs", type=int, help="runs side by side in worker processes (default: on CPU, one per "
+                     "`threads` cores; on an accelerator, 1); results do not depend on it")
+    run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
+                     "part of the setting, recorded")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
 

@@ -4,8 +4,11 @@ write one record per run, then the tables and plots."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import random
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,9 +40,17 @@ def validate(suite: Suite) -> None:
         # fail here too; freezing schedules need the model and are checked when it exists.
         sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(suite.tasks, 1),
                     dict.fromkeys(suite.tasks, 1), random.Random(0))
-        for i, spec in enumerate(recipe.regularizers):
+        for spec in recipe.regularizers:
             cls = registry.get("regularizer", spec.name)
             cls(cls.Options(**spec.options), torch.Generator())
+            if cls.needs_bi_encoder_pairs:
+                if not any(TASKS[t].kind.is_pair for t in suite.tasks):
+                    raise UserError(f"recipe '{recipe.name}': regularizer '{spec.name}' works on pair tasks, "
+                                    f"and the suite's tasks ({', '.join(suite.tasks)}) have none")
+                if recipe.pair_head == "cross":
+                    raise UserError(f"recipe '{recipe.name}': regularizer '{spec.name}' needs the two sides "
+                                    "of a pair encoded separately, but pair_head = 'cross' encodes each pair as "
+                                    "one input (use concat, concat_product or cosine)")
         combiner = _combiner(recipe, suite.tasks, 0)
         if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
             raise UserError(f"recipe '{recipe.name}': combiner '{recipe.combiner.name}' needs several task losses "
@@ -122,6 +133,7 @@ class Runner:
 
     def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
         suite = self.suite
+        torch.set_num_threads(suite.train.threads)
         model, strategies, train_sets, dev_sets = self.build(recipe, seed)
         outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress)
         last, best, overall, overall_best = _summarise(outcome.history, suite.tasks)
@@ -148,21 +160,65 @@ class Runner:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
-    def run(self) -> list[dict]:
+    def _registered_at_run_time(self) -> list[str]:
+        """Strategies of this suite that a worker process would not find (see registry.discoverable)."""
+        used = {(axis, spec.name) for r in self.suite.recipes
+                for axis, spec in [("sampler", r.sampler), ("combiner", r.combiner), ("freezing", r.freezing)]
+                + [("regularizer", g) for g in r.regularizers]}
+        return sorted(f"{axis} '{name}'" for axis, name in used
+                      if not registry.discoverable(registry.get(axis, name)))
+
+    def default_jobs(self, runs: int) -> int:
+        """Runs side by side: one per `threads` CPU cores on CPU; one at a time on an accelerator,
+        or when a strategy exists only in this process."""
+        if self.device.type != "cpu" or self._registered_at_run_time():
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(runs, cores // self.suite.train.threads))
+
+    def run(self, jobs: int | None = None) -> list[dict]:
+        """Every recipe x seed, `jobs` at a time in worker processes (default: `default_jobs`).
+        A run's result does not depend on `jobs`: each run sets its own seed and thread count."""
         validate(self.suite)
         self.prepare()
         for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
             self.build(recipe, 0)
-        records = []
         runs = [(r, s) for r in self.suite.recipes for s in self.suite.seeds]
-        for n, (recipe, seed) in enumerate(runs, 1):
-            self.log(f"[{n}/{len(runs)}] {recipe.name} seed {seed}")
-            record = self.run_one(recipe.position, recipe, seed)
-            write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
-            metrics = ", ".join(f"{t} {record['metrics'][t][TASKS[t].primary_metric]:.3f}" for t in self.suite.tasks)
-            self.log(f"      {metrics}; overall {record['overall']:.3f}; "
-                     f"{record['train']['examples_per_second']:.0f} train ex/s")
-            records.append(record)
+        jobs = jobs or self.default_jobs(len(runs))
+        if jobs > 1 and self._registered_at_run_time():
+            raise UserError(f"--jobs {jobs}: {', '.join(self._registered_at_run_time())} registered at run time, "
+                            "so worker processes cannot find it; use --jobs 1, or put it in a module of "
+                            "strategies/ or an entry point")
+        if jobs == 1:
+            for n, (recipe, seed) in enumerate(runs, 1):
+                self.log(f"[{n}/{len(runs)}] {recipe.name} seed {seed}")
+                self._keep(self.run_one(recipe.position, recipe, seed))
+        else:
+            self.log(f"{len(runs)} runs, {jobs} at a time in worker processes ({self.suite.train.threads} "
+                     "thread each)")
+            # spawn: a fork of a process whose OpenMP threads have run can deadlock.
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_start_worker, initargs=(self.suite,)) as pool:
+                # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
+                ordered = sorted(runs, key=lambda run: -len(run[0].regularizers))
+                pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
+                done, error = 0, None
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        if future.cancelled():
+                            continue
+                        if future.exception() is not None:  # no new runs; those under way still land
+                            error = error or future.exception()
+                            for other in pending:
+                                other.cancel()
+                            continue
+                        done += 1
+                        record = future.result()
+                        self.log(f"[{done}/{len(runs)}] {record['recipe_name']} seed {record['seed']}")
+                        self._keep(record)
+            if error is not None:
+                raise error
         # Render over every record in the directory, so runs added to it (more seeds, another
         # recipe) extend the table instead of replacing it.
         every_record = load_records(self.out_dir)
@@ -170,3 +226,23 @@ class Runner:
         plots.write_plots(every_record, self.out_dir)
         return every_record
 
+    def _keep(self, record: dict) -> None:
+        write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
+        metrics = ", ".join(f"{t} {record['metrics'][t][TASKS[t].primary_metric]:.3f}" for t in self.suite.tasks)
+        self.log(f"      {metrics}; overall {record['overall']:.3f}; "
+                 f"{record['train']['examples_per_second']:.0f} train ex/s")
+
+
+_worker: Runner | None = None
+
+
+def _start_worker(suite: Suite) -> None:
+    """A worker process's runner: data, encoder and tokens from the cache the parent filled."""
+    global _worker
+    _worker = Runner(suite, Path("."), progress=False, log=lambda message: None)
+    _worker.prepare()
+
+
+def _run_in_worker(position: int, seed: int) -> dict:
+    recipe = next(r for r in _worker.suite.recipes if r.position == position)
+    return _worker.run_one(position, recipe, seed)

@@ -35,6 +35,10 @@ class TrainSettings:
     dropout: float = 0.1
     single_head: str = "linear"
     device: str = "auto"
+    # Intra-op CPU threads per run. Part of the setting: the float results of a run depend on it
+    # (measured: 30 steps with 1 vs 2 threads end 0.1 apart in some weight), so it is fixed, not
+    # derived from the core count, and several runs go side by side instead (`--jobs`).
+    threads: int = 1
 
 
 def select_device(name: str) -> torch.device:
@@ -139,14 +143,16 @@ class _CleanBackward:
     gradient whose backward is one fused multiply (`with_gradient`), so an adversarial regulariser pays
     for its own passes only (a one-step perturbation: 2 forwards + 2 backwards in all)."""
 
-    def __init__(self, loss: torch.Tensor, embeddings: torch.Tensor, parameters: list[torch.nn.Parameter]):
+    def __init__(self, loss: torch.Tensor, embeddings: torch.Tensor, parameters: list[torch.nn.Parameter],
+                 retain_graph: bool):
         self.loss, self.embeddings, self.parameters = loss, embeddings, parameters
+        self.retain_graph = retain_graph
         self.input_grad, self.parameter_grads = None, None
 
     def input_gradient(self) -> torch.Tensor:
         if self.input_grad is None:
-            grads = torch.autograd.grad(self.loss, [self.embeddings, *self.parameters], retain_graph=True,
-                                        allow_unused=True)  # retained: other terms may use the clean graph
+            grads = torch.autograd.grad(self.loss, [self.embeddings, *self.parameters],
+                                        retain_graph=self.retain_graph, allow_unused=True)
             self.input_grad, self.parameter_grads = grads[0], grads[1:]
         return self.input_grad
 
@@ -163,7 +169,10 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
     embeddings = model.input_embeddings(batch["input_ids"])
     output = model(task, batch, inputs_embeds=embeddings)
     parameters = model.shared_parameters() + model.task_parameters()[task]
-    clean = _CleanBackward(output.loss, embeddings, parameters)
+    clean_graph_used = any(r.uses_clean_graph for r in regularizers)
+    clean = _CleanBackward(output.loss, embeddings, parameters, retain_graph=clean_graph_used)
+    if not clean_graph_used:  # the terms get their own lookup, so the clean graph can go after its backward
+        embeddings = model.input_embeddings(batch["input_ids"])
     outputs = model.outputs_closure(task, batch)
     step = TaskStep(task=task, loss=output.loss, pooled=output.pooled, labels=batch["labels"],
                     input_embeddings=embeddings, padding_mask=batch["attention_mask"],

@@ -91,6 +91,8 @@ class AdversarialRegularizer(Regularizer):
     the subclass. r is detached: the term trains the model at the perturbed point, including the
     word embeddings, which stay in the graph under e."""
 
+    uses_clean_graph = False
+
     @abstractmethod
     def perturbation(self, step: TaskStep) -> Tensor:
         """The [B, L, H] perturbation of the step's input embeddings."""

@@ -150,6 +150,14 @@ class Regularizer(Strategy, ABC):
     """Adds loss terms for a task batch before the combiner runs. Counts the forward and backward
     passes it makes beyond the step's own clean forward and backward."""
 
+    # Works on the two sides' pooled vectors of a pair task: the suite needs a pair task, and a
+    # bi-encoder pair head (checked when the suite is loaded, before any training).
+    needs_bi_encoder_pairs: ClassVar[bool] = False
+    # Whether a term reaches into the clean forward's graph (`loss`, `pooled`, `logits`). If none of
+    # a step's regularisers does, the clean graph is freed by the backward that gives
+    # `input_gradient`, and `input_embeddings` is a lookup of its own.
+    uses_clean_graph: ClassVar[bool] = True
+
     def __init__(self, options, generator: torch.Generator):
         super().__init__(options)
         self.generator = generator

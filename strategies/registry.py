@@ -22,6 +22,7 @@ PLUGIN_PACKAGES = ("strategies.samplers", "strategies.combiners", "strategies.re
 ENTRY_POINT_GROUP = "mtlbench.strategies"
 
 _REGISTRY: dict[str, dict[str, type]] = {axis: {} for axis in AXES}
+_DISCOVERED_MODULES: set[str] = set()  # in-tree and entry-point modules: a fresh process finds them too
 _loaded = False
 
 
@@ -52,8 +53,17 @@ def _load_all() -> None:
         package = importlib.import_module(package_name)
         for module in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package_name}.{module.name}")  # runs its @register
+            _DISCOVERED_MODULES.add(f"{package_name}.{module.name}")
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()  # importing the module runs its @register decorators
+        _DISCOVERED_MODULES.add(getattr(entry, "module", ""))
+
+
+def discoverable(cls: type) -> bool:
+    """Whether a fresh process (a worker of a parallel run) finds this strategy by itself: true for
+    in-tree modules and entry points, false for a class registered at run time (a notebook cell)."""
+    _load_all()
+    return cls.__module__ in _DISCOVERED_MODULES
 
 
 def nearest(name: str, choices) -> str:

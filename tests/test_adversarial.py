@@ -114,6 +114,42 @@ def test_adversarial_step_gradient_equals_autograd_on_the_total_loss(real_step, 
     assert clean.item() == pytest.approx(clean_loss.item(), rel=1e-6)
 
 
+def test_fgm_with_a_term_on_the_clean_graph_keeps_that_graph(real_step):
+    """FGM alone frees the clean graph after the input gradient; with the contrastive term, which
+    backpropagates through the clean pooled vectors, the graph is kept and the gradient is that
+    of L + L_adv + L_contrastive."""
+    from bench.trainer import _regularized_loss
+    from strategies.regularizers.contrastive import positive_pairs, supervised_contrastive_loss
+
+    model, batches = real_step
+    task, batch = "quora", batches["quora"]
+    parameters = model.shared_parameters() + model.task_parameters()[task]
+    fgm, contrastive = make("fgm", epsilon=0.5), make("contrastive", weight=0.3)
+    loss, _ = _regularized_loss(model, [fgm, contrastive], task, batch)
+    got = torch.autograd.grad(loss, parameters, allow_unused=True)
+
+    embeddings = model.input_embeddings(batch["input_ids"])
+    clean = model(task, batch, inputs_embeds=embeddings)
+    gradient = torch.autograd.grad(clean.loss, embeddings, retain_graph=True)[0]
+    r = make("fgm", epsilon=0.5).perturbation(_gradient_only_step(batch, gradient)).detach()
+    half = batch["labels"].shape[0]
+    positive = positive_pairs(batch["labels"], model.specs[task].kind, 4.0)
+    total = (clean.loss + model(task, batch, inputs_embeds=embeddings + r).loss
+             + 0.3 * supervised_contrastive_loss(clean.pooled[:half], clean.pooled[half:], positive))
+    expected = torch.autograd.grad(total, parameters, allow_unused=True)
+    for g, e in zip(got, expected):
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def _gradient_only_step(batch, gradient):
+    from strategies.base import TaskStep
+
+    return TaskStep(task="quora", loss=None, pooled=None, labels=batch["labels"], input_embeddings=None,
+                    padding_mask=batch["attention_mask"], loss_from_embeddings=None,
+                    input_gradient=lambda: gradient)
+
+
 def _recording_step(model, batches, task="quora"):
     """A TaskStep built like the trainer's, whose closures record every embedding point they see."""
     from bench.trainer import _CleanBackward
@@ -134,7 +170,7 @@ def _recording_step(model, batches, task="quora"):
                     input_embeddings=embeddings, padding_mask=batch["attention_mask"],
                     loss_from_embeddings=lambda e: recorded(e)[0], spec=model.specs[task], logits=output.logits,
                     outputs_from_embeddings=recorded,
-                    input_gradient=_CleanBackward(output.loss, embeddings, parameters).input_gradient,
+                    input_gradient=_CleanBackward(output.loss, embeddings, parameters, retain_graph=True).input_gradient,
                     parameters=parameters)
     return step, points, embeddings.detach(), outputs
 

@@ -27,8 +27,8 @@ def suite_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(suite_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["run", str(suite_file), "--out", str(out), "--no-progress"]) == 0
+    out = tmp_path_factory.mktemp("run")  # two runs in two worker processes
+    assert main(["run", str(suite_file), "--out", str(out), "--no-progress", "--jobs", "2"]) == 0
     return out
 
 
@@ -57,6 +57,7 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
 
 
 def test_same_recipe_and_seed_give_identical_metrics(first_run, suite_file, tmp_path):
+    # in this process, against the first run's worker process: --jobs does not change a result
     assert main(["run", str(suite_file), "--recipes", "rr", "--out", str(tmp_path), "--no-progress"]) == 0
     again = json.loads((tmp_path / "rr-seed0.json").read_text())
     before = json.loads((first_run / "rr-seed0.json").read_text())
@@ -137,6 +138,14 @@ def test_regularizers_plug_in_without_touching_the_trainer(toy_regularizer, tmp_
     assert record["recipe"]["regularizers"] == ["pooled_l2_test"]
     assert record["config"]["recipe"]["regularizers"] == [{"name": "pooled_l2_test", "options": {"weight": 0.5}}]
     assert {task for task, _, _ in toy_regularizer.seen} == {"sst", "quora", "sts"}
+
+
+def test_a_strategy_registered_at_run_time_is_not_sent_to_worker_processes(toy_regularizer, tmp_path, capsys):
+    suite = write_suite(tmp_path / "reg.toml", '[[recipes]]\nname = "reg"\nsampler = "joint"\n'
+                                               'regularizers = ["pooled_l2_test"]\n', extra="seeds = 2")
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--jobs", "2"]) == 2
+    assert "regularizer 'pooled_l2_test' registered at run time" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_external_packages_register_through_entry_points(monkeypatch):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import write_suite
 
 from strategies import registry
 from strategies.base import TaskStep
@@ -84,3 +85,17 @@ def test_cross_encoder_pairs_and_bad_options_are_refused():
         make().terms(_step(QUORA, torch.tensor([1.0, 0.0]), torch.randn(2, 4)))
     with pytest.raises(UserError, match="temperature must be > 0"):
         make(temperature=0.0)
+
+
+@pytest.mark.parametrize("tasks, pair_head, message", [
+    ('["sst", "quora", "sts"]', "cross", "pair_head = 'cross' encodes each pair as one input"),
+    ('["sst"]', "concat", "the suite's tasks (sst) have none"),
+])
+def test_contrastive_without_bi_encoder_pairs_fails_at_config_time(tmp_path, capsys, tasks, pair_head, message):
+    from bench.cli import main
+    suite = write_suite(tmp_path / "s.toml", f'[[recipes]]\nname = "x"\nsampler = "round_robin"\n'
+                        f'regularizers = ["contrastive"]\npair_head = "{pair_head}"\n')
+    suite.write_text(suite.read_text().replace('tasks = ["sst", "quora", "sts"]', f"tasks = {tasks}"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -50,6 +50,8 @@ def supervised_contrastive_loss(first: Tensor, second: Tensor, positive: Tensor,
 class SupervisedContrastive(Regularizer):
     """Supervised SimCSE term (Gao et al., 2021) on pair tasks: in-batch negatives, one B x B matrix."""
 
+    needs_bi_encoder_pairs = True
+
     @dataclass
     class Options:
         weight: float = 0.1  # lambda
