@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import random
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
@@ -236,9 +237,18 @@ class Runner:
 _worker: Runner | None = None
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed would train on for nobody: it exits instead."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _start_worker(suite: Suite) -> None:
     """A worker process's runner: data, encoder and tokens from the cache the parent filled."""
     global _worker
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _worker = Runner(suite, Path("."), progress=False, log=lambda message: None)
     _worker.prepare()
 

@@ -178,6 +178,7 @@ REGULARIZERS_AND_FREEZING = {
     "frozen_backbone": {"freezing": "frozen_backbone"},
     "frozen_embeddings": {"freezing": "frozen_embeddings"},
     "gradual_unfreezing (epoch 1)": {"freezing": "gradual_unfreezing"},
+    "frozen_head": {"freezing": "frozen_head"},
     "layerwise_lr_decay": {"freezing": "layerwise_lr_decay"},
 }
 
@@ -188,12 +189,22 @@ def test_regularizer_and_freezing_step_cost(benchmark, encoder, tokenizer, varia
     benchmark(_joint_stepper(encoder, tokenizer, **REGULARIZERS_AND_FREEZING[variant]))
 
 
-if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers]
+if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers] [--threads N]
+    import argparse
     import sys
 
+    from bench.trainer import TrainSettings
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
-    which = sys.argv[1:] or ["combiners", "regularizers"]
-    if "combiners" in which:
-        print(cost_table(COMBINERS))
-    if "regularizers" in which:
-        print(cost_table(REGULARIZERS_AND_FREEZING, rounds=20))
+    arguments = argparse.ArgumentParser()
+    arguments.add_argument("which", nargs="*", default=["combiners", "regularizers"])
+    arguments.add_argument("--threads", type=int, default=TrainSettings().threads,
+                           help="intra-op threads (default: a run's, 1)")
+    arguments.add_argument("--rounds", type=int, default=20, help="blocks of 10 steps per variant")
+    args = arguments.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} thread(s), {args.rounds} x 10 steps per variant")
+    if "combiners" in args.which:
+        print(cost_table(COMBINERS, args.rounds))
+    if "regularizers" in args.which:
+        print(cost_table(REGULARIZERS_AND_FREEZING, args.rounds))
