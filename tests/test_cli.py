@@ -197,3 +197,49 @@ def test_a_second_run_into_the_same_directory_extends_the_table(first_run, suite
     table = pd.read_csv(out / "table.csv").set_index("recipe")
     assert table.loc["rr", "seeds"] == 2  # seed 1 added to the earlier seed 0
     assert table.loc["joint", "seeds"] == 1  # the earlier recipe is still in the table
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:  # the process is gone
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    stat = _read(f"/proc/{pid}/stat")
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_worker_processes_exit_when_the_run_is_killed(suite_file, tmp_path):
+    import os
+    import signal
+    import time
+
+    script = Path(sys.executable).with_name("mtlbench")
+    run = subprocess.Popen([str(script), "run", str(suite_file), "--jobs", "2", "--epochs", "50", "--no-progress",
+                            "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ})
+    deadline = time.monotonic() + 60
+    while len(workers := [p for p in _children(run.pid) if "spawn_main" in _read(f"/proc/{p}/cmdline")]) < 2:
+        assert time.monotonic() < deadline and run.poll() is None, "no workers started"
+        time.sleep(0.2)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers):
+        assert time.monotonic() < deadline, "workers outlived the killed run"
+        time.sleep(0.2)

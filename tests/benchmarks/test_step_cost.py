@@ -58,9 +58,11 @@ def test_step_padded_to_max_length(benchmark, encoder, tokenizer):
     benchmark(_stepper(encoder, tokenizer, pad_to=encoder.config.max_position_embeddings))
 
 
-def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tuple = (), freezing: str = "none"):
+def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tuple = (), freezing: str = "none",
+                   one_task_per_step: bool = False):
     """A joint (all-tasks) step on fixed SST / Quora / STS batches with the given strategies
-    (`regularizers`: (name, options) pairs)."""
+    (`regularizers`: (name, options) pairs); with `one_task_per_step`, a round-robin step on the
+    same batches, one task's batch at a time."""
     from tasks.spec import QUORA, STS
 
     torch.manual_seed(0)
@@ -72,6 +74,8 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
         sets[spec.name] = TaskBatches(dataset, spec, 32, tokenizer.pad_token_id, torch.Generator().manual_seed(0))
     streams = {task: batches.stream() for task, batches in sets.items()}
     fixed = [{task: next(stream) for task, stream in streams.items()} for _ in range(8)]
+    if one_task_per_step:
+        fixed = [{task: batch} for step in fixed for task, batch in step.items()]
     model = MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product")
     recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner),
                     [StrategySpec(name, dict(options)) for name, options in regularizers], StrategySpec(freezing),
@@ -107,27 +111,50 @@ def _quick_encoder():
     return path, backbone.load_tokenizer(path)
 
 
-def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 10) -> dict[str, float]:
+# Encoders to time with: the quick suite's own, or a randomly initialised wider one of BERT's shape
+# (cost does not depend on the weights), which shows how fixed per-step overheads weigh less.
+ENCODER_WIDTHS = {"tiny": None, "bert-mini-shape": (256, 4, 4, 1024)}
+_encoder_width = "tiny"
+
+
+def encoder(path):
+    from bench import backbone
+
+    if ENCODER_WIDTHS[_encoder_width] is None:
+        return backbone.load_encoder(path)
+    from transformers import BertConfig, BertModel
+
+    hidden, layers, heads, intermediate = ENCODER_WIDTHS[_encoder_width]
+    tiny = backbone.load_encoder(path).config
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=tiny.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads, intermediate_size=intermediate,
+                                max_position_embeddings=tiny.max_position_embeddings, pad_token_id=tiny.pad_token_id))
+
+
+def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 12) -> dict[str, float]:
     """Median step time (ms) of each variant (keyword arguments of `_joint_stepper`) on the same
     batches, cycling through the variants in blocks within one process, so that machine drift
-    hits them alike."""
+    hits them alike. Round-robin variants are timed 3 steps at a time (one per task), so that
+    each sample holds the same batches."""
     import statistics
     import time
 
-    from bench import backbone
 
     path, tokenizer = _quick_encoder()
-    steppers = {name: _joint_stepper(backbone.load_encoder(path), tokenizer, **kwargs) for name, kwargs in variants.items()}
+    steppers = {name: _joint_stepper(encoder(path), tokenizer, **kwargs) for name, kwargs in variants.items()}
+    group = {name: 3 if kwargs.get("one_task_per_step") else 1 for name, kwargs in variants.items()}
     times = {name: [] for name in steppers}
     for step in steppers.values():
-        for _ in range(20):  # warm-up
+        for _ in range(21):  # warm-up
             step()
     for _ in range(rounds):
         for name, step in steppers.items():
-            for _ in range(steps):
+            for _ in range(steps // group[name]):
                 started = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - started)
+                for _ in range(group[name]):
+                    step()
+                times[name].append((time.perf_counter() - started) / group[name])
     return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
@@ -149,13 +176,12 @@ def step_peak_tensor_memory(step) -> float:
 def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
     """Markdown: median joint-step time, ratio to the first variant (same batches, one process,
     interleaved) and the step's peak tensor memory."""
-    from bench import backbone
 
     medians = interleaved_step_times(variants, rounds)
     path, tokenizer = _quick_encoder()
     peaks = {}
     for name, kwargs in variants.items():
-        step = _joint_stepper(backbone.load_encoder(path), tokenizer, **kwargs)
+        step = _joint_stepper(encoder(path), tokenizer, **kwargs)
         for _ in range(3):  # optimizer state exists before the measured step
             step()
         peaks[name] = step_peak_tensor_memory(step)
@@ -183,13 +209,17 @@ REGULARIZERS_AND_FREEZING = {
 }
 
 
+ATTACKS = {name: REGULARIZERS_AND_FREEZING[name] for name in ("sum", "fgm", "fgsm", "pgd (K=3)")}
+ONE_STEP_ATTACKS = {name: {**kwargs, "one_task_per_step": True} for name, kwargs in ATTACKS.items()}
+
+
 @pytest.mark.benchmark(group="regularizers and freezing (joint step, 3 tasks)")
 @pytest.mark.parametrize("variant", list(REGULARIZERS_AND_FREEZING))
 def test_regularizer_and_freezing_step_cost(benchmark, encoder, tokenizer, variant):
     benchmark(_joint_stepper(encoder, tokenizer, **REGULARIZERS_AND_FREEZING[variant]))
 
 
-if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers] [--threads N]
+if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers|attacks|round_robin]
     import argparse
     import sys
 
@@ -200,11 +230,17 @@ if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combine
     arguments.add_argument("which", nargs="*", default=["combiners", "regularizers"])
     arguments.add_argument("--threads", type=int, default=TrainSettings().threads,
                            help="intra-op threads (default: a run's, 1)")
-    arguments.add_argument("--rounds", type=int, default=20, help="blocks of 10 steps per variant")
+    arguments.add_argument("--rounds", type=int, default=20, help="blocks of 12 steps per variant")
+    arguments.add_argument("--encoder", choices=list(ENCODER_WIDTHS), default="tiny")
     args = arguments.parse_args()
+    _encoder_width = args.encoder
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} thread(s), {args.rounds} x 10 steps per variant")
+    print(f"{args.encoder} encoder, {args.threads} thread(s), {args.rounds} x 12 steps per variant")
     if "combiners" in args.which:
         print(cost_table(COMBINERS, args.rounds))
     if "regularizers" in args.which:
         print(cost_table(REGULARIZERS_AND_FREEZING, args.rounds))
+    if "attacks" in args.which:  # the joint step, the adversarial rows only
+        print(cost_table(ATTACKS, args.rounds))
+    if "round_robin" in args.which:  # the report's setting: one task's batch per step
+        print(cost_table(ONE_STEP_ATTACKS, args.rounds))
