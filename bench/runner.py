@@ -199,7 +199,7 @@ class Runner:
                      "thread each)")
             # spawn: a fork of a process whose OpenMP threads have run can deadlock.
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_start_worker, initargs=(self.suite,)) as pool:
+                                     initializer=_start_worker, initargs=(self.suite, os.getpid())) as pool:
                 # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
                 ordered = sorted(runs, key=lambda run: -len(run[0].regularizers))
                 pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
@@ -245,10 +245,12 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _start_worker(suite: Suite) -> None:
-    """A worker process's runner: data, encoder and tokens from the cache the parent filled."""
+def _start_worker(suite: Suite, parent: int) -> None:
+    """A worker process's runner: data, encoder and tokens from the cache the parent filled.
+    `parent` comes from the parent itself: if it died while this worker started, getppid() here
+    would already name the process that adopted the worker."""
     global _worker
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _worker = Runner(suite, Path("."), progress=False, log=lambda message: None)
     _worker.prepare()
 
