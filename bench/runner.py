@@ -169,10 +169,10 @@ class Runner:
         return sorted(f"{axis} '{name}'" for axis, name in used
                       if not registry.discoverable(registry.get(axis, name)))
 
-    def default_jobs(self, runs: int) -> int:
+    def default_jobs(self, runs: int, local_strategies: list[str]) -> int:
         """Runs side by side: one per `threads` CPU cores on CPU; one at a time on an accelerator,
         or when a strategy exists only in this process."""
-        if self.device.type != "cpu" or self._registered_at_run_time():
+        if self.device.type != "cpu" or local_strategies:
             return 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(runs, cores // self.suite.train.threads))
@@ -185,9 +185,10 @@ class Runner:
         for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
             self.build(recipe, 0)
         runs = [(r, s) for r in self.suite.recipes for s in self.suite.seeds]
-        jobs = jobs or self.default_jobs(len(runs))
-        if jobs > 1 and self._registered_at_run_time():
-            raise UserError(f"--jobs {jobs}: {', '.join(self._registered_at_run_time())} registered at run time, "
+        local_strategies = self._registered_at_run_time()
+        jobs = jobs or self.default_jobs(len(runs), local_strategies)
+        if jobs > 1 and local_strategies:
+            raise UserError(f"--jobs {jobs}: {', '.join(local_strategies)} registered at run time, "
                             "so worker processes cannot find it; use --jobs 1, or put it in a module of "
                             "strategies/ or an entry point")
         if jobs == 1:

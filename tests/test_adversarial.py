@@ -249,3 +249,19 @@ def test_a_zero_weight_adversarial_term_leaves_the_training_step_unchanged(real_
         updated.append(dict(net.named_parameters()))
     for name, parameter in updated[0].items():
         torch.testing.assert_close(parameter, updated[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("others", [("freelb",), ("smart",), ("contrastive", "pgd")])
+def test_fgm_composes_with_other_regularizers_in_one_step(real_step, others):
+    """Whether the clean graph is freed early depends on every regulariser of the step; any mix
+    must backpropagate (SMART's term goes through the clean logits, FreeLB's does not)."""
+    from bench.trainer import _regularized_loss
+
+    model, batches = real_step
+    loss, _ = _regularized_loss(model, [make("fgm", epsilon=0.1), *[make(name) for name in others]], "sts",
+                                batches["sts"])
+    loss.backward()
+    grads = [p.grad for p in model.shared_parameters() if p.grad is not None]
+    assert model.encoder.get_input_embeddings().weight.grad is not None and len(grads) > 10
+    assert all(torch.isfinite(g).all() for g in grads)
+    model.zero_grad(set_to_none=True)

@@ -27,6 +27,8 @@ from strategies.registry import register
 class FreeLB(Regularizer):
     """FreeLB (Zhu et al., 2020): K ascent steps whose parameter gradients are all accumulated."""
 
+    uses_clean_graph = False  # its points are fresh forwards from the input embeddings
+
     @dataclass
     class Options:
         steps: int = 3
