@@ -99,6 +99,13 @@ class Combiner(Strategy, ABC):
                  task_specific: Mapping[str, Sequence[nn.Parameter]]) -> None:
         ...
 
+    def fixed_loss_weights(self) -> Mapping[str, float] | None:
+        """The weights w_t if `backward` is exactly the backward of sum_t w_t * L_t with weights
+        known before the step (sum, static weights); None if they depend on the losses or their
+        gradients. With fixed weights, a regulariser that needs the clean backward anyway (FGM, PGD)
+        has it put the clean gradient straight into `.grad`, as the textbook implementation does."""
+        return None
+
     def summary(self) -> dict:
         """What the run record keeps of this combiner (weights, statistics)."""
         return {}

@@ -251,6 +251,70 @@ def test_a_zero_weight_adversarial_term_leaves_the_training_step_unchanged(real_
         torch.testing.assert_close(parameter, updated[1][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+class _GradientCapture:
+    """An optimizer stand-in: keeps the gradients training_step leaves, changes nothing."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def step(self):
+        self.grads = {name: None if p.grad is None else p.grad.clone() for name, p in self.model.named_parameters()}
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("combiner, options", [("sum", {}), ("weighted", {"weights": {"sst": 0.0, "quora": 0.5, "sts": 2.0}})])
+@pytest.mark.parametrize("regularizers", [("fgm",), ("fgsm",), ("pgd",), ("freelb",), ("smart",), ("contrastive",),
+                                          ("fgm", "contrastive")])
+def test_fixed_weight_combiners_get_the_same_gradients_with_the_clean_backward_in_grad(real_step, combiner,
+                                                                                      options, regularizers):
+    """With fixed loss weights each task's w * (L + terms) goes into .grad before the combiner runs,
+    the clean backward included (the textbook FGM step); the step's gradients must equal those of
+    the stored-gradient path, which is checked against autograd on L + L_adv above. A zero weight
+    falls back to that path."""
+    from bench.trainer import Strategies, training_step
+
+    model, batches = real_step
+    combiner_cls = registry.get("combiner", combiner)
+    captured = []
+    for fixed in (True, False):
+        instance = combiner_cls(registry.make_options(combiner_cls, options, "test"), list(model.specs),
+                                torch.Generator().manual_seed(0))
+        assert instance.fixed_loss_weights() is not None
+        if not fixed:
+            instance.fixed_loss_weights = lambda: None
+        freezing = registry.get("freezing", "none")(registry.get("freezing", "none").Options(), model)
+        strategies = Strategies(None, instance, [make(name) for name in regularizers], freezing)
+        capture = _GradientCapture(model)
+        losses = training_step(model, strategies, batches, capture, max_grad_norm=None)
+        captured.append((capture.grads, losses))
+    (direct, direct_losses), (stored, stored_losses) = captured
+    assert direct.keys() == stored.keys() and sum(g is not None for g in direct.values()) > 10
+    for name, g in direct.items():
+        if stored[name] is None:
+            assert g is None or g.abs().sum() == 0, name
+        else:
+            torch.testing.assert_close(g, stored[name], rtol=1e-5, atol=1e-7, msg=name)
+    for task in batches:
+        assert direct_losses[task].item() == stored_losses[task].item()
+
+
+@pytest.mark.parametrize("weight", [None, 1.0, 0.25, 3.0])
+def test_the_input_gradient_is_that_of_the_unweighted_clean_loss(real_step, weight):
+    from bench.trainer import _CleanBackward
+
+    model, batches = real_step
+    batch = batches["sts"]
+    embeddings = model.input_embeddings(batch["input_ids"])
+    loss = model("sts", batch, inputs_embeds=embeddings).loss
+    expected = torch.autograd.grad(loss, embeddings, retain_graph=True)[0]
+    parameters = model.shared_parameters() + model.task_parameters()["sts"]
+    got = _CleanBackward(loss, embeddings, parameters, retain_graph=False, weight=weight).input_gradient()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("others", [("freelb",), ("smart",), ("contrastive", "pgd")])
 def test_fgm_composes_with_other_regularizers_in_one_step(real_step, others):
     """Whether the clean graph is freed early depends on every regulariser of the step; any mix

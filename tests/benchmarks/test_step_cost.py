@@ -132,30 +132,31 @@ def encoder(path):
                                 max_position_embeddings=tiny.max_position_embeddings, pad_token_id=tiny.pad_token_id))
 
 
-def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 12) -> dict[str, float]:
-    """Median step time (ms) of each variant (keyword arguments of `_joint_stepper`) on the same
-    batches, cycling through the variants in blocks within one process, so that machine drift
-    hits them alike. Round-robin variants are timed 3 steps at a time (one per task), so that
-    each sample holds the same batches."""
+def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 12) -> dict[str, list[float]]:
+    """Each variant's step time (ms) in each round: the median of a block of `steps` steps on the
+    same batches (keyword arguments of `_joint_stepper`). Every round runs one block of each
+    variant in turn within one process, so machine drift hits a round's blocks alike. Round-robin
+    variants are timed 3 steps at a time (one per task), so that each sample holds the same batches."""
     import statistics
     import time
-
 
     path, tokenizer = _quick_encoder()
     steppers = {name: _joint_stepper(encoder(path), tokenizer, **kwargs) for name, kwargs in variants.items()}
     group = {name: 3 if kwargs.get("one_task_per_step") else 1 for name, kwargs in variants.items()}
-    times = {name: [] for name in steppers}
+    blocks = {name: [] for name in steppers}
     for step in steppers.values():
         for _ in range(21):  # warm-up
             step()
     for _ in range(rounds):
         for name, step in steppers.items():
+            samples = []
             for _ in range(steps // group[name]):
                 started = time.perf_counter()
                 for _ in range(group[name]):
                     step()
-                times[name].append((time.perf_counter() - started) / group[name])
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+                samples.append((time.perf_counter() - started) / group[name])
+            blocks[name].append(statistics.median(samples) * 1000)
+    return blocks
 
 
 def step_peak_tensor_memory(step) -> float:
@@ -174,10 +175,12 @@ def step_peak_tensor_memory(step) -> float:
 
 
 def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
-    """Markdown: median joint-step time, ratio to the first variant (same batches, one process,
-    interleaved) and the step's peak tensor memory."""
+    """Markdown: median step time, its ratio to the first variant's and the step's peak tensor
+    memory. The ratio is paired: the median over rounds of (variant / first variant) in the same
+    round, with the interquartile range of those per-round ratios, which shows the machine's noise."""
+    import statistics
 
-    medians = interleaved_step_times(variants, rounds)
+    blocks = interleaved_step_times(variants, rounds)
     path, tokenizer = _quick_encoder()
     peaks = {}
     for name, kwargs in variants.items():
@@ -186,9 +189,13 @@ def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
             step()
         peaks[name] = step_peak_tensor_memory(step)
     base = next(iter(variants))
-    lines = [f"| variant | step (ms, median) | × {base} | peak tensor memory (MiB) |", "|---|---:|---:|---:|"]
+    lines = [f"| variant | step (ms, median) | × {base} (median of rounds) | IQR of rounds | peak tensor memory (MiB) |",
+             "|---|---:|---:|---:|---:|"]
     for name in variants:
-        lines.append(f"| {name} | {medians[name]:.2f} | {medians[name] / medians[base]:.3f} | {peaks[name]:.2f} |")
+        ratios = [mine / theirs for mine, theirs in zip(blocks[name], blocks[base])]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        lines.append(f"| {name} | {statistics.median(blocks[name]):.2f} | {statistics.median(ratios):.3f} | "
+                     f"{low:.3f}–{high:.3f} | {peaks[name]:.2f} |")
     return "\n".join(lines)
 
 
