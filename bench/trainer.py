@@ -157,7 +157,8 @@ class _CleanBackward:
     def input_gradient(self) -> torch.Tensor:
         if self.input_grad is None and self.weight is not None:
             scaled = self.loss if self.weight == 1.0 else self.weight * self.loss
-            torch.autograd.backward(scaled, inputs=[self.embeddings, *self.parameters], retain_graph=self.retain_graph)
+            self.embeddings.retain_grad()  # reaches the task's trainable parameters (inputs=[...]: 5 % slower)
+            scaled.backward(retain_graph=self.retain_graph)
             gradient = self.embeddings.grad
             self.input_grad = gradient if self.weight == 1.0 else gradient / self.weight
             self.in_grad = True
@@ -180,10 +181,11 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
     """The task loss plus its regularisers' terms, and the task loss alone (detached). The clean
     forward starts from the word embeddings so that their gradient is available to the terms.
 
-    `fixed_weight`: the combiner's fixed weight w for this task, if it has one. Then this task's
-    w * (loss + terms) is back-propagated here, into `.grad`, and the loss is returned as a leaf of
-    its own: one task's graphs are alive at a time, as in gradient accumulation (measured: the joint
-    FGM step 2.06x -> 2.00x a summed step), and the combiner's backward adds nothing to `.grad`."""
+    `fixed_weight`: the combiner's fixed weight w for this task, if it has one. If a regulariser
+    then asks for the input gradient, the clean backward puts w * grad L into `.grad`, and the rest,
+    w * terms, is back-propagated here too; the loss is returned as a leaf of its own. One task's
+    graphs are alive at a time, as in the textbook FGM loop (measured on the joint FGM step: 2.06x
+    -> 2.00x a summed step, peak tensor memory 20.2 -> 8.9 MiB)."""
     embeddings = model.input_embeddings(batch["input_ids"])
     output = model(task, batch, inputs_embeds=embeddings)
     parameters = model.shared_parameters() + model.task_parameters()[task]
@@ -201,10 +203,10 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
     loss = clean.loss_for_combiner()
     for term in terms:
         loss = loss + term
-    if fixed_weight:
+    if clean.in_grad:  # finish the task now: its clean gradient is in .grad already
         if loss.requires_grad:
             (loss if fixed_weight == 1.0 else fixed_weight * loss).backward()
-        loss = loss.detach().requires_grad_(True)  # its gradient is in .grad; the combiner still calls backward
+        loss = loss.detach().requires_grad_(True)  # adds nothing when the combiner calls backward
     return loss, output.loss.detach()
 
 
