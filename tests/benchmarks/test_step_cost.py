@@ -59,10 +59,12 @@ def test_step_padded_to_max_length(benchmark, encoder, tokenizer):
 
 
 def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tuple = (), freezing: str = "none",
-                   one_task_per_step: bool = False):
+                   one_task_per_step: bool = False, textbook_fgm: bool = False):
     """A joint (all-tasks) step on fixed SST / Quora / STS batches with the given strategies
     (`regularizers`: (name, options) pairs); with `one_task_per_step`, a round-robin step on the
-    same batches, one task's batch at a time."""
+    same batches, one task's batch at a time. `textbook_fgm`: instead of the trainer, the usual
+    hand-written FGM loop (per task: backward, perturb, adversarial forward and backward), as the
+    reference the trainer's FGM step is held to."""
     from tasks.spec import QUORA, STS
 
     torch.manual_seed(0)
@@ -84,7 +86,26 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
     optimizer = make_optimizer(strategies.freezing.parameter_groups(1e-3, 0.01))
     strategies.freezing.on_epoch_start(1)
     cycle = itertools.cycle(fixed)
-    return lambda: training_step(model, strategies, next(cycle), optimizer)
+    if textbook_fgm:
+        step = lambda: _textbook_fgm_step(model, next(cycle), optimizer)
+    else:
+        step = lambda: training_step(model, strategies, next(cycle), optimizer)
+    step.model, step.optimizer = model, optimizer  # for tests that compare variants
+    return step
+
+
+def _textbook_fgm_step(model, batches: dict, optimizer, epsilon: float = 1.0) -> None:
+    from strategies.adversarial import fgm_perturbation
+
+    for task, batch in batches.items():
+        embeddings = model.input_embeddings(batch["input_ids"])
+        embeddings.retain_grad()
+        model(task, batch, inputs_embeds=embeddings).loss.backward()
+        r = fgm_perturbation(embeddings.grad, batch["attention_mask"], epsilon)
+        model(task, batch, inputs_embeds=model.input_embeddings(batch["input_ids"]) + r).loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def all_combiners() -> list[str]:
@@ -216,8 +237,37 @@ REGULARIZERS_AND_FREEZING = {
 }
 
 
-ATTACKS = {name: REGULARIZERS_AND_FREEZING[name] for name in ("sum", "fgm", "fgsm", "pgd (K=3)")}
+ATTACKS = {**{name: REGULARIZERS_AND_FREEZING[name] for name in ("sum", "fgm", "fgsm", "pgd (K=3)")},
+           "fgm, textbook loop": {"textbook_fgm": True}}
 ONE_STEP_ATTACKS = {name: {**kwargs, "one_task_per_step": True} for name, kwargs in ATTACKS.items()}
+
+
+def test_the_textbook_fgm_loop_computes_the_trainers_fgm_gradients(encoder, tokenizer):
+    """The reference loop is a fair yardstick only if it does the trainer's FGM step's work."""
+    import copy
+
+    grads = []
+    for kwargs in ({"regularizers": (("fgm", {}),)}, {"textbook_fgm": True}):
+        step = _joint_stepper(copy.deepcopy(encoder), tokenizer, **kwargs)
+        step.model.eval()  # no dropout: both see the same function
+        model, seen = step.model, {}
+
+        def keep_gradients(model=model, seen=seen):
+            seen.update({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+
+        step.optimizer.step = keep_gradients
+        step()
+        grads.append(seen)
+    trainer, textbook = grads
+    assert trainer.keys() == textbook.keys() and len(trainer) > 10
+    for name, g in trainer.items():
+        torch.testing.assert_close(g, textbook[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.benchmark(group="adversarial (joint step, 3 tasks)")
+@pytest.mark.parametrize("variant", list(ATTACKS))
+def test_adversarial_step_cost(benchmark, encoder, tokenizer, variant):
+    benchmark(_joint_stepper(encoder, tokenizer, **ATTACKS[variant]))
 
 
 @pytest.mark.benchmark(group="regularizers and freezing (joint step, 3 tasks)")
