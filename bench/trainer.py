@@ -156,9 +156,8 @@ class _CleanBackward:
 
     def input_gradient(self) -> torch.Tensor:
         if self.input_grad is None and self.weight is not None:
-            scaled = self.loss if self.weight == 1.0 else self.weight * self.loss
             self.embeddings.retain_grad()  # reaches the task's trainable parameters (inputs=[...]: 5 % slower)
-            scaled.backward(retain_graph=self.retain_graph)
+            self._weighted(self.loss).backward(retain_graph=self.retain_graph)
             gradient = self.embeddings.grad
             self.input_grad = gradient if self.weight == 1.0 else gradient / self.weight
         elif self.input_grad is None:
@@ -167,17 +166,31 @@ class _CleanBackward:
             self.input_grad, self.parameter_grads = grads[0], grads[1:]
         return self.input_grad
 
+    def _weighted(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.weight == 1.0 else self.weight * loss
+
     @property
     def in_grad(self) -> bool:
         """Whether the clean gradient is in `.grad` already."""
         return self.weight is not None and self.input_grad is not None
 
-    def loss_for_combiner(self) -> torch.Tensor:
+    def loss_for_combiner(self, terms: list[torch.Tensor]) -> torch.Tensor:
+        """The clean loss plus the regularisers' terms, as the combiner gets it. If the clean
+        gradient is in `.grad` already, w * terms is back-propagated now, and the loss comes back
+        as a leaf of its own, which adds nothing when the combiner calls backward."""
         if self.in_grad:
-            return self.loss.detach()
-        if self.parameter_grads is None:
-            return self.loss
-        return with_gradient(self.loss, self.parameters, self.parameter_grads)
+            loss = self.loss.detach()
+        elif self.parameter_grads is None:
+            loss = self.loss
+        else:
+            loss = with_gradient(self.loss, self.parameters, self.parameter_grads)
+        for term in terms:
+            loss = loss + term
+        if self.in_grad:
+            if loss.requires_grad:
+                self._weighted(loss).backward()
+            loss = loss.detach().requires_grad_(True)
+        return loss
 
 
 def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], task: str,
@@ -204,14 +217,7 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
                     logits=output.logits, outputs_from_embeddings=outputs, input_gradient=clean.input_gradient,
                     parameters=parameters)
     terms = [value for regularizer in regularizers for value in regularizer.terms(step).values()]
-    loss = clean.loss_for_combiner()
-    for term in terms:
-        loss = loss + term
-    if clean.in_grad:  # finish the task now: its clean gradient is in .grad already
-        if loss.requires_grad:
-            (loss if fixed_weight == 1.0 else fixed_weight * loss).backward()
-        loss = loss.detach().requires_grad_(True)  # adds nothing when the combiner calls backward
-    return loss, output.loss.detach()
+    return clean.loss_for_combiner(terms), output.loss.detach()
 
 
 def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], optimizer,
