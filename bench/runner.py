@@ -34,36 +34,46 @@ def _combiner(recipe: Recipe, tasks: list[str], seed: int):
 
 
 def validate(suite: Suite) -> None:
-    """Everything that can be checked without training, so a bad recipe fails before any record."""
+    """Everything that can be checked without training, so a bad recipe fails before any record.
+    An error names the suite file and the recipe."""
     for recipe in suite.recipes:
-        sampler_cls = registry.get("sampler", recipe.sampler.name)
-        # Built once with placeholder sizes, so that option values a strategy checks (a task name)
-        # fail here too; freezing schedules need the model and are checked when it exists.
-        sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(suite.tasks, 1),
-                    dict.fromkeys(suite.tasks, 1), random.Random(0))
-        for spec in recipe.regularizers:
-            cls = registry.get("regularizer", spec.name)
-            cls(cls.Options(**spec.options), torch.Generator())
-            if cls.needs_bi_encoder_pairs:
-                if not any(TASKS[t].kind.is_pair for t in suite.tasks):
-                    raise UserError(f"recipe '{recipe.name}': regularizer '{spec.name}' works on pair tasks, "
-                                    f"and the suite's tasks ({', '.join(suite.tasks)}) have none")
-                if recipe.pair_head == "cross":
-                    raise UserError(f"recipe '{recipe.name}': regularizer '{spec.name}' needs the two sides "
-                                    "of a pair encoded separately, but pair_head = 'cross' encodes each pair as "
-                                    "one input (use concat, concat_product or cosine)")
-        combiner = _combiner(recipe, suite.tasks, 0)
-        if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
-            raise UserError(f"recipe '{recipe.name}': combiner '{recipe.combiner.name}' needs several task losses "
-                            f"per step, but sampler '{recipe.sampler.name}' gives one task per step")
+        try:
+            _validate_recipe(suite, recipe)
+        except UserError as error:
+            raise UserError(f"{suite.source} recipe '{recipe.name}': {error}") from None
 
 
-def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str, TaskBatches], seed: int) -> Strategies:
+def _validate_recipe(suite: Suite, recipe: Recipe) -> None:
+    sampler_cls = registry.get("sampler", recipe.sampler.name)
+    # Built once with placeholder sizes, so that option values a strategy checks (a task name)
+    # fail here too; freezing schedules need the model and are checked when it exists.
+    sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(suite.tasks, 1),
+                dict.fromkeys(suite.tasks, 1), random.Random(0), suite.train.epochs)
+    for spec in recipe.regularizers:
+        cls = registry.get("regularizer", spec.name)
+        cls(cls.Options(**spec.options), torch.Generator())
+        if cls.needs_bi_encoder_pairs:
+            if not any(TASKS[t].kind.is_pair for t in suite.tasks):
+                raise UserError(f"regularizer '{spec.name}' works on pair tasks, "
+                                f"and the suite's tasks ({', '.join(suite.tasks)}) have none")
+            if recipe.pair_head == "cross":
+                raise UserError(f"regularizer '{spec.name}' needs the two sides of a pair encoded separately, "
+                                "but pair_head = 'cross' encodes each pair as one input (use concat, "
+                                "concat_product or cosine)")
+    combiner = _combiner(recipe, suite.tasks, 0)
+    if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
+        raise UserError(f"combiner '{recipe.combiner.name}' needs several task losses per step, "
+                        f"but sampler '{recipe.sampler.name}' gives one task per step")
+
+
+def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str, TaskBatches], seed: int,
+                     epochs: int = 1) -> Strategies:
     tasks = list(train_sets)
     sampler_cls = registry.get("sampler", recipe.sampler.name)
     sampler = sampler_cls(sampler_cls.Options(**recipe.sampler.options),
                           batches_per_epoch={t: len(b) for t, b in train_sets.items()},
-                          sizes={t: len(b.rows) for t, b in train_sets.items()}, generator=random.Random(seed))
+                          sizes={t: len(b.rows) for t, b in train_sets.items()}, generator=random.Random(seed),
+                          epochs=epochs)
     regularizers = []
     for i, spec in enumerate(recipe.regularizers):
         cls = registry.get("regularizer", spec.name)
@@ -130,7 +140,7 @@ class Runner:
         train_sets = {t: TaskBatches(self.tokens[mode, t, "train"], TASKS[t], suite.train.batch_size, self.pad_id,
                                      generator) for t in suite.tasks}
         dev_sets = {t: self.tokens[mode, t, "dev"] for t in suite.tasks}
-        return model, build_strategies(recipe, model, train_sets, seed), train_sets, dev_sets
+        return model, build_strategies(recipe, model, train_sets, seed, suite.train.epochs), train_sets, dev_sets
 
     def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
         suite = self.suite

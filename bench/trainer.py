@@ -240,7 +240,14 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     if schedule is not None:
         schedule.step()
     optimizer.zero_grad(set_to_none=True)
+    strategies.combiner.after_step(lambda: _losses_now(model, batches))
     return task_losses
+
+
+@torch.no_grad()
+def _losses_now(model: MultiTaskModel, batches: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Each task's loss on its batch at the current parameters, without a graph."""
+    return {task: model(task, batch).loss for task, batch in batches.items()}
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
@@ -257,7 +264,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     outcome = TrainOutcome()
     model.to(device)
     freezing = strategies.freezing
-    optimizer = make_optimizer(freezing.parameter_groups(settings.lr, settings.weight_decay))
+    optimizer = make_optimizer(freezing.parameter_groups(settings.lr, settings.weight_decay)
+                               + strategies.combiner.optimizer_groups(settings.lr, device))
     steps_per_epoch = strategies.sampler.steps_per_epoch()
     total_steps = steps_per_epoch * settings.epochs
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
@@ -276,11 +284,12 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     with PeakMemory(device) as memory:
         for epoch in range(1, settings.epochs + 1):
             freezing.on_epoch_start(epoch)
+            strategies.combiner.on_epoch_start(epoch)
             note_trainable(epoch)
             # Summed on the device and read once per epoch: .item() per step would sync CUDA every step.
             loss_sums, loss_counts = {}, defaultdict(int)
             model.train()
-            bar = tqdm(strategies.sampler.epoch(), total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}",
+            bar = tqdm(strategies.sampler.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}",
                        leave=False, disable=not progress or None)
             for step_tasks in bar:
                 freezing.on_step(step)

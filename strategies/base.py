@@ -45,43 +45,54 @@ class Sampler(Strategy, ABC):
     single_task: ClassVar[bool] = True  # every step holds exactly one task
 
     def __init__(self, options, batches_per_epoch: Mapping[str, int], sizes: Mapping[str, int],
-                 generator: random.Random):
+                 generator: random.Random, epochs: int = 1):
         super().__init__(options)
         self.tasks = list(batches_per_epoch)
         self.batches_per_epoch = dict(batches_per_epoch)
         self.sizes = dict(sizes)
         self.generator = generator
+        self.epochs = epochs  # of the run: schedules that change over training need it
 
     @abstractmethod
     def steps_per_epoch(self) -> int:
         ...
 
     @abstractmethod
-    def epoch(self) -> Iterator[tuple[str, ...]]:
-        """The tasks of each step of one epoch."""
+    def epoch(self, number: int = 1) -> Iterator[tuple[str, ...]]:
+        """The tasks of each step of epoch `number` (1-based)."""
+
+    def fraction(self, number: int, step: int) -> float:
+        """The fraction of training done before step `step` (0-based) of epoch `number`: t in [0, 1)."""
+        return ((number - 1) * self.steps_per_epoch() + step) / (self.epochs * self.steps_per_epoch())
 
 
 class RandomTaskSampler(Sampler):
-    """One task per step, drawn i.i.d. from `task_weights()`; an epoch has as many steps as
-    all tasks have batches, so every sampler spends the same number of task batches per epoch."""
+    """One task per step, drawn i.i.d. from `task_weights`; an epoch has as many steps as all tasks
+    have batches, so every sampler spends the same number of task batches per epoch."""
+
+    # Whether the weights change within an epoch (with the training fraction t): then they are
+    # asked for at every step, otherwise once per epoch.
+    varies_within_epoch: ClassVar[bool] = False
 
     @abstractmethod
-    def task_weights(self) -> dict[str, float]:
-        ...
+    def task_weights(self, epoch: int, fraction: float) -> dict[str, float]:
+        """Unnormalised sampling weights at this point of training: `epoch` (1-based) and the
+        fraction t in [0, 1) of all training steps done."""
 
-    def probabilities(self) -> dict[str, float]:
-        weights = self.task_weights()
+    def probabilities(self, epoch: int = 1, fraction: float = 0.0) -> dict[str, float]:
+        weights = self.task_weights(epoch, fraction)
         total = sum(weights.values())
         return {task: w / total for task, w in weights.items()}
 
     def steps_per_epoch(self) -> int:
         return sum(self.batches_per_epoch.values())
 
-    def epoch(self) -> Iterator[tuple[str, ...]]:
-        probabilities = self.probabilities()
-        tasks, weights = list(probabilities), list(probabilities.values())
-        for _ in range(self.steps_per_epoch()):
-            yield (self.generator.choices(tasks, weights)[0],)
+    def epoch(self, number: int = 1) -> Iterator[tuple[str, ...]]:
+        probabilities = self.probabilities(number, self.fraction(number, 0))
+        for step in range(self.steps_per_epoch()):
+            if self.varies_within_epoch and step:
+                probabilities = self.probabilities(number, self.fraction(number, step))
+            yield (self.generator.choices(list(probabilities), list(probabilities.values()))[0],)
 
 
 class Combiner(Strategy, ABC):
@@ -98,6 +109,19 @@ class Combiner(Strategy, ABC):
     def backward(self, losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
                  task_specific: Mapping[str, Sequence[nn.Parameter]]) -> None:
         ...
+
+    def optimizer_groups(self, lr: float, device: torch.device) -> list[dict]:
+        """Parameter groups the combiner learns jointly with the model (uncertainty weighting's
+        log-variances), placed on `device`; the trainer adds them to its optimizer. None by default."""
+        return []
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of each epoch (1-based)."""
+
+    def after_step(self, losses_after: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Called after the optimizer step. `losses_after()` evaluates this step's task losses again at
+        the updated parameters (one forward per task, no graph); a combiner that does not call it
+        costs nothing extra."""
 
     def fixed_loss_weights(self) -> Mapping[str, float] | None:
         """The weights w_t if `backward` is exactly the backward of sum_t w_t * L_t with weights

@@ -1,47 +1,51 @@
-"""Shared machinery for combiners that work on per-task gradients.
+"""Shared machinery for combiners that work on per-task gradients or per-task loss weights.
 
 Per-task graphs are disjoint (each task's batch has its own forward), so T per-task backwards cost
 about one summed backward. Only the *shared* (encoder) parameters are stacked into a T x n matrix;
-each head receives its own task's gradient untouched. A method then needs only the T x T Gramian
-to choose task weights, and the combined gradient is `weights @ G`.
+each head receives its own task's gradient. Most methods then need only the T x T Gramian to choose
+task weights (weighting), and the base applies `weights @ G` (aggregation) and records the
+statistics, once, for every method.
+
+Correct at every scale: real gradients are not unit-sized. The Gramian is accumulated in float64
+whatever the gradients' dtype (float32 accumulation of an exactly rank-1 Gramian leaves 0.6 eps of
+the largest eigenvalue in the smallest at n = 1e3, 5.8 eps at 1e5 and 393 eps at 1e7: noise a rank
+cut-off cannot tell from a direction). Weightings solve on `G / trace(G)` and take rank decisions
+from the precision of the gradients' dtype (`StepInfo.eps`), never from absolute tolerances.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from strategies.base import Combiner
 
-EPS = 1e-12
+GRAMIAN_CHUNK = 1 << 20  # columns per float64 block: bounds the float64 copy, not the result
 
 
 def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
-                   task_specific: Mapping[str, Sequence[nn.Parameter]]) -> Tensor:
-    """Stack each task's gradient of the shared parameters into a T x n matrix (rows in `losses`
-    order); accumulate each task's head gradient into its `.grad`."""
+                   task_specific: Mapping[str, Sequence[nn.Parameter]]
+                   ) -> tuple[Tensor, dict[str, list[Tensor | None]]]:
+    """Each task's gradient of the shared parameters as a T x n matrix (rows in `losses` order;
+    zeros where a task does not reach a parameter, e.g. an unused pooler), and each task's
+    gradients of its own head parameters."""
     shared = list(shared)
-    rows = []
-    if not shared:  # e.g. a frozen backbone: the heads still get their gradients below
-        for task, loss in losses.items():
-            heads = list(task_specific.get(task, ()))
-            for parameter, grad in zip(heads, torch.autograd.grad(loss, heads, allow_unused=True)):
-                if grad is not None:
-                    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
-        return torch.zeros(len(losses), 0)
+    rows, heads = [], {}
     for task, loss in losses.items():
-        heads = list(task_specific.get(task, ()))
-        grads = torch.autograd.grad(loss, shared + heads, allow_unused=True)
-        # A parameter the task does not reach (e.g. an unused pooler) contributes zeros.
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).view(-1)
-                               for g, p in zip(grads[:len(shared)], shared)]))
-        for parameter, grad in zip(heads, grads[len(shared):]):
-            if grad is not None:
-                parameter.grad = grad if parameter.grad is None else parameter.grad + grad
-    return torch.stack(rows)
+        own = list(task_specific.get(task, ()))
+        grads = torch.autograd.grad(loss, shared + own, allow_unused=True)
+        if shared:
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).view(-1)
+                                   for g, p in zip(grads[:len(shared)], shared)]))
+        heads[task] = list(grads[len(shared):])
+    if not rows:  # e.g. a frozen backbone: only the heads train
+        return torch.zeros(len(losses), 0), heads
+    return torch.stack(rows), heads
 
 
 def write_shared_gradient(vector: Tensor, shared: Sequence[nn.Parameter]) -> None:
@@ -52,10 +56,62 @@ def write_shared_gradient(vector: Tensor, shared: Sequence[nn.Parameter]) -> Non
         parameter.grad = piece if parameter.grad is None else parameter.grad + piece
 
 
+def write_head_gradients(heads: Mapping[str, list[Tensor | None]], task_specific: Mapping[str, Sequence[nn.Parameter]],
+                         scales: Mapping[str, float] | None = None) -> None:
+    """Add each task's head gradients to `.grad`, times the task's scale if given."""
+    for task, grads in heads.items():
+        scale = None if scales is None else scales[task]
+        for parameter, grad in zip(task_specific.get(task, ()), grads):
+            if grad is None:
+                continue
+            if scale is not None:
+                grad = grad * scale
+            parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+
+
+def gramian64(gradients: Tensor) -> Tensor:
+    """G G^T accumulated in float64, in column blocks (no full float64 copy of G)."""
+    if gradients.dtype == torch.float64:
+        return gradients @ gradients.T
+    tasks, dims = gradients.shape
+    gramian = torch.zeros(tasks, tasks, dtype=torch.float64, device=gradients.device)
+    for start in range(0, dims, GRAMIAN_CHUNK):
+        block = gradients[:, start:start + GRAMIAN_CHUNK].double()
+        gramian += block @ block.T
+    return gramian
+
+
+def normalized(gramian: Tensor) -> tuple[Tensor, float]:
+    """G / trace(G) as float64 on the CPU, and trace(G); the zero matrix and 0 when every gradient
+    is zero. A method's weights must not depend on the Gramian's overall scale: solving on this
+    makes it so, and puts every tolerance on a unit scale."""
+    gram = gramian.detach().to("cpu", torch.float64)
+    gram = (gram + gram.T) / 2  # exactly symmetric
+    trace = float(gram.diagonal().clamp_min(0).sum())
+    if not trace > 0 or not torch.isfinite(gram).all():
+        return torch.zeros_like(gram), 0.0
+    return gram / trace, trace
+
+
+def nonzero_rows(gram: Tensor, eps: float) -> Tensor:
+    """Which gradients are not zero, from a trace-normalised Gramian: squared norm above what
+    rounding the gradients (relative precision `eps`) leaves of an exact zero among the others."""
+    return gram.diagonal() > (eps * eps) * gram.shape[0]
+
+
+def unit_gramian(gramian: Tensor, eps: float | None = None) -> tuple[Tensor, Tensor]:
+    """`normalized(gramian)` and `nonzero_rows` of it, at the precision `eps` of the gradients'
+    dtype (default: the Gramian's own): what most weightings start from."""
+    gram, _ = normalized(gramian)
+    return gram, nonzero_rows(gram, torch.finfo(gramian.dtype).eps if eps is None else eps)
+
+
 def cosines(gramian: Tensor) -> Tensor:
     """Pairwise cosine similarities from the Gramian (0 where a gradient is zero)."""
-    norms = gramian.diagonal().clamp_min(0).sqrt()
-    return gramian / (norms[:, None] * norms[None, :]).clamp_min(EPS)
+    gram = gramian.double()
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    outer = norms[:, None] * norms[None, :]
+    return torch.where(outer > 0, gram / torch.where(outer > 0, outer, 1.0), 0.0).clamp(-1.0, 1.0)
 
 
 class WindowMeans:
@@ -104,40 +160,62 @@ def pair_names(tasks: Sequence[str]) -> list[str]:
     return [f"{a}|{b}" for i, a in enumerate(tasks) for b in tasks[i + 1:]]
 
 
-class GradientCombiner(Combiner):
-    """Base for gradient-surgery and gradient-weighting methods: subclasses choose task weights
-    from the Gramian (`task_weights`); the update is `weights @ G`.
+@dataclass(frozen=True)
+class StepInfo:
+    """What a weighting knows of the step besides the Gramian."""
 
-    Records, per task pair, the fraction of steps whose gradients conflict (negative cosine) and
-    the mean cosine; and the trajectories of the task weights and pair cosines (window means).
+    tasks: tuple[str, ...]  # the Gramian's rows, in order (a step may hold the tasks in any order)
+    losses: Tensor  # the tasks' loss values, float64 on the CPU, same order
+    eps: float  # machine epsilon of the gradients' dtype: the precision rank decisions can trust
+
+
+class GradientCombiner(Combiner):
+    """Base for methods that need the per-task gradients of the shared parameters.
+
+    Subclasses implement `aggregate` (GradDrop, DB-MTL) or, far more often, subclass
+    `GramianWeighting` and choose task weights from the Gramian alone. Records, per task pair, the
+    fraction of steps whose gradients conflict (negative cosine) and the mean cosine; and the
+    trajectories of the task weights and pair cosines (window means).
     """
 
     needs_several_tasks = True
+    # The weights multiply each head's gradient too: the method re-weights whole task losses
+    # (GradNorm). Otherwise each head gets its own task's gradient untouched.
+    weights_scale_heads: ClassVar[bool] = False
 
     def __init__(self, options, tasks, generator):
         super().__init__(options, tasks, generator)
         self.steps = 0
-        self.step_tasks = list(tasks)
         self.pairs = pair_names(self.tasks)
         self._negative = dict.fromkeys(self.pairs, 0)
         self._cosine_sum = dict.fromkeys(self.pairs, 0.0)
         self.weight_trajectory = WindowMeans(self.tasks, TRAJECTORY_EVERY)
         self.cosine_trajectory = WindowMeans(self.pairs, TRAJECTORY_EVERY)
 
+    def objectives(self, losses: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The per-task scalars whose gradients the method combines (DB-MTL: log losses)."""
+        return losses
+
     @abstractmethod
-    def task_weights(self, gramian: Tensor) -> Tensor:
-        """T task weights from the T x T Gramian of the task gradients (rows in step order)."""
+    def aggregate(self, gradients: Tensor, gramian: Tensor, step: StepInfo) -> tuple[Tensor, Tensor | None]:
+        """The update (n-vector) from the T x n task gradients and their float64 Gramian, and the
+        task weights w if the update is `w @ gradients` (None otherwise)."""
 
     def backward(self, losses, shared, task_specific):
-        self.step_tasks = list(losses)  # the Gramian's rows, for methods with per-task state
-        gradients = task_gradients(losses, shared, task_specific)
-        gramian = gradients @ gradients.T  # once per step: the method and the statistics share it
-        weights = self.task_weights(gramian).to(gradients.dtype)
-        write_shared_gradient(weights @ gradients, shared)
-        self._record(gramian, weights, list(losses))
+        tasks = tuple(losses)
+        gradients, heads = task_gradients(self.objectives(losses), shared, task_specific)
+        gramian = gramian64(gradients)  # once per step: the method and the statistics share it
+        values = torch.stack([loss.detach() for loss in losses.values()]).to("cpu", torch.float64)
+        step = StepInfo(tasks, values, torch.finfo(gradients.dtype).eps)
+        update, weights = self.aggregate(gradients, gramian, step)
+        if shared:
+            write_shared_gradient(update, shared)
+        scales = dict(zip(tasks, weights.tolist())) if self.weights_scale_heads and weights is not None else None
+        write_head_gradients(heads, task_specific, scales)
+        self._record(gramian, weights, list(tasks))
 
-    def _record(self, gramian: Tensor, weights: Tensor, tasks: list[str]) -> None:
-        cos = cosines(gramian.double()).tolist()  # one device sync; T is tiny
+    def _record(self, gramian: Tensor, weights: Tensor | None, tasks: list[str]) -> None:
+        cos = cosines(gramian).tolist()  # one device sync; T is tiny
         step_cosines = {}
         for i, a in enumerate(tasks):
             for j in range(i + 1, len(tasks)):
@@ -145,26 +223,52 @@ class GradientCombiner(Combiner):
                 self._negative[pair] += cos[i][j] < 0
                 self._cosine_sum[pair] += cos[i][j]
                 step_cosines[pair] = cos[i][j]
-        self.weight_trajectory.add(dict(zip(tasks, weights.tolist())))
+        if weights is not None:
+            self.weight_trajectory.add(dict(zip(tasks, weights.tolist())))
         self.cosine_trajectory.add(step_cosines)
         self.steps += 1
 
     def summary(self) -> dict:
         if not self.steps:
             return {}
-        return {
+        summary = {
             "steps": self.steps,
             "conflicts": {pair: {"negative_cosine_fraction": self._negative[pair] / self.steps,
                                  "mean_cosine": self._cosine_sum[pair] / self.steps} for pair in self.pairs},
-            "mean_weights": self.weight_trajectory.means(),
-            "weight_trajectory": self.weight_trajectory.as_dict(),
             "cosine_trajectory": self.cosine_trajectory.as_dict(),
         }
+        if self.weight_trajectory.as_dict()["step"]:
+            summary["mean_weights"] = self.weight_trajectory.means()
+            summary["weight_trajectory"] = self.weight_trajectory.as_dict()
+        return summary
+
+
+class GramianWeighting(GradientCombiner):
+    """A method that is a weighting: task weights from the Gramian (and the method's own explicit
+    state), applied by the base as `weights @ G`."""
+
+    @abstractmethod
+    def task_weights(self, gramian: Tensor, step: StepInfo) -> Tensor:
+        """T task weights (float64) from the T x T float64 Gramian of the task gradients."""
+
+    def aggregate(self, gradients, gramian, step):
+        weights = self.task_weights(gramian, step).to(gradients.device, torch.float64)
+        return weights.to(gradients.dtype) @ gradients, weights
+
+
+def task_permutations(generator: torch.Generator | None, tasks: Sequence[str], step_tasks: Sequence[str]) -> list[list[int]]:
+    """For each of the step's tasks, a random visiting order of the step's rows. The draws belong to
+    the run's task list, not to the step's row order, so the same step with its tasks listed in
+    another order gets the same orders (permutation equivariance with the randomness fixed)."""
+    row = {task: i for i, task in enumerate(step_tasks)}
+    draws = {task: torch.randperm(len(tasks), generator=generator).tolist() for task in tasks}
+    return [[row[tasks[k]] for k in draws[task] if tasks[k] in row] for task in step_tasks]
 
 
 class LossWeightingCombiner(Combiner):
-    """Base for methods that only re-weight the task losses: one backward of sum_t w_t L_t, which
-    equals `weights @ G` without forming G. Records the task-weight trajectory."""
+    """Base for methods that only re-weight the task losses: one backward of sum_t w_t L_t (plus
+    the method's own penalty on its learned parameters), which equals `weights @ G` without forming
+    G. Records the task-weight trajectory."""
 
     needs_several_tasks = True
 
@@ -175,12 +279,20 @@ class LossWeightingCombiner(Combiner):
 
     @abstractmethod
     def loss_weights(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """T weights for this step's task losses (in `losses` order)."""
+        """T weights for this step's task losses (in `losses` order). They may carry the gradient of
+        the method's learned parameters (uncertainty weighting)."""
+
+    def penalty(self, losses: Mapping[str, Tensor]) -> Tensor | None:
+        """A term of the objective besides the weighted losses (uncertainty weighting's log sigma)."""
+        return None
 
     def backward(self, losses, shared, task_specific):
-        weights = self.loss_weights(losses)
-        (weights.to(next(iter(losses.values())).device) @ torch.stack(list(losses.values()))).backward()
-        self.weight_trajectory.add(dict(zip(losses, weights.tolist())))
+        stacked = torch.stack(list(losses.values()))
+        weights = self.loss_weights(losses).to(stacked.device, stacked.dtype)
+        objective = weights @ stacked
+        penalty = self.penalty(losses)
+        (objective if penalty is None else objective + penalty).backward()
+        self.weight_trajectory.add(dict(zip(losses, weights.detach().tolist())))
         self.steps += 1
 
     def summary(self) -> dict:

@@ -98,3 +98,42 @@ def gradients_by_hand(model, batches):
                                for g, p in zip(grads, shared)]))
     head_grads = {t: torch.autograd.grad(model(t, b).loss, heads[t]) for t, b in batches.items()}
     return torch.stack(rows), head_grads
+
+
+# --- combiners on known Jacobians ------------------------------------------------------------------
+
+def linear_losses(jacobian, values, parameter, order=None):
+    """Task losses with the given values whose gradients w.r.t. `parameter` are the Jacobian's rows
+    (tasks named t0, t1, ...), listed in `order` (default: row order)."""
+    order = range(len(jacobian)) if order is None else order
+    return {f"t{i}": values[i] + (jacobian[i] @ parameter - (jacobian[i] @ parameter).detach()) for i in order}
+
+
+def build_combiner(name, tasks, seed=0, **options):
+    import torch
+
+    from strategies import registry
+    cls = registry.get("combiner", name)
+    return cls(registry.make_options(cls, options, "test"), list(tasks), torch.Generator().manual_seed(seed))
+
+
+def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=None, options=None):
+    """Run a combiner over consecutive steps with the given Jacobians (T x n each) and loss values;
+    returns each step's update (the shared parameter's `.grad`) and the combiner. Each step is also
+    an epoch (for epoch-based methods), and the losses after each step are 0.9 times those before
+    it, with the last task's 0.99 (for methods that watch the decrease)."""
+    import torch
+
+    tasks = [f"t{i}" for i in range(len(jacobians[0]))]
+    combiner = build_combiner(name, task_order or tasks, seed, **(options or {}))
+    combiner.optimizer_groups(1e-3, torch.device("cpu"))
+    updates = []
+    for epoch, (jacobian, value) in enumerate(zip(jacobians, values), 1):
+        combiner.on_epoch_start(epoch)
+        theta = torch.nn.Parameter(torch.zeros(jacobian.shape[1], dtype=jacobian.dtype))
+        combiner.backward(linear_losses(jacobian, value, theta, order), [theta], {})
+        updates.append(theta.grad.detach().clone())
+        decrease = torch.full_like(value, 0.9)
+        decrease[-1] = 0.99
+        combiner.after_step(lambda value=value, decrease=decrease: {t: (value * decrease)[i] for i, t in enumerate(tasks)})
+    return updates, combiner

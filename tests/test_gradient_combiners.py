@@ -10,17 +10,47 @@ import torch
 from conftest import gradients_by_hand
 
 from strategies import registry
-from strategies.combiners.aligned_mtl import aligned_mtl, aligned_mtl_weights
-from strategies.combiners.cagrad import cagrad
-from strategies.combiners.gradvac import gradvac
-from strategies.combiners.imtl_g import imtl_g
-from strategies.combiners.pcgrad import pcgrad
-from strategies.combiners.rlw import rlw, rlw_weights
-from strategies.gradients import GradientCombiner, LossWeightingCombiner, WindowMeans
+from strategies.combiners.aligned_mtl import aligned_mtl_weights
+from strategies.combiners.cagrad import cagrad_weights
+from strategies.combiners.gradvac import gradvac_weights
+from strategies.combiners.imtl_g import imtl_g_weights
+from strategies.combiners.pcgrad import pcgrad_weights
+from strategies.combiners.rlw import rlw_weights
+from strategies.gradients import GradientCombiner, LossWeightingCombiner, StepInfo, WindowMeans
 
 
 def random_gradients(tasks, dims, seed):
     return torch.randn(tasks, dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def applied(weighting, gradients, *args, **kwargs):
+    """A weighting's update `weights @ G` and its weights, from the gradients' Gramian."""
+    weights = weighting(gradients @ gradients.T, *args, **kwargs)
+    if isinstance(weights, tuple):
+        weights = weights[0]
+    return weights.to(gradients.dtype) @ gradients, weights
+
+
+def cagrad(gradients, c=0.5, rescale=True):
+    return applied(cagrad_weights, gradients, c, rescale)
+
+
+def imtl_g(gradients):
+    return applied(imtl_g_weights, gradients)
+
+
+def aligned_mtl(gradients, scale="min"):
+    return applied(aligned_mtl_weights, gradients, scale)
+
+
+def gradvac(gradients, targets, beta=0.01, orders=None):
+    weights, new_targets = gradvac_weights(gradients @ gradients.T, targets, beta, orders)
+    return weights @ gradients, weights, new_targets
+
+
+def random_orders(tasks, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(tasks, generator=generator).tolist() for _ in range(tasks)]
 
 
 # --- CAGrad -------------------------------------------------------------------------------------
@@ -140,7 +170,7 @@ def test_aligned_mtl_rank_deficient_and_zero_gradients():
     aligned, s = aligned_rows(gradients)
     projector = gradients @ torch.linalg.pinv(gradients)  # onto the span of the rows' Gramian
     torch.testing.assert_close(aligned @ aligned.T, s ** 2 * projector)
-    torch.testing.assert_close(aligned_mtl_weights(torch.zeros(3, 3)), torch.zeros(3))
+    torch.testing.assert_close(aligned_mtl_weights(torch.zeros(3, 3)), torch.zeros(3, dtype=torch.float64))
 
 
 def test_aligned_mtl_scales_order():
@@ -154,8 +184,8 @@ def test_aligned_mtl_scales_order():
 def test_gradvac_with_zero_targets_is_pcgrad_on_the_first_step():
     gradients = random_gradients(4, 6, 5)
     zero = [[0.0] * 4 for _ in range(4)]
-    update, _, _ = gradvac(gradients, zero, beta=0.5, generator=torch.Generator().manual_seed(3))
-    expected, _ = pcgrad(gradients, torch.Generator().manual_seed(3))
+    update, _, _ = gradvac(gradients, zero, beta=0.5, orders=random_orders(4, 3))
+    expected, _ = applied(pcgrad_weights, gradients, random_orders(4, 3))
     torch.testing.assert_close(update, expected)
 
 
@@ -185,8 +215,8 @@ def test_gradvac_leaves_pairs_above_target_unchanged():
 def test_gradvac_combiner_keeps_targets_per_task_pair():
     cls = registry.get("combiner", "gradvac")
     combiner = cls(cls.Options(beta=0.5), ["a", "b", "c"], torch.Generator().manual_seed(0))
-    combiner.step_tasks = ["c", "a"]  # a step with two of three tasks: rows are c, a
-    combiner.task_weights(torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64))
+    step = StepInfo(("c", "a"), torch.ones(2, dtype=torch.float64), torch.finfo(torch.float64).eps)  # rows c, a
+    combiner.task_weights(torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64), step)
     assert combiner.targets[2][0] == pytest.approx(0.25) and combiner.targets[0][2] == pytest.approx(0.25)
     assert combiner.targets[0][1] == 0.0
 
@@ -209,8 +239,8 @@ def test_rlw_combiner_backward_is_the_weighted_gradient():
     cls = registry.get("combiner", "rlw")
     combiner = cls(cls.Options(), list("abc"), torch.Generator().manual_seed(1))
     combiner.backward(losses, [shared], {})
-    expected, weights = rlw(gradients, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(shared.grad, expected)
+    weights = rlw_weights(3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(shared.grad, weights.float() @ gradients)
     assert combiner.summary()["mean_weights"] == pytest.approx(dict(zip("abc", weights.tolist())))
 
 
@@ -223,12 +253,20 @@ def gradient_combiners():
 
 def test_the_modern_family_is_registered_and_refuses_single_task_samplers():
     names = set(gradient_combiners())
-    assert {"pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "gradvac", "rlw"} <= names
+    assert {"pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "gradvac", "rlw", "uw", "dwa", "gradnorm",
+            "nash_mtl", "famo", "upgrad", "graddrop", "db_mtl"} <= names
     for name in names:
         assert registry.get("combiner", name).needs_several_tasks
 
 
-@pytest.mark.parametrize("name", ["cagrad", "imtl_g", "aligned_mtl", "gradvac", "mgda", "rlw"])
+def weightings():
+    """Every registered combiner whose update is `weights @ G` with weights it chooses."""
+    from strategies.gradients import GramianWeighting
+    return sorted(name for name, cls in registry.available("combiner").items()
+                  if issubclass(cls, (GramianWeighting, LossWeightingCombiner)))
+
+
+@pytest.mark.parametrize("name", weightings())
 def test_combiner_on_a_real_model_step_equals_its_weights_applied_by_hand(real_step, name):
     model, batches = real_step
     shared, heads = model.shared_parameters(), model.task_parameters()
@@ -236,19 +274,22 @@ def test_combiner_on_a_real_model_step_equals_its_weights_applied_by_hand(real_s
 
     cls = registry.get("combiner", name)
     twin = cls(cls.Options(), list(batches), torch.Generator().manual_seed(5))  # same state and draws
-    if name == "rlw":
-        weights = twin.loss_weights(batches).double()
+    losses = {t: model(t, b).loss for t, b in batches.items()}
+    if issubclass(cls, LossWeightingCombiner):
+        weights = twin.loss_weights(losses).double().detach()
     else:
-        twin.step_tasks = list(batches)
-        weights = twin.task_weights((by_hand @ by_hand.T).double())
+        values = torch.stack([loss.detach() for loss in losses.values()]).double()
+        weights = twin.task_weights(by_hand.double() @ by_hand.double().T,
+                                    StepInfo(tuple(batches), values, torch.finfo(torch.float32).eps))
     combiner = cls(cls.Options(), list(batches), torch.Generator().manual_seed(5))
-    combiner.backward({t: model(t, b).loss for t, b in batches.items()}, shared, heads)
+    combiner.backward(losses, shared, heads)
     got = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in shared])
     torch.testing.assert_close(got, weights.float() @ by_hand, rtol=1e-4, atol=1e-6)
-    if name != "rlw":  # a loss weighting scales the heads too; gradient methods leave them alone
-        for task, grads in head_expected.items():
-            for parameter, grad in zip(heads[task], grads):
-                torch.testing.assert_close(parameter.grad, grad)
+    # a loss weighting (and GradNorm) scales the heads too; gradient methods leave them alone
+    scales_heads = issubclass(cls, LossWeightingCombiner) or cls.weights_scale_heads
+    for i, (task, grads) in enumerate(head_expected.items()):
+        for parameter, grad in zip(heads[task], grads):
+            torch.testing.assert_close(parameter.grad, weights[i].float() * grad if scales_heads else grad)
     assert combiner.summary()["weight_trajectory"]["step"] == [1]
 
 

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from strategies import registry
-from strategies.combiners.mgda import mgda, min_norm_weights
+from strategies.combiners.mgda import mgda_weights, min_norm_weights
+
+
+def mgda(gradients, normalization="none", apply_to="normalized", losses=None):
+    weights = mgda_weights(gradients.double() @ gradients.double().T, normalization, apply_to, losses)
+    return weights.to(gradients.dtype) @ gradients, weights.to(gradients.dtype)
 
 
 def slsqp_min_norm(gramian):
@@ -97,3 +102,23 @@ def test_l2_weights_solve_the_problem_for_unit_gradients():
     _, weights = mgda(gradients, "l2")
     # Unit gradients e1, e2: min-norm weights 1/2 each, rescaled by 1/||g_t||.
     torch.testing.assert_close(weights, torch.tensor([0.5 / 3.0, 0.5 / 0.5], dtype=torch.float64))
+
+
+def test_raw_application_keeps_the_weights_on_the_simplex_and_scales_the_original_gradients():
+    """Sener & Koltun's code: weights solved for normalised gradients, applied to the raw ones."""
+    gradients = torch.tensor([[3.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    d, weights = mgda(gradients, "l2", apply_to="raw")
+    torch.testing.assert_close(weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(d, 0.5 * gradients.sum(0))
+
+
+def test_loss_normalization_divides_each_gradient_by_its_loss():
+    gradients = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    losses = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    # g / L = (1, 0) and (0, 2): min-norm weights (0.8, 0.2) on those, i.e. (0.4, 0.4) on the raw g
+    _, weights = mgda(gradients, "loss", losses=losses)
+    torch.testing.assert_close(weights, torch.tensor([0.4, 0.4], dtype=torch.float64))
+    _, weights = mgda(gradients, "loss+", losses=losses)  # g / (L ||g||) = (0.5, 0), (0, 2)
+    unit = torch.tensor([[0.5, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    expected = min_norm_weights(unit @ unit.T) / torch.tensor([4.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(weights, expected)

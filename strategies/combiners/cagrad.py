@@ -10,6 +10,10 @@ Its dual is a problem on the simplex that needs only the Gramian A = G G^T:
     w* = argmin_{w in simplex} w^T A 1/T + c ||g0|| sqrt(w^T A w),   ||g0||^2 = mean(A),
 
 and d = g0 + (c ||g0|| / ||g_w||) g_w with g_w = w*^T G, i.e. task weights 1/T + (c ||g0|| / ||g_w||) w*.
+Scaling A scales the dual objective, so w* and the weights do not depend on the gradients' scale:
+the dual is solved on A / trace(A), where its tolerances are on a unit scale. (Solved on the raw
+Gramian, SLSQP's absolute tolerances stopped it at its starting point, reporting success, whenever
+the largest gradient norm was below ~0.03 or above ~1e3.)
 c = 0 is plain gradient descent on the average loss; the paper's experiments use c in [0.2, 0.8]
 and rescale the update by 1 / (1 + c^2) (its reference code's default, kept here).
 """
@@ -24,47 +28,67 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from strategies.gradients import EPS, GradientCombiner
+from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
-def cagrad_weights(gramian: Tensor, c: float = 0.5, rescale: bool = True) -> Tensor:
-    """Task weights w of the CAGrad update w @ G, from the T x T Gramian G G^T."""
+def cagrad_dual(A: np.ndarray, c: float) -> tuple[callable, float]:
+    """The dual objective F(w) = w^T A b + r sqrt(w^T A w) (with its gradient), and r = c ||g0||."""
+    tasks = A.shape[0]
+    Ab = A @ np.full(tasks, 1.0 / tasks)
+    radius = c * math.sqrt(max(Ab.mean(), 0.0))
+
+    def objective(w):
+        norm = math.sqrt(max(w @ A @ w, 0.0))
+        gradient = Ab + (radius * (A @ w) / norm if norm > 0 else 0.0)
+        return w @ Ab + radius * norm, gradient
+    return objective, radius
+
+
+def cagrad_simplex_weights(A: np.ndarray, c: float, present: np.ndarray | None = None) -> np.ndarray:
+    """w*, the dual's minimiser on the simplex (A trace-normalised), by SLSQP from its centre.
+    Only the tasks in `present` take part: a zero gradient's improvement is 0 whatever the update,
+    so it would only make the optimum non-unique (a kink of F at g_w = 0)."""
+    tasks = A.shape[0]
+    present = np.ones(tasks, dtype=bool) if present is None else present
+    objective, _ = cagrad_dual(A, c)
+    index = np.flatnonzero(present)
+
+    def restricted(v):
+        w = np.zeros(tasks)
+        w[index] = v
+        value, gradient = objective(w)
+        return value, gradient[index]
+    size = len(index)
+    result = minimize(restricted, np.full(size, 1.0 / size), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * size,
+                      constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1.0, "jac": lambda v: np.ones_like(v)}],
+                      options={"ftol": 1e-14, "maxiter": 500})
+    w = np.zeros(tasks)
+    w[index] = np.clip(result.x, 0.0, None)
+    return w / w.sum()
+
+
+def cagrad_weights(gramian: Tensor, c: float = 0.5, rescale: bool = True, eps: float | None = None) -> Tensor:
+    """Task weights (float64) of the CAGrad update `weights @ G`, from the T x T Gramian G G^T."""
     if c < 0:
         raise ValueError(f"c must be >= 0, got {c}")
-    A = gramian.detach().double().cpu().numpy()
+    gram, present = unit_gramian(gramian, eps)
+    A = gram.numpy()
     tasks = A.shape[0]
-    mean_weights = np.full(tasks, 1.0 / tasks)
-    radius = c * math.sqrt(max(A.mean(), 0.0))  # c ||g0||
-    weights = mean_weights.copy()
+    weights = np.full(tasks, 1.0 / tasks)
+    _, radius = cagrad_dual(A, c)
     if radius > 0:
-        Ab = A @ mean_weights
-
-        def objective(w):
-            norm = math.sqrt(max(w @ A @ w, 0.0) + 1e-20)
-            return w @ Ab + radius * norm, Ab + radius * (A @ w) / norm
-
-        result = minimize(objective, mean_weights, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * tasks,
-                          constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
-                          options={"ftol": 1e-12, "maxiter": 200})
-        w = np.clip(result.x, 0.0, None)
-        w /= w.sum()
+        w = cagrad_simplex_weights(A, c, present.numpy())
         gw_norm = math.sqrt(max(w @ A @ w, 0.0))
-        if gw_norm > EPS:
-            weights = mean_weights + radius / gw_norm * w
+        if gw_norm > 0:
+            weights = weights + radius / gw_norm * w
     if rescale:
         weights = weights / (1.0 + c * c)
-    return torch.tensor(weights, dtype=gramian.dtype, device=gramian.device)
-
-
-def cagrad(gradients: Tensor, c: float = 0.5, rescale: bool = True) -> tuple[Tensor, Tensor]:
-    """The CAGrad update (n-vector) and task weights for a T x n matrix of task gradients."""
-    weights = cagrad_weights(gradients @ gradients.T, c, rescale).to(gradients.dtype)
-    return weights @ gradients, weights
+    return torch.tensor(weights, dtype=torch.float64)
 
 
 @register("combiner", "cagrad")
-class CAGrad(GradientCombiner):
+class CAGrad(GramianWeighting):
     """CAGrad (Liu et al., 2021): the best worst-task improvement near the average gradient."""
 
     @dataclass
@@ -76,5 +100,5 @@ class CAGrad(GradientCombiner):
             if self.c < 0:
                 raise ValueError(f"c must be >= 0, got {self.c}")
 
-    def task_weights(self, gramian):
-        return cagrad_weights(gramian, self.options.c, self.options.rescale)
+    def task_weights(self, gramian, step: StepInfo):
+        return cagrad_weights(gramian, self.options.c, self.options.rescale, step.eps)

@@ -4,7 +4,7 @@ Weighting: A Litmus Test for Multi-Task Learning", TMLR.
 Each step draws fresh task weights w = softmax(z), z ~ N(0, I), and minimises sum_t w_t L_t. The
 paper shows this baseline matches many tuned methods, so a method that does not beat it has not
 shown an effect. A loss weighting needs no per-task gradients: one backward of the weighted loss
-equals w @ G (the pure function below states it on G for comparison with other implementations).
+equals w @ G.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ def rlw_weights(tasks: int, generator: torch.Generator | None = None) -> Tensor:
     return torch.softmax(torch.randn(tasks, generator=generator, dtype=torch.float64), 0)
 
 
-def rlw(gradients: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """The RLW update (n-vector) and task weights for a T x n matrix of task gradients."""
-    weights = rlw_weights(gradients.shape[0], generator).to(gradients.dtype).to(gradients.device)
-    return weights @ gradients, weights
-
-
 @register("combiner", "rlw")
 class RandomLossWeighting(LossWeightingCombiner):
     """Random loss weighting (Lin et al., 2022): softmax-normal task weights drawn every step."""
@@ -38,4 +32,7 @@ class RandomLossWeighting(LossWeightingCombiner):
         pass
 
     def loss_weights(self, losses):
-        return rlw_weights(len(losses), self.generator).float()
+        # One normal draw per task of the run, picked by name: the weights follow the tasks, not
+        # the order a step lists them in.
+        z = dict(zip(self.tasks, torch.randn(len(self.tasks), generator=self.generator, dtype=torch.float64)))
+        return torch.softmax(torch.stack([z[task] for task in losses]), 0)

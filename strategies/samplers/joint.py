@@ -35,6 +35,6 @@ class JointSampler(Sampler):
             return max(counts)
         return math.ceil(sum(counts) / len(self.tasks))
 
-    def epoch(self):
+    def epoch(self, number=1):
         for _ in range(self.steps_per_epoch()):
             yield tuple(self.tasks)

@@ -20,8 +20,8 @@ class OnlySampler(Sampler):
     class Options:
         task: str = "sst"
 
-    def __init__(self, options, batches_per_epoch, sizes, generator):
-        super().__init__(options, batches_per_epoch, sizes, generator)
+    def __init__(self, options, batches_per_epoch, sizes, generator, epochs=1):
+        super().__init__(options, batches_per_epoch, sizes, generator, epochs)
         if options.task not in self.tasks:
             raise UserError(f"sampler.task: unknown task '{options.task}'{nearest(options.task, self.tasks)}; "
                             f"tasks: {', '.join(self.tasks)}")
@@ -29,6 +29,6 @@ class OnlySampler(Sampler):
     def steps_per_epoch(self) -> int:
         return self.batches_per_epoch[self.options.task]
 
-    def epoch(self):
+    def epoch(self, number=1):
         for _ in range(self.steps_per_epoch()):
             yield (self.options.task,)

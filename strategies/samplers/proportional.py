@@ -17,5 +17,5 @@ class ProportionalSampler(RandomTaskSampler):
     class Options:
         pass
 
-    def task_weights(self):
+    def task_weights(self, epoch, fraction):
         return {task: float(self.sizes[task]) for task in self.tasks}

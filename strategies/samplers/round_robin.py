@@ -23,7 +23,7 @@ class RoundRobinSampler(Sampler):
     def steps_per_epoch(self) -> int:
         return sum(self.batches_per_epoch.values())
 
-    def epoch(self):
+    def epoch(self, number=1):
         remaining = dict(self.batches_per_epoch)
         while any(remaining.values()):
             for task in self.tasks:

@@ -22,5 +22,5 @@ class TemperatureSampler(RandomTaskSampler):
             if not self.temperature > 0:
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
-    def task_weights(self):
+    def task_weights(self, epoch, fraction):
         return {task: float(self.sizes[task]) ** (1.0 / self.options.temperature) for task in self.tasks}

@@ -17,5 +17,5 @@ class UniformSampler(RandomTaskSampler):
     class Options:
         pass
 
-    def task_weights(self):
+    def task_weights(self, epoch, fraction):
         return {task: 1.0 for task in self.tasks}
