@@ -35,17 +35,20 @@ def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
     zeros where a task does not reach a parameter, e.g. an unused pooler), and each task's
     gradients of its own head parameters."""
     shared = list(shared)
-    rows, heads = [], {}
-    for task, loss in losses.items():
+    heads = {}
+    if not shared:  # e.g. a frozen backbone: only the heads train
+        for task, loss in losses.items():
+            own = list(task_specific.get(task, ()))
+            heads[task] = list(torch.autograd.grad(loss, own, allow_unused=True)) if own else []
+        return torch.zeros(len(losses), 0), heads
+    matrix = shared[0].new_empty(len(losses), sum(p.numel() for p in shared))
+    for row, (task, loss) in zip(matrix, losses.items()):
         own = list(task_specific.get(task, ()))
         grads = torch.autograd.grad(loss, shared + own, allow_unused=True)
-        if shared:
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).view(-1)
-                                   for g, p in zip(grads[:len(shared)], shared)]))
+        torch.cat([(g if g is not None else torch.zeros_like(p)).view(-1) for g, p in zip(grads[:len(shared)], shared)],
+                  out=row)  # straight into the matrix: no second copy
         heads[task] = list(grads[len(shared):])
-    if not rows:  # e.g. a frozen backbone: only the heads train
-        return torch.zeros(len(losses), 0), heads
-    return torch.stack(rows), heads
+    return matrix, heads
 
 
 def write_shared_gradient(vector: Tensor, shared: Sequence[nn.Parameter]) -> None:

@@ -82,3 +82,10 @@ def test_cs224n_table4_expresses_the_report_experiments():
     assert recipes["total_loss"].combiner.name == "sum" and recipes["gradient_surgery"].combiner.name == "pcgrad"
     assert [recipes[f"round_robin_{r}"].regularizers[0].name for r in ("fgm", "fgsm", "pgd", "contrastive")] == \
         ["fgm", "fgsm", "pgd", "contrastive"]
+
+
+def test_the_combiners_suite_has_a_row_per_registered_combiner():
+    from strategies import registry
+    suite = config.load_suite("combiners")
+    assert sorted(r.combiner.name for r in suite.recipes) == sorted(registry.available("combiner"))
+    assert all(r.sampler.name == "joint" for r in suite.recipes)

@@ -83,8 +83,10 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
                     [StrategySpec(name, dict(options)) for name, options in regularizers], StrategySpec(freezing),
                     "mean", "concat_product")
     strategies = build_strategies(recipe, model, sets, 0)
-    optimizer = make_optimizer(strategies.freezing.parameter_groups(1e-3, 0.01))
+    optimizer = make_optimizer(strategies.freezing.parameter_groups(1e-3, 0.01)
+                               + strategies.combiner.optimizer_groups(1e-3, torch.device("cpu")))
     strategies.freezing.on_epoch_start(1)
+    strategies.combiner.on_epoch_start(1)
     cycle = itertools.cycle(fixed)
     if textbook_fgm:
         step = lambda: _textbook_fgm_step(model, next(cycle), optimizer)
