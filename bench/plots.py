@@ -10,8 +10,15 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
+from adjustText import adjust_text
 
 from bench.tables import SHORT, summary
+
+
+def _colors(count: int) -> list:
+    """One distinct colour per recipe: matplotlib's 10 cycle colours repeat past ten."""
+    return list(plt.get_cmap("tab10" if count <= 10 else "tab20").colors)[:count] if count <= 20 else \
+        [plt.get_cmap("turbo")(i / max(count - 1, 1)) for i in range(count)]
 
 
 def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:
@@ -22,26 +29,32 @@ def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> lis
     columns = [f"{task} {SHORT[metric]}" for task, metric in primary.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(columns) * max(1, len(recipes)) / 2 + 2), 4))
-    width = 0.8 / len(recipes)
-    x = np.arange(len(columns))
-    for i, recipe in enumerate(recipes):
-        ax.bar(x + i * width - 0.4 + width / 2, mean[columns].iloc[i], width,
-               yerr=std[columns].iloc[i].fillna(0), label=recipe, capsize=2)
-    ax.set_xticks(x, [f"{c} (dev)" for c in columns])
-    ax.set_ylabel("primary metric")
-    ax.set_ylim(min(0.0, float(np.nanmin(mean[columns].to_numpy())) - 0.05), 1.0)  # Pearson can be negative
-    ax.set_title(f"{records[0]['suite']}: per-task dev metrics ({select} epoch)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach the top
+    # One panel per task, one row per recipe: mean +- std over seeds as a dot, readable for any
+    # number of recipes (bars side by side stop being readable past ten or so).
+    fig, axes = plt.subplots(1, len(columns), sharey=True, squeeze=False,
+                             figsize=(3.4 * len(columns) + 1.6, 0.27 * len(recipes) + 1.5))
+    y = np.arange(len(recipes))
+    for ax, column in zip(axes[0], columns):
+        ax.errorbar(mean[column], y, xerr=std[column].fillna(0), fmt="o", ms=4, capsize=2)
+        ax.set_title(f"{column} (dev)", fontsize=9)
+        ax.grid(axis="x", alpha=0.4)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0][0].set_yticks(y, recipes, fontsize=8)
+    axes[0][0].invert_yaxis()  # the suite's order, top to bottom
+    fig.suptitle(f"{records[0]['suite']}: per-task dev metrics, mean \u00b1 std over seeds ({select} epoch)",
+                 fontsize=10)
     fig.tight_layout()
     bars = out_dir / "metrics.png"
     fig.savefig(bars, dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(mean["train ex/s"], mean["overall"], yerr=std["overall"].fillna(0), fmt="o")
-    for recipe, xs, ys in zip(recipes, mean["train ex/s"], mean["overall"]):
-        ax.annotate(recipe, (xs, ys), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.errorbar(mean["train ex/s"], mean["overall"], yerr=std["overall"].fillna(0), fmt="o", ms=4,
+                elinewidth=0.8, alpha=0.8)
+    labels = [ax.text(xs, ys, recipe, fontsize=7) for recipe, xs, ys in
+              zip(recipes, mean["train ex/s"], mean["overall"])]
+    adjust_text(labels, x=list(mean["train ex/s"]), y=list(mean["overall"]), ax=ax,
+                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})  # labels of close points apart
     ax.set_xlabel("training throughput (examples/s)")
     ax.set_ylabel("overall (mean primary metric)")
     ax.set_title("quality vs cost")
@@ -73,10 +86,10 @@ def _conflict_plots(records: list[dict], out_dir: Path) -> list[Path]:
         x = np.arange(len(pairs))
         for panel, (stat, label) in zip(axes, [("negative_cosine_fraction", "fraction of steps with cos < 0"),
                                                ("mean_cosine", "mean cosine")]):
-            for i, recipe in enumerate(recipes):
+            for i, (recipe, color) in enumerate(zip(recipes, _colors(len(recipes)))):
                 values = np.array([[s["conflicts"][pair][stat] for pair in pairs] for s in conflicts[recipe]])
                 panel.bar(x + i * width - 0.4 + width / 2, values.mean(0), width, yerr=values.std(0),
-                          label=recipe, capsize=2)
+                          label=recipe, capsize=2, color=color)
             panel.set_xticks(x, pairs)
             panel.set_ylabel(label)
             panel.axhline(0.5 if stat == "negative_cosine_fraction" else 0.0, color="grey", lw=0.8, ls="--")
