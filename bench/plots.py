@@ -16,9 +16,12 @@ from bench.tables import SHORT, summary
 
 
 def _colors(count: int) -> list:
-    """One distinct colour per recipe: matplotlib's 10 cycle colours repeat past ten."""
-    return list(plt.get_cmap("tab10" if count <= 10 else "tab20").colors)[:count] if count <= 20 else \
-        [plt.get_cmap("turbo")(i / max(count - 1, 1)) for i in range(count)]
+    """One distinct colour per recipe (matplotlib's default cycle repeats after ten)."""
+    if count <= 10:
+        return list(plt.get_cmap("tab10").colors)[:count]
+    if count <= 20:
+        return list(plt.get_cmap("tab20").colors)[:count]
+    return [plt.get_cmap("turbo")(i / (count - 1)) for i in range(count)]
 
 
 def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:

@@ -41,12 +41,14 @@ def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
             own = list(task_specific.get(task, ()))
             heads[task] = list(torch.autograd.grad(loss, own, allow_unused=True)) if own else []
         return torch.zeros(len(losses), 0), heads
-    matrix = shared[0].new_empty(len(losses), sum(p.numel() for p in shared))
-    for row, (task, loss) in zip(matrix, losses.items()):
+    matrix = None
+    for row, (task, loss) in enumerate(losses.items()):
         own = list(task_specific.get(task, ()))
         grads = torch.autograd.grad(loss, shared + own, allow_unused=True)
+        if matrix is None:  # allocated once the first task's activations are freed: no higher peak
+            matrix = shared[0].new_empty(len(losses), sum(p.numel() for p in shared))
         torch.cat([(g if g is not None else torch.zeros_like(p)).view(-1) for g, p in zip(grads[:len(shared)], shared)],
-                  out=row)  # straight into the matrix: no second copy
+                  out=matrix[row])  # straight into the matrix: no second copy
         heads[task] = list(grads[len(shared):])
     return matrix, heads
 
