@@ -240,7 +240,7 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     if schedule is not None:
         schedule.step()
     optimizer.zero_grad(set_to_none=True)
-    strategies.combiner.after_step(lambda: _losses_now(model, batches))
+    strategies.combiner.after_step(task_losses, lambda: _losses_now(model, batches))
     return task_losses
 
 

@@ -88,11 +88,11 @@ class RandomTaskSampler(Sampler):
         return sum(self.batches_per_epoch.values())
 
     def epoch(self, number: int = 1) -> Iterator[tuple[str, ...]]:
-        probabilities = self.probabilities(number, self.fraction(number, 0))
         for step in range(self.steps_per_epoch()):
-            if self.varies_within_epoch and step:
+            if step == 0 or self.varies_within_epoch:
                 probabilities = self.probabilities(number, self.fraction(number, step))
-            yield (self.generator.choices(list(probabilities), list(probabilities.values()))[0],)
+                tasks, weights = list(probabilities), list(probabilities.values())
+            yield (self.generator.choices(tasks, weights)[0],)
 
 
 class Combiner(Strategy, ABC):
@@ -112,16 +112,18 @@ class Combiner(Strategy, ABC):
 
     def optimizer_groups(self, lr: float, device: torch.device) -> list[dict]:
         """Parameter groups the combiner learns jointly with the model (uncertainty weighting's
-        log-variances), placed on `device`; the trainer adds them to its optimizer. None by default."""
+        log-variances), placed on `device`; the trainer adds them to its optimizer. None by default:
+        methods with their own optimizer (FAMO) keep it to themselves."""
         return []
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of each epoch (1-based)."""
 
-    def after_step(self, losses_after: Callable[[], Mapping[str, Tensor]]) -> None:
-        """Called after the optimizer step. `losses_after()` evaluates this step's task losses again at
-        the updated parameters (one forward per task, no graph); a combiner that does not call it
-        costs nothing extra."""
+    def after_step(self, losses_before: Mapping[str, Tensor], losses_after: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Called after the optimizer step with each task's own loss of this step (detached, without
+        regularisers' terms) and `losses_after()`, which evaluates the same losses again at the
+        updated parameters (one forward per task, no graph); a combiner that does not call it costs
+        nothing extra."""
 
     def fixed_loss_weights(self) -> Mapping[str, float] | None:
         """The weights w_t if `backward` is exactly the backward of sum_t w_t * L_t with weights

@@ -257,8 +257,8 @@ class GramianWeighting(GradientCombiner):
         """T task weights (float64) from the T x T float64 Gramian of the task gradients."""
 
     def aggregate(self, gradients, gramian, step):
-        weights = self.task_weights(gramian, step).to(gradients.device, torch.float64)
-        return weights.to(gradients.dtype) @ gradients, weights
+        weights = self.task_weights(gramian, step)
+        return weights.to(gradients.device, gradients.dtype) @ gradients, weights
 
 
 def task_permutations(generator: torch.Generator | None, tasks: Sequence[str], step_tasks: Sequence[str]) -> list[list[int]]:

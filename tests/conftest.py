@@ -135,5 +135,6 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
         updates.append(theta.grad.detach().clone())
         decrease = torch.full_like(value, 0.9)
         decrease[-1] = 0.99
-        combiner.after_step(lambda value=value, decrease=decrease: {t: (value * decrease)[i] for i, t in enumerate(tasks)})
+        combiner.after_step(dict(zip(tasks, value)),
+                            lambda value=value, decrease=decrease: {t: (value * decrease)[i] for i, t in enumerate(tasks)})
     return updates, combiner

@@ -42,3 +42,30 @@ def test_device_auto_selects_cuda_only_when_present(device):
     from bench.trainer import select_device
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert select_device(device).type == device
+
+
+def test_after_step_hands_the_combiner_the_tasks_own_losses_before_and_after_the_step(real_step):
+    """With a regulariser, the loss the combiner weighs includes its terms; the before/after pair a
+    combiner compares (FAMO) is the task's own loss on both sides, on the same batch."""
+    from bench.trainer import Strategies, make_optimizer, training_step
+    from strategies import registry
+
+    model, batches = real_step
+    sum_cls, fgm_cls = registry.get("combiner", "sum"), registry.get("regularizer", "fgm")
+    seen = {}
+
+    class Recording(sum_cls):
+        def after_step(self, losses_before, losses_after):
+            seen["before"], seen["after"] = dict(losses_before), losses_after()
+
+    expected_before = {t: model(t, b).loss.detach() for t, b in batches.items()}
+    strategies = Strategies(None, Recording(sum_cls.Options(), list(batches), torch.Generator()),
+                            [fgm_cls(fgm_cls.Options(epsilon=0.01), torch.Generator())], None)
+    optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-2}])
+    training_step(model, strategies, batches, optimizer)
+    after_by_hand = {t: model(t, b).loss.detach() for t, b in batches.items()}
+    for task in batches:
+        torch.testing.assert_close(seen["before"][task], expected_before[task])  # no FGM term in it
+        torch.testing.assert_close(seen["after"][task], after_by_hand[task])
+        assert not seen["after"][task].requires_grad
+        assert seen["after"][task] != seen["before"][task]  # evaluated after the parameters moved

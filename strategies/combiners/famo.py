@@ -15,7 +15,8 @@ non-negative).
 
 L_t(after) is the task's loss on the *same* batch at the updated parameters, as in the authors'
 code: one more forward per task per step, without a graph, counted in the record
-(`extra_forward_passes`). Defaults are Algorithm 2's (and LibMTL's): lr 0.025, gamma 1e-3.
+(`extra_forward_passes`). Before and after are the task's own losses (a regulariser's terms are
+in the weighted objective, not in this comparison). Defaults are Algorithm 2's (and LibMTL's): lr 0.025, gamma 1e-3.
 """
 
 from __future__ import annotations
@@ -62,24 +63,23 @@ class FAMO(LossWeightingCombiner):
         self.logits = torch.zeros(len(tasks), dtype=torch.float64, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.logits], lr=options.lr, weight_decay=options.gamma)
         self.extra_forward_passes = 0
-        self._before: dict[str, torch.Tensor] = {}
 
     def _rows(self, tasks):
         return [self.tasks.index(task) for task in tasks]
 
     def loss_weights(self, losses):
         values = torch.stack([loss.detach() for loss in losses.values()]).to("cpu", torch.float64)
-        self._before = dict(zip(losses, values))
         return famo_weights(self.logits.detach()[self._rows(losses)], values)
 
-    def after_step(self, losses_after):
-        after = {task: loss.to("cpu", torch.float64) for task, loss in losses_after().items()}
+    def after_step(self, losses_before, losses_after):
+        after = losses_after()
         self.extra_forward_passes += len(after)
-        tasks = list(self._before)
+        tasks = list(losses_before)
         rows = self._rows(tasks)
+        before = torch.stack([losses_before[t] for t in tasks]).to("cpu", torch.float64)
         gradient = torch.zeros_like(self.logits)
-        gradient[rows] = famo_logit_gradient(self.logits.detach()[rows], torch.stack([self._before[t] for t in tasks]),
-                                             torch.stack([after[t] for t in tasks]))
+        gradient[rows] = famo_logit_gradient(self.logits.detach()[rows], before,
+                                             torch.stack([after[t] for t in tasks]).to("cpu", torch.float64))
         self.optimizer.zero_grad()
         self.logits.grad = gradient
         self.optimizer.step()
