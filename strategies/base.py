@@ -110,6 +110,10 @@ class Combiner(Strategy, ABC):
                  task_specific: Mapping[str, Sequence[nn.Parameter]]) -> None:
         ...
 
+    def task_rows(self, tasks: Sequence[str]) -> list[int]:
+        """Each task's index in the run's task list: where a method keeps its per-task state."""
+        return [self.tasks.index(task) for task in tasks]
+
     def optimizer_groups(self, lr: float, device: torch.device) -> list[dict]:
         """Parameter groups the combiner learns jointly with the model (uncertainty weighting's
         log-variances), placed on `device`; the trainer adds them to its optimizer. None by default:

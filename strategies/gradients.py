@@ -242,9 +242,10 @@ class GradientCombiner(Combiner):
                                  "mean_cosine": self._cosine_sum[pair] / self.steps} for pair in self.pairs},
             "cosine_trajectory": self.cosine_trajectory.as_dict(),
         }
-        if self.weight_trajectory.as_dict()["step"]:
+        trajectory = self.weight_trajectory.as_dict()
+        if trajectory["step"]:  # aggregators that are not weightings record none
             summary["mean_weights"] = self.weight_trajectory.means()
-            summary["weight_trajectory"] = self.weight_trajectory.as_dict()
+            summary["weight_trajectory"] = trajectory
         return summary
 
 

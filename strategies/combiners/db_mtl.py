@@ -66,7 +66,7 @@ class DBMTL(GradientCombiner):
             self.buffers = gradients.new_zeros(len(self.tasks), gradients.shape[1])
         self.step_count += 1
         beta = self.options.beta / self.step_count ** self.options.sigma
-        rows = [self.tasks.index(task) for task in step.tasks]
+        rows = self.task_rows(step.tasks)
         self.buffers[rows] = beta * self.buffers[rows] + (1.0 - beta) * gradients
         update, scales = db_mtl_update(self.buffers[rows])
         self.scales.add(dict(zip(step.tasks, scales.tolist())))

@@ -64,18 +64,15 @@ class FAMO(LossWeightingCombiner):
         self.optimizer = torch.optim.Adam([self.logits], lr=options.lr, weight_decay=options.gamma)
         self.extra_forward_passes = 0
 
-    def _rows(self, tasks):
-        return [self.tasks.index(task) for task in tasks]
-
     def loss_weights(self, losses):
         values = torch.stack([loss.detach() for loss in losses.values()]).to("cpu", torch.float64)
-        return famo_weights(self.logits.detach()[self._rows(losses)], values)
+        return famo_weights(self.logits.detach()[self.task_rows(losses)], values)
 
     def after_step(self, losses_before, losses_after):
         after = losses_after()
         self.extra_forward_passes += len(after)
         tasks = list(losses_before)
-        rows = self._rows(tasks)
+        rows = self.task_rows(tasks)
         before = torch.stack([losses_before[t] for t in tasks]).to("cpu", torch.float64)
         gradient = torch.zeros_like(self.logits)
         gradient[rows] = famo_logit_gradient(self.logits.detach()[rows], before,

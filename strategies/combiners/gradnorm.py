@@ -65,7 +65,7 @@ class GradNorm(GramianWeighting):
         self.initial_losses: dict[str, float] = {}
 
     def task_weights(self, gramian, step: StepInfo):
-        rows = [self.tasks.index(task) for task in step.tasks]
+        rows = self.task_rows(step.tasks)
         for task, loss in zip(step.tasks, step.losses.tolist()):
             self.initial_losses.setdefault(task, loss)
         initial = torch.tensor([self.initial_losses[t] for t in step.tasks], dtype=torch.float64)

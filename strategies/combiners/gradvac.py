@@ -78,7 +78,7 @@ class GradVac(GramianWeighting):
         self.targets = [[0.0] * len(tasks) for _ in tasks]  # by task index, whatever a step holds
 
     def task_weights(self, gramian, step: StepInfo):
-        index = [self.tasks.index(task) for task in step.tasks]
+        index = self.task_rows(step.tasks)
         targets = [[self.targets[a][b] for b in index] for a in index]
         orders = task_permutations(self.generator, self.tasks, step.tasks)
         weights, targets = gradvac_weights(gramian, targets, self.options.beta, orders, step.eps)

@@ -44,7 +44,7 @@ class UncertaintyWeighting(LossWeightingCombiner):
         return [{"params": [self.log_variances], "lr": self.options.lr or lr, "weight_decay": 0.0}]
 
     def _of(self, losses):
-        return self.log_variances[[self.tasks.index(task) for task in losses]]
+        return self.log_variances[self.task_rows(losses)]
 
     def loss_weights(self, losses):
         return 0.5 * torch.exp(-self._of(losses))
