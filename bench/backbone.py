@@ -23,7 +23,7 @@ from tasks import synthetic
 from tasks.errors import UserError
 
 TINY = "tiny"
-_TINY_VERSION = 1  # bump when the build below changes what it produces
+_TINY_VERSION = 2  # bump when the build below changes what it produces (2: the MLM head is kept)
 
 
 def cache_root() -> Path:
@@ -84,7 +84,8 @@ def _corpus(data_config: synthetic.SyntheticConfig) -> list[str]:
 
 
 def tiny_key(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig) -> str:
-    blob = json.dumps([_TINY_VERSION, asdict(config), data_config.as_dict(), synthetic.vocabulary()], sort_keys=True)
+    blob = json.dumps([_TINY_VERSION, asdict(config), data_config.encoder_corpus(), synthetic.vocabulary()],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -116,10 +117,18 @@ def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig,
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % 200 == 0 or step + 1 == config.pretrain_steps:
             log(f"  tiny encoder MLM pre-training: step {step + 1}/{config.pretrain_steps}, loss {loss.item():.3f}")
-    model.bert.save_pretrained(target)  # the encoder alone; the MLM head is not needed downstream
+    model.bert.save_pretrained(target)  # the encoder alone, loaded by AutoModel like any checkpoint
+    # The pre-training head beside it, for MLM tasks (bench.model.mlm_head); its decoder weight is
+    # the input embedding matrix (tied), so it is not stored twice.
+    from safetensors.torch import save_file
+
+    # decoder.bias is predictions.bias (shared); decoder.weight is the embedding matrix.
+    head = {k: v.contiguous() for k, v in model.cls.state_dict().items() if not k.startswith("predictions.decoder.")}
+    save_file(head, str(target / "mlm_head.safetensors"))
     tokenizer.save_pretrained(target)
     (target / "mtlbench-tiny.json").write_text(json.dumps(
-        {"tiny_encoder": asdict(config), "synthetic": data_config.as_dict(), "final_mlm_loss": loss.item()}, indent=2))
+        {"tiny_encoder": asdict(config), "synthetic": data_config.encoder_corpus(), "final_mlm_loss": loss.item()},
+        indent=2))
 
 
 def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.SyntheticConfig | None = None,

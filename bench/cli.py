@@ -28,7 +28,8 @@ def _run(args) -> int:
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on "
           f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
-    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr)).run(args.jobs)
+    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                     predictions=args.predictions).run(args.jobs)
     print(tables.markdown(tables.summary(records)))
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)
@@ -38,7 +39,8 @@ def _run(args) -> int:
 def _list(args) -> int:
     from bench import config
     from strategies import registry
-    from tasks.spec import TASKS
+    from tasks import registry as task_registry
+    from tasks.spec import KINDS
 
     headings = {"sampler": "samplers", "combiner": "combiners", "regularizer": "regularizers",
                 "freezing": "freezing schedules"}
@@ -54,8 +56,12 @@ def _list(args) -> int:
         suite = config.load_suite(name)
         print(f"  {name:<16} {suite.description}")
     print("tasks:")
-    for name, spec in TASKS.items():
-        print(f"  {name:<16} {spec.description} (primary: {spec.primary_metric})")
+    for name, spec in task_registry.builtin().items():
+        print(f"  {name:<16} {spec.kind.value:<22} sources: {', '.join(spec.sources):<24} "
+              f"metric: {spec.primary_metric:<9} {spec.description}")
+    print("task kinds:")
+    for kind, info in KINDS.items():
+        print(f"  {kind.value:<22} {info.description}; metrics: {', '.join(info.metrics)}")
     return 0
 
 
@@ -79,17 +85,23 @@ def _plot(args) -> int:
 
 
 def _data(args) -> int:
+    from tasks import registry as task_registry
     from tasks.sources import load_task
-    from tasks.spec import TASKS
 
-    tasks = args.tasks.split(",") if args.tasks else list(TASKS)
-    print(f"{'task':<8} {'split':<6} {'loaded':>8} {'skipped':>8}  reasons")
-    for task in tasks:
-        data = load_task(args.data, task, args.data_dir)
+    if args.tasks:
+        references = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    else:
+        references = [n for n, spec in task_registry.builtin().items() if args.data in spec.sources]
+    print(f"{'task':<10} {'source':<10} {'split':<6} {'loaded':>8} {'skipped':>8}  reasons")
+    for reference in references:
+        spec = task_registry.find(reference, Path.cwd())
+        data = load_task(args.data, spec, args.data_dir)
         for split, rows in data.rows.items():
             reasons = data.skipped.get(split, {})
             detail = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "-"
-            print(f"{task:<8} {split:<6} {len(rows):>8} {sum(reasons.values()):>8}  {detail}")
+            print(f"{spec.name:<10} {data.source:<10} {split:<6} {len(rows):>8} {sum(reasons.values()):>8}  {detail}")
+        if data.labels:
+            print(f"{'':<10} labels ({data.label_origin}): {', '.join(data.labels)}")
     return 0
 
 
@@ -103,13 +115,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     run.add_argument("--out", help="directory for records, tables and plots (default: runs/SUITE-TIME)")
     run.add_argument("--model", help="'tiny' (embedded) or a Hugging Face model name / local path")
-    run.add_argument("--data", help="data source: synthetic, cs224n or hf")
+    run.add_argument("--data", help="which of each task's sources: synthetic, cs224n, hf, files")
     run.add_argument("--data-dir", help="directory of the cs224n files, or of saved hf datasets")
     run.add_argument("--epochs", type=int, help="override the suite's epochs")
     run.add_argument("--jobs", type=int, help="runs side by side in worker processes (default: on CPU, one per "
                      "`threads` cores; on an accelerator, 1); results do not depend on it")
     run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
                      "part of the setting, recorded")
+    run.add_argument("--predictions", action="store_true", help="write each task's dev (and, with test = true, "
+                     "test) predictions from its best dev epoch under OUT/predictions/RUN/")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
 
@@ -129,9 +143,10 @@ def parser() -> argparse.ArgumentParser:
     plot.set_defaults(handler=_plot)
 
     data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
-    data.add_argument("--data", default="synthetic", help="synthetic, cs224n or hf")
+    data.add_argument("--data", default="synthetic", help="which source: synthetic, cs224n, hf, files")
     data.add_argument("--data-dir")
-    data.add_argument("--tasks", help="comma-separated tasks (default: all)")
+    data.add_argument("--tasks", help="comma-separated task names or task .toml paths (default: every built-in "
+                      "task with that source)")
     data.set_defaults(handler=_data)
     return main
 

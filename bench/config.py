@@ -3,8 +3,10 @@
 A suite file:
 
     name = "quick"
-    tasks = ["sst", "quora", "sts"]
-    data = "synthetic"          # or "cs224n", "hf"
+    tasks = ["sst", "quora", "sts"]   # registry names or task .toml paths; or [tasks.NAME] tables
+    data = "synthetic"          # which of each task's sources: "synthetic", "cs224n", "hf", "files"
+    data_dir = "..."            # where relative data paths resolve (relative to this file)
+    test = false                # score each task's test split at its best dev epoch
     model = "tiny"              # or any Hugging Face name / local path
     seeds = 1
     [train]      epochs, lr, batch_size, ...            (bench.trainer.TrainSettings)
@@ -31,16 +33,18 @@ from bench.backbone import TINY, TinyEncoderConfig
 from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
 from bench.trainer import TrainSettings
 from strategies import registry
-from tasks.errors import UserError
-from tasks.sources import SOURCES, check_task, nearest
+from tasks import registry as task_registry
+from tasks.errors import UserError, nearest
+from tasks.sources import choose_source
+from tasks.spec import TaskSpec
 from tasks.synthetic import SyntheticConfig
 
 # The report calls the pair heads options 1-3.
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
 MODEL_DEFAULTS = {"pooling": "mean", "pair_head": "concat_product"}
 RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head")
-SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "model", "seeds", "train", "pretrained_train",
-              "synthetic", "tiny_encoder", "defaults", "recipes")
+SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
+              "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes")
 
 
 @dataclass
@@ -88,9 +92,11 @@ class Suite:
     tiny_encoder: TinyEncoderConfig
     recipes: list[Recipe]
     source: str  # the file it came from
+    specs: dict[str, TaskSpec] = field(default_factory=dict)  # task name -> its definition
+    test: bool = False  # score the test split at each task's best dev epoch
 
     def resolved(self) -> dict:
-        return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir,
+        return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir, "test": self.test,
                 "model": self.model, "seeds": self.seeds, "train": dataclasses.asdict(self.train),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
                 "tiny_encoder": dataclasses.asdict(self.tiny_encoder) if self.model == TINY else None,
@@ -181,15 +187,22 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: {error}") from None
     raw = copy.deepcopy(raw)
+    if isinstance(raw.get("data_dir"), str):  # relative to the suite file; a --data-dir to the working directory
+        raw["data_dir"] = str(path.parent / raw["data_dir"])
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
     where = str(path)
     _check_keys(raw, SUITE_KEYS, where)
-    tasks = raw.get("tasks", ["sst", "quora", "sts"])
-    for task in tasks:
-        check_task(task)
-    data = _choice(raw.get("data", "synthetic"), SOURCES, f"{where}: data")
+    specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
+    data = raw.get("data", "synthetic")
+    if not isinstance(data, str):
+        raise UserError(f"{where}: data: expected a source name, got {data!r}")
+    for spec in specs.values():
+        choose_source(spec, data)
+    test = raw.get("test", False)
+    if not isinstance(test, bool):
+        raise UserError(f"{where}: test: expected true or false, got {test!r}")
     seeds = raw.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -215,12 +228,42 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
             raise UserError(f"{where}: two recipes named '{recipe.name}'")
         seen.add(recipe.name)
     return Suite(
-        name=raw.get("name", path.stem), description=raw.get("description", ""), tasks=tasks, data=data,
+        name=raw.get("name", path.stem), description=raw.get("description", ""), tasks=list(specs), data=data,
         data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds, train=train,
         synthetic=_dataclass_from(SyntheticConfig, raw.get("synthetic", {}), f"{where} [synthetic]"),
         tiny_encoder=_dataclass_from(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
-        recipes=recipes, source=str(path),
+        recipes=recipes, source=str(path), specs=specs, test=test,
     )
+
+
+def suite_tasks(value: Any, path: Path) -> dict[str, TaskSpec]:
+    """The suite's tasks: a list of registry names / task-file paths, or a table of NAME = name,
+    path or inline definition. Paths are relative to the suite file."""
+    where = f"{path} tasks"
+    if isinstance(value, list):
+        entries = {}
+        for i, reference in enumerate(value):
+            if not isinstance(reference, str):
+                raise UserError(f"{where}[{i}]: expected a task name or .toml path, got {reference!r}")
+            spec = task_registry.find(reference, path.parent)
+            entries[spec.name] = spec
+        if len(entries) != len(value):
+            raise UserError(f"{where}: a task is named twice in {value!r}")
+    elif isinstance(value, dict):
+        entries = {}
+        for name, entry in value.items():
+            if isinstance(entry, str):
+                spec = dataclasses.replace(task_registry.find(entry, path.parent), name=name)
+            elif isinstance(entry, dict):
+                spec = task_registry.parse(entry, name, f"{path} [tasks.{name}]", path.parent)
+            else:
+                raise UserError(f"{where}.{name}: expected a task definition table or a task name, got {entry!r}")
+            entries[name] = spec
+    else:
+        raise UserError(f"{where}: expected a list of task names or [tasks.NAME] tables, got {value!r}")
+    if not entries:
+        raise UserError(f"{where}: no tasks")
+    return entries
 
 
 def select_recipes(suite: Suite, names: list[str]) -> None:

@@ -2,6 +2,12 @@
 
 Tokenisation goes through `datasets.Dataset.map` with a cache file named by a hash of the rows,
 the tokenizer and the settings, so a second run loads the Arrow file instead of re-tokenising.
+
+Token tasks: the words are tokenised as pre-split words and each word's tag goes on its first
+sub-word, -100 (not scored) on the others and on special tokens, from the fast tokenizer's
+`word_ids()`. MLM: `DataCollatorForLanguageModeling`'s rule (15 % of the real tokens; of those 80 %
+[MASK], 10 % a random token, 10 % kept). Training batches are masked afresh from the run's seed;
+dev and test are masked once, from a fixed seed, so every run is scored on the same positions.
 """
 
 from __future__ import annotations
@@ -16,15 +22,58 @@ from pathlib import Path
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from tasks.spec import TaskSpec
+from tasks.spec import TaskKind, TaskSpec
+
+IGNORE = -100
+EVAL_MASK_SEED = 20240  # dev/test MLM masks: the same for every run and recipe
 
 
 @dataclass(frozen=True)
 class Encoding:
     """How a task's text is laid out for the encoder."""
 
-    pair_mode: str  # "single", "bi" (each side alone) or "cross" (the pair as one input)
+    # "single", "bi" (each side alone), "cross" (the pair as one input), "words" (pre-split words
+    # with tags aligned to sub-words), "mlm" (text, masked per batch) or "mlm_fixed" (masked once)
+    pair_mode: str
     max_length: int
+
+
+def encoding_for(spec: TaskSpec, pair_mode: str, split: str, max_length: int) -> Encoding:
+    if spec.kind.is_pair:
+        return Encoding(pair_mode, max_length)
+    if spec.kind is TaskKind.MLM:
+        return Encoding("mlm" if split == "train" else "mlm_fixed", max_length)
+    return Encoding("words" if spec.kind.is_token_level else "single", max_length)
+
+
+def align_labels(word_ids: list[int | None], tags: list[int] | None) -> list[int]:
+    """A word's tag on its first sub-word; -100 on later sub-words and special tokens. Without
+    tags (an unlabelled split) the first sub-words get 0, so that predictions know where to go."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None or word == previous:
+            labels.append(IGNORE)
+        else:
+            labels.append(tags[word] if tags is not None else 0)
+        previous = word
+    return labels
+
+
+class Masker:
+    """Masks a batch by `DataCollatorForLanguageModeling`'s rule, from its own generator (the
+    collator's `seed` argument is not used: it re-seeds differently in worker processes)."""
+
+    def __init__(self, tokenizer, seed: int, probability: float = 0.15):
+        from transformers import DataCollatorForLanguageModeling
+
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+        self.collator.generator = torch.Generator().manual_seed(seed)
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked ids, labels: the original id at chosen positions, -100 elsewhere)."""
+        protected = ~attention_mask.bool() | torch.isin(input_ids, self.special_ids)
+        return self.collator.torch_mask_tokens(input_ids.clone(), protected)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -38,7 +87,24 @@ def _rows_fingerprint(rows: list[dict]) -> str:
 
 
 def _tokenize_function(tokenizer, encoding: Encoding):
-    def tokenize(batch):
+    def tokenize(batch, indices=None):
+        if encoding.pair_mode == "words":
+            out = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=encoding.max_length)
+            tags = batch.get("tags") or [None] * len(batch["tokens"])
+            return {"input_ids": out["input_ids"], "labels": [align_labels(out.word_ids(i), t) for i, t in enumerate(tags)],
+                    "length": [len(x) for x in out["input_ids"]]}
+        if encoding.pair_mode in ("mlm", "mlm_fixed"):
+            ids = tokenizer(batch["text"], truncation=True, max_length=encoding.max_length)["input_ids"]
+            result = {"input_ids": ids, "length": [len(x) for x in ids]}
+            if encoding.pair_mode == "mlm_fixed":
+                masked, labels = [], []
+                for index, row in zip(indices, ids):  # one generator per row: stable under any batching
+                    masker = Masker(tokenizer, EVAL_MASK_SEED + index)
+                    row_ids, row_labels = masker(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long))
+                    masked.append(row_ids[0].tolist())
+                    labels.append(row_labels[0].tolist())
+                result.update(input_ids=masked, labels=labels)
+            return result
         if encoding.pair_mode == "single":
             out = tokenizer(batch["text"], truncation=True, max_length=encoding.max_length)
             return {"input_ids": out["input_ids"], "length": [len(x) for x in out["input_ids"]]}
@@ -61,15 +127,17 @@ def tokenize(rows: list[dict], tokenizer, encoding: Encoding, cache_dir: Path):
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(json.dumps(
         [_rows_fingerprint(rows), tokenizer_fingerprint(tokenizer), encoding.pair_mode, encoding.max_length]
+        + ([EVAL_MASK_SEED] if encoding.pair_mode == "mlm_fixed" else [])
     ).encode()).hexdigest()[:24]
     cache_file = cache_dir / f"tokens-{key}.arrow"
     labels = [row["label"] for row in rows] if rows and "label" in rows[0] else None
-    texts = {k: [row[k] for row in rows] for k in ("text", "text_a", "text_b") if rows and k in rows[0]}
+    texts = {k: [row[k] for row in rows] for k in ("text", "text_a", "text_b", "tokens", "tags")
+             if rows and k in rows[0]}
     if labels is not None:
         texts["label"] = labels
     dataset = datasets.Dataset.from_dict(texts)
     return dataset.map(
-        _tokenize_function(tokenizer, encoding), batched=True, batch_size=1000,
+        _tokenize_function(tokenizer, encoding), batched=True, batch_size=1000, with_indices=True,
         remove_columns=[c for c in dataset.column_names if c != "label"],
         cache_file_name=str(cache_file), load_from_cache_file=True,
     ).with_format(None)
@@ -105,13 +173,17 @@ def collate(examples: list[dict], spec: TaskSpec, pad_id: int) -> dict[str, torc
     if "label" in examples[0]:
         dtype = torch.float if spec.kind.value == "pair_regression" or spec.num_labels == 1 else torch.long
         batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=dtype)
+    elif "labels" in examples[0]:  # per token
+        batch["labels"] = _pad([e["labels"] for e in examples], IGNORE)[0]
     return batch
 
 
 class TaskBatches:
     """Training batches of one task: an endless stream, reshuffled (length-grouped) every pass."""
 
-    def __init__(self, dataset, spec: TaskSpec, batch_size: int, pad_id: int, generator: torch.Generator):
+    def __init__(self, dataset, spec: TaskSpec, batch_size: int, pad_id: int, generator: torch.Generator,
+                 masker: Masker | None = None):
+        self.masker = masker  # MLM: masks each batch as it is drawn
         self.rows = dataset.to_list()
         self.lengths = [row["length"] for row in self.rows]  # plain ints: indexing a Column is slow
         self.spec = spec
@@ -126,7 +198,10 @@ class TaskBatches:
         while True:
             order = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
             for start in range(0, len(order), self.batch_size):
-                yield collate([self.rows[i] for i in order[start:start + self.batch_size]], self.spec, self.pad_id)
+                batch = collate([self.rows[i] for i in order[start:start + self.batch_size]], self.spec, self.pad_id)
+                if self.masker is not None:
+                    batch["input_ids"], batch["labels"] = self.masker(batch["input_ids"], batch["attention_mask"])
+                yield batch
 
 
 def eval_batches(dataset, spec: TaskSpec, batch_size: int, pad_id: int):

@@ -27,8 +27,11 @@ def _jsonable(value):
 
 def write_json_atomic(path: Path, payload) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+    write_text_atomic(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False, encoding="utf-8") as handle:
         try:

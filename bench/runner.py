@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from bench import backbone, plots, tables
+from bench import backbone, plots, predictions, tables
 from bench.config import Recipe, Suite
-from bench.data import Encoding, TaskBatches, tokenize
+from bench.data import Masker, TaskBatches, encoding_for, tokenize
 from bench.model import MultiTaskModel
 from bench.records import SCHEMA_VERSION, environment, load_records, write_json_atomic
-from bench.trainer import Strategies, seed_everything, select_device, train
+from bench.trainer import Strategies, best_epoch, seed_everything, select_device, train
 from strategies import registry
 from tasks.errors import UserError
 from tasks.sources import load_task
-from tasks.spec import TASKS
+from tasks.spec import TaskKind
 
 
 def _combiner(recipe: Recipe, tasks: list[str], seed: int):
@@ -53,7 +53,7 @@ def _validate_recipe(suite: Suite, recipe: Recipe) -> None:
         cls = registry.get("regularizer", spec.name)
         cls(cls.Options(**spec.options), torch.Generator())
         if cls.needs_bi_encoder_pairs:
-            if not any(TASKS[t].kind.is_pair for t in suite.tasks):
+            if not any(suite.specs[t].kind.is_pair for t in suite.tasks):
                 raise UserError(f"regularizer '{spec.name}' works on pair tasks, "
                                 f"and the suite's tasks ({', '.join(suite.tasks)}) have none")
             if recipe.pair_head == "cross":
@@ -83,35 +83,38 @@ def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str
     return Strategies(sampler, _combiner(recipe, tasks, seed), regularizers, freezing)
 
 
-def _summarise(history: list[dict], tasks: list[str]) -> tuple[dict, dict, float, float]:
+def _summarise(history: list[dict], specs: dict) -> tuple[dict, dict, float, float]:
     """Last-epoch metrics, best epoch per task (by its primary metric), and the overall means."""
     last = history[-1]["dev"]
     best = {}
-    for task in tasks:
-        primary = TASKS[task].primary_metric
-        scored = [(h["dev"][task][primary], h["epoch"]) for h in history if not math.isnan(h["dev"][task][primary])]
-        epoch = max(scored)[1] if scored else history[-1]["epoch"]
+    for task, spec in specs.items():
+        epoch = best_epoch(history, task, spec.primary_metric)
         best[task] = {"epoch": epoch, **history[epoch - 1]["dev"][task]}
 
     def overall(table):
-        return sum(table[t][TASKS[t].primary_metric] for t in tasks) / len(tasks)
+        return sum(table[t][specs[t].primary_metric] for t in specs) / len(specs)
     return last, best, overall(last), overall(best)
 
 
 class Runner:
-    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print):
+    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print, predictions: bool = False):
         self.suite, self.out_dir, self.progress, self.log = suite, Path(out_dir), progress, log
+        self.predictions = predictions  # write each task's per-split predictions (best dev epoch)
         self.device = select_device(suite.train.device)
 
     def prepare(self) -> None:
         suite = self.suite
         backbone.quiet_transformers()
         started = time.perf_counter()
-        self.data = {t: load_task(suite.data, t, suite.data_dir, suite.synthetic) for t in suite.tasks}
+        self.data = {t: load_task(suite.data, suite.specs[t], suite.data_dir, suite.synthetic) for t in suite.tasks}
+        # The definitions with their label sets resolved (read from a label map or inferred from train).
+        self.specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]
+                      for t, d in self.data.items()}
+        self.splits = ("train", "dev", "test") if suite.test else ("train", "dev")
         for task, data in self.data.items():
-            for split in ("train", "dev"):
-                if not data.rows.get(split):
-                    raise UserError(f"task '{task}': no {split} rows from source '{suite.data}'")
+            if suite.test and not data.rows.get("test"):
+                raise UserError(f"{suite.source}: test = true, but task '{task}' has no test rows "
+                                f"from source '{data.source}'")
             for split, reasons in data.skipped.items():
                 if reasons:
                     self.log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
@@ -122,10 +125,12 @@ class Runner:
         cache = backbone.cache_root() / "tokens"
         for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes}):
             for task, data in self.data.items():
-                pair_mode = mode if TASKS[task].kind.is_pair else "single"
-                encoding = Encoding(pair_mode, suite.train.max_length)
-                for split in ("train", "dev"):
+                for split in self.splits:
+                    encoding = encoding_for(self.specs[task], mode, split, suite.train.max_length)
                     self.tokens[mode, task, split] = tokenize(data.rows[split], self.tokenizer, encoding, cache)
+        # Test rows without labels (the CS224N test files) are for predictions only.
+        self.unlabelled_test = frozenset(t for t, d in self.data.items() if suite.test and d.rows["test"]
+                                         and not {"label", "tags"} & set(d.rows["test"][0]))
         self.prepare_seconds = time.perf_counter() - started
 
     def build(self, recipe: Recipe, seed: int):
@@ -133,12 +138,17 @@ class Runner:
         suite = self.suite
         seed_everything(seed)
         encoder = backbone.load_encoder(self.model_path)
-        model = MultiTaskModel(encoder, [TASKS[t] for t in suite.tasks], recipe.pooling, recipe.pair_head,
-                               suite.train.single_head, suite.train.dropout)
+        model = MultiTaskModel(encoder, [self.specs[t] for t in suite.tasks], recipe.pooling, recipe.pair_head,
+                               suite.train.single_head, suite.train.dropout, self.model_path)
         mode = model.pair_mode
         generator = torch.Generator().manual_seed(seed)
-        train_sets = {t: TaskBatches(self.tokens[mode, t, "train"], TASKS[t], suite.train.batch_size, self.pad_id,
-                                     generator) for t in suite.tasks}
+        train_sets = {}
+        for i, task in enumerate(suite.tasks):
+            spec = self.specs[task]
+            # MLM masks are drawn from the run's seed, one generator per MLM task.
+            masker = Masker(self.tokenizer, seed * 1000 + 500 + i) if spec.kind is TaskKind.MLM else None
+            train_sets[task] = TaskBatches(self.tokens[mode, task, "train"], spec, suite.train.batch_size,
+                                           self.pad_id, generator, masker)
         dev_sets = {t: self.tokens[mode, t, "dev"] for t in suite.tasks}
         return model, build_strategies(recipe, model, train_sets, seed, suite.train.epochs), train_sets, dev_sets
 
@@ -146,19 +156,25 @@ class Runner:
         suite = self.suite
         torch.set_num_threads(suite.train.threads)
         model, strategies, train_sets, dev_sets = self.build(recipe, seed)
-        outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress)
-        last, best, overall, overall_best = _summarise(outcome.history, suite.tasks)
+        test_sets = {t: self.tokens[model.pair_mode, t, "test"] for t in suite.tasks} if suite.test else None
+        outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress,
+                        test_sets, self.unlabelled_test, keep_predictions=self.predictions)
+        last, best, overall, overall_best = _summarise(outcome.history, self.specs)
         run_id = f"{recipe.name}-seed{seed}"
-        return {
+        if self.predictions:
+            predictions.write(self.out_dir / "predictions" / run_id, self.specs, self.data, outcome.predictions)
+        record = {
             "schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite.name, "recipe_name": recipe.name,
             "recipe_index": index, "recipe": recipe.names(), "seed": seed,
             "model": {"name": suite.model, "path": self.model_path,
-                      "parameters": sum(p.numel() for p in model.parameters())},
-            "config": {"suite": suite.resolved(), "recipe": recipe.resolved()},
-            "data": {"source": suite.data,
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      **({"mlm_head": model.mlm_head_source} if model.mlm_head_source else {})},
+            "config": {"suite": suite.resolved(), "recipe": recipe.resolved(),
+                       "tasks": {t: spec.resolved() for t, spec in self.specs.items()}},
+            "data": {"source": suite.data, "sources": {t: d.source for t, d in self.data.items()},
                      "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in self.data.items()},
                      "skipped": {t: d.skipped for t, d in self.data.items()}},
-            "primary_metrics": {t: TASKS[t].primary_metric for t in suite.tasks},
+            "primary_metrics": {t: self.specs[t].primary_metric for t in suite.tasks},
             "metrics": last, "best": best, "overall": overall, "overall_best": overall_best,
             "history": outcome.history, "train": outcome.train, "eval": outcome.eval,
             "peak_memory_mb": outcome.memory["peak_memory_mb"], "memory": outcome.memory,
@@ -170,6 +186,9 @@ class Runner:
             "env": environment(self.device),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if suite.test:
+            record["test_at_best_dev"] = outcome.test_at_best_dev
+        return record
 
     def _registered_at_run_time(self) -> list[str]:
         """Strategies of this suite that a worker process would not find (see registry.discoverable)."""
@@ -210,7 +229,7 @@ class Runner:
                      "thread each)")
             # spawn: a fork of a process whose OpenMP threads have run can deadlock.
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_start_worker, initargs=(self.suite, os.getpid())) as pool:
+                                     initializer=_start_worker, initargs=(self.suite, os.getpid(), self.out_dir, self.predictions)) as pool:
                 # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
                 ordered = sorted(runs, key=lambda run: -len(run[0].regularizers))
                 pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
@@ -240,7 +259,7 @@ class Runner:
 
     def _keep(self, record: dict) -> None:
         write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
-        metrics = ", ".join(f"{t} {record['metrics'][t][TASKS[t].primary_metric]:.3f}" for t in self.suite.tasks)
+        metrics = ", ".join(f"{t} {record['metrics'][t][record['primary_metrics'][t]]:.3f}" for t in self.suite.tasks)
         self.log(f"      {metrics}; overall {record['overall']:.3f}; "
                  f"{record['train']['examples_per_second']:.0f} train ex/s")
 
@@ -256,13 +275,13 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _start_worker(suite: Suite, parent: int) -> None:
+def _start_worker(suite: Suite, parent: int, out_dir: Path, predictions_wanted: bool) -> None:
     """A worker process's runner: data, encoder and tokens from the cache the parent filled.
     `parent` comes from the parent itself: if it died while this worker started, getppid() here
     would already name the process that adopted the worker."""
     global _worker
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker = Runner(suite, Path("."), progress=False, log=lambda message: None)
+    _worker = Runner(suite, out_dir, progress=False, log=lambda message: None, predictions=predictions_wanted)
     _worker.prepare()
 
 

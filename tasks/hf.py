@@ -1,84 +1,90 @@
-"""Hugging Face hub datasets through `datasets`: GLUE SST-2 / QQP / STS-B and SST-5.
+"""Hugging Face datasets: from the hub (`load_dataset`, needs the network) or from a folder written
+with `DatasetDict.save_to_disk` (`disk = "folder"`, or `--data-dir DIR` holding `DIR/<task>`).
 
-`load_dataset` needs the network; `--data-dir DIR` instead reads `DIR/<task>` written with
-`DatasetDict.save_to_disk`, through the same column mapping, which is what the tests exercise.
+Label names come from the dataset's `ClassLabel` features when the task does not declare them:
+a `label` column of ClassLabel, or a tag column of `Sequence(ClassLabel)` as in CoNLL-2003
+(`tokens` + `ner_tags`). Rows labelled -1 (GLUE's hidden test labels) are skipped as unlabelled.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 from tasks.errors import UserError
-from tasks.spec import TaskData
+
+DEFAULT_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+DEFAULT_COLUMNS = {"tags": "ner_tags"}  # CoNLL-2003's layout
 
 
-@dataclass(frozen=True)
-class HubDataset:
-    path: str
-    name: str | None
-    text_columns: tuple[str, ...]
-    label_column: str
-    splits: dict[str, str]  # mtlbench split -> hub split
-
-
-HUB = {
-    # SST-5 (fine-grained); GLUE's sst2 is binary and would not fit a 5-class head.
-    "sst": HubDataset("SetFit/sst5", None, ("text",), "label", {"train": "train", "dev": "validation", "test": "test"}),
-    "quora": HubDataset("nyu-mll/glue", "qqp", ("question1", "question2"), "label",
-                        {"train": "train", "dev": "validation", "test": "test"}),
-    "sts": HubDataset("nyu-mll/glue", "stsb", ("sentence1", "sentence2"), "label",
-                      {"train": "train", "dev": "validation", "test": "test"}),
-}
-
-
-def rows_from_dataset_dict(task: str, dataset_dict, origin: str) -> TaskData:
-    """Map a DatasetDict with the hub's column names to mtlbench rows (skips unlabelled rows)."""
-    spec = HUB[task]
-    data = TaskData(rows={})
-    for split, hub_split in spec.splits.items():
-        if hub_split not in dataset_dict:
-            if split == "test":
-                continue
-            raise UserError(f"{origin}: split '{hub_split}' not found (has {sorted(dataset_dict)})")
-        dataset = dataset_dict[hub_split]
-        for column in spec.text_columns + (spec.label_column,):
-            if column not in dataset.column_names:
-                raise UserError(f"{origin} [{hub_split}]: missing required column '{column}'")
-        names = ("text",) if len(spec.text_columns) == 1 else ("text_a", "text_b")
-        rows, skipped = [], Counter()
-        for example in dataset:
-            label = example[spec.label_column]
-            if label is None or label == -1:  # GLUE test splits carry -1
-                skipped["unlabelled"] += 1
-                continue
-            texts = [example[c] for c in spec.text_columns]
-            if not all(isinstance(t, str) and t.strip() for t in texts):
-                skipped["empty sentence"] += 1
-                continue
-            row = dict(zip(names, texts))
-            row["label"] = float(label) if task == "sts" else int(label)
-            rows.append(row)
-        data.rows[split] = rows
-        data.skipped[split] = dict(skipped)
-    return data
-
-
-def load(task: str, data_dir: str | Path | None = None) -> TaskData:
+def _class_names(feature) -> tuple[str, ...] | None:
     import datasets
 
-    spec = HUB[task]
-    if data_dir is not None:
-        path = Path(data_dir) / task
+    if isinstance(feature, datasets.ClassLabel):
+        return tuple(feature.names)
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
+    if isinstance(inner, datasets.ClassLabel):
+        return tuple(inner.names)
+    return None
+
+
+def open_dataset(spec, options: dict, context):
+    """(DatasetDict, the place it came from, for messages)."""
+    import datasets
+
+    if "disk" in options or context.data_dir is not None:
+        path = context.path(options["disk"], options) if "disk" in options else context.data_dir / spec.name
         if not path.exists():
-            raise UserError(f"{path}: not found (hf source with --data-dir expects DatasetDict.save_to_disk output)")
-        return rows_from_dataset_dict(task, datasets.load_from_disk(str(path)), str(path))
-    origin = f"{spec.path}" + (f" ({spec.name})" if spec.name else "")
+            raise UserError(f"{path}: not found (the hf source reads DatasetDict.save_to_disk output here)")
+        try:
+            return datasets.load_from_disk(str(path)), str(path)
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"{path}: not a saved dataset ({str(error).splitlines()[0]})") from None
+    if "path" not in options:
+        raise UserError(f"{spec.origin}.sources.hf: needs 'path' (a hub dataset) or 'disk' (a saved folder)")
+    origin = options["path"] + (f" ({options['name']})" if options.get("name") else "")
     try:
-        dataset_dict = datasets.load_dataset(spec.path, spec.name)
+        dataset_dict = datasets.load_dataset(options["path"], options.get("name"))
     except Exception as error:  # noqa: BLE001 - network, auth, hub: every failure gets the offline hint
         raise UserError(f"could not load {origin} from the Hugging Face hub ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); offline, pass --data-dir DIR "
                         f"holding DatasetDict.save_to_disk output per task") from None
-    return rows_from_dataset_dict(task, dataset_dict, origin)
+    return dataset_dict, origin
+
+
+def read(spec, options: dict, context):
+    from tasks.sources import RawSplit
+
+    dataset_dict, origin = open_dataset(spec, options, context)
+    columns = {name: options.get("columns", {}).get(name, DEFAULT_COLUMNS.get(name, name))
+               for name in ("id",) + spec.kind.info.fields}
+    label_field = "tags" if "tags" in columns else "label"
+    splits = {**DEFAULT_SPLITS, **options.get("splits", {})}
+    raw, names = {}, None
+    for split, hub_split in splits.items():
+        if hub_split not in dataset_dict:
+            if split == "test":
+                continue
+            raise UserError(f"{origin}: split '{hub_split}' not found (has {sorted(dataset_dict)}); "
+                            f"map it with splits = {{ {split} = \"...\" }}")
+        dataset = dataset_dict[hub_split]
+        for name in spec.kind.info.fields:
+            if columns[name] not in dataset.column_names:
+                raise UserError(f"{origin} [{hub_split}]: missing column '{columns[name]}' (columns.{name}); "
+                                f"has {dataset.column_names}")
+        label_column = columns.get(label_field)
+        split_names = _class_names(dataset.features[label_column]) if label_column in dataset.features else None
+        names = names or split_names
+        found = RawSplit(skipped=Counter())
+        present = {name: column for name, column in columns.items() if column in dataset.column_names}
+        for i, example in enumerate(dataset):
+            fields = {name: example[column] for name, column in present.items()}
+            label = fields.get(label_field)
+            if label_field in fields and (label is None or label == -1):
+                found.skipped["unlabelled"] += 1
+                continue
+            if split_names is not None and label_field in fields:  # ClassLabel ids -> names
+                fields[label_field] = ([split_names[t] for t in label] if isinstance(label, list)
+                                       else split_names[label])
+            found.examples.append((f"{origin} [{hub_split}] row {i}", fields))
+        raw[split] = found
+    return raw, names

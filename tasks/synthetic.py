@@ -1,4 +1,5 @@
-"""Embedded synthetic SST / Quora / STS-style tasks over one shared lexicon and grammar.
+"""Embedded synthetic SST / Quora / STS-style tasks over one shared lexicon and grammar, and entity
+tagging (IOB NER, binary) over the same sentences.
 
 Every *meaning* (entity, relation, quality) has two surface forms (synonyms), so the tasks share
 what there is to learn: the paraphrase and similarity tasks reward mapping synonyms together,
@@ -11,7 +12,10 @@ than a bag of words:
 - most non-paraphrases change exactly one entity or relation of the question, so word overlap stays
   high, while a paraphrase may change the template and swap synonyms (some non-paraphrases are
   unrelated questions, as in the real Quora data);
-- similarity is 5 * (1 - changed_slots / slots) from the generating process, plus Gaussian noise.
+- similarity is 5 * (1 - changed_slots / slots) from the generating process, plus Gaussian noise;
+- the entities are the noun phrases "the / a NOUN", typed by the noun's meaning (person, work, place,
+  object): the noun alone fixes its tag, but whether "the" begins an entity depends on the next
+  word ("the film" does, "the best way" does not).
 
 Generation is deterministic in (config, task, split).
 """
@@ -98,9 +102,16 @@ class SyntheticConfig:
     quora_unrelated_negatives: float = 0.3  # negatives that are a different question, not one slot changed
     keep_form: float = 0.7  # pair tasks: an unchanged meaning keeps its surface form with this probability
     sts_noise: float = 0.35  # std of Gaussian noise on the 0-5 score
+    ner_train: int = 3000  # entity tagging: IOB ("ner") and binary ("entity") tags of the same sentences
+    ner_dev: int = 600
+    ner_test: int = 600
 
     def size(self, task: str, split: str) -> int:
         return getattr(self, f"{task}_{split}")
+
+    def encoder_corpus(self) -> dict:
+        """The settings the tiny encoder's pre-training corpus depends on (its cache key)."""
+        return {k: v for k, v in self.as_dict().items() if not k.startswith("ner_")}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -263,18 +274,118 @@ def similarity_example(rng: random.Random, noise: float, keep_form: float) -> di
     }
 
 
+# --- entities ----------------------------------------------------------------------------------
+
+# Entity type per noun meaning (the index into NOUNS).
+ENTITY_TYPES = ("PER", "WORK", "PLACE", "OBJ")
+_NOUN_TYPE = dict.fromkeys(("film", "story", "plot", "script", "ending", "soundtrack", "book", "song"), "WORK")
+_NOUN_TYPE.update(dict.fromkeys(("actor", "director", "cast", "hero", "villain", "teacher", "doctor"), "PER"))
+_NOUN_TYPE.update(dict.fromkeys(("city", "house", "garden", "river", "kitchen"), "PLACE"))
+_NOUN_TYPE.update(dict.fromkeys(("car", "dog", "computer", "phone"), "OBJ"))
+NOUN_TYPES = {word: _NOUN_TYPE[meaning[0]] for meaning in NOUNS for word in meaning}
+NER_LABELS = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in "BI")
+
+
+def entity_tags(tokens: list[str]) -> list[str]:
+    """IOB tags of a generated sentence: "the / a NOUN" is one entity of the noun's type."""
+    tags = ["O"] * len(tokens)
+    for i, word in enumerate(tokens):
+        if word in NOUN_TYPES:
+            kind = NOUN_TYPES[word]
+            if i > 0 and tokens[i - 1] in ("the", "a"):
+                tags[i - 1], tags[i] = f"B-{kind}", f"I-{kind}"
+            else:
+                tags[i] = f"B-{kind}"
+    return tags
+
+
+def tagging_example(rng: random.Random, config: SyntheticConfig, binary: bool) -> dict:
+    """A sentence of one of the three tasks (reviews, questions, statements) with its entity tags."""
+    form = rng.random()
+    if form < 0.4:
+        text = sentiment_example(rng, 0.0)["text"]
+    elif form < 0.7:
+        text = paraphrase_example(rng, config.quora_positive_rate, config.keep_form,
+                                  config.quora_unrelated_negatives)["text_a"]
+    else:
+        text = similarity_example(rng, config.sts_noise, config.keep_form)["text_a"]
+    tokens = text.split()
+    tags = entity_tags(tokens)
+    return {"tokens": tokens, "tags": [int(t != "O") for t in tags] if binary else tags}
+
+
+GENERATORS = ("sst", "quora", "sts", "ner", "entity")
+
+
 def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData:
-    """All splits of one synthetic task."""
+    """All splits of one synthetic task. "ner" and "entity" tag the same sentences."""
     makers = {
         "sst": lambda rng: sentiment_example(rng, config.sst_label_noise),
         "quora": lambda rng: paraphrase_example(rng, config.quora_positive_rate, config.keep_form,
                                                 config.quora_unrelated_negatives),
         "sts": lambda rng: similarity_example(rng, config.sts_noise, config.keep_form),
+        "ner": lambda rng: tagging_example(rng, config, binary=False),
+        "entity": lambda rng: tagging_example(rng, config, binary=True),
     }
     if task not in makers:
         raise KeyError(task)
+    stream = "ner" if task == "entity" else task
     rows = {}
     for split in SPLITS:
-        rng = _rng(config, task, split)
-        rows[split] = [makers[task](rng) for _ in range(config.size(task, split))]
+        rng = _rng(config, stream, split)
+        rows[split] = [makers[task](rng) for _ in range(config.size(stream, split))]
     return TaskData(rows=rows)
+
+
+def read(spec, options: dict, context):
+    """The source interface (tasks.sources): the generator's rows, labels as the generator writes them."""
+    from tasks.errors import UserError, nearest
+    from tasks.sources import RawSplit
+
+    generator = options.get("generator")
+    if generator not in GENERATORS:
+        raise UserError(f"{spec.origin}.sources.synthetic.generator: unknown generator '{generator}'"
+                        f"{nearest(str(generator), GENERATORS)}; generators: {', '.join(GENERATORS)}")
+    data = generate(generator, context.synthetic)
+    return {split: RawSplit([(f"synthetic {generator} [{split}] row {i}", row) for i, row in enumerate(rows)])
+            for split, rows in data.rows.items()}, None
+
+
+# --- a file fixture for seed 001's layout -------------------------------------------------------
+
+def topic_example(rng: random.Random, config: SyntheticConfig) -> dict:
+    """A question labelled with the type of the first entity it mentions."""
+    while True:
+        text = paraphrase_example(rng, config.quora_positive_rate, config.keep_form,
+                                  config.quora_unrelated_negatives)["text_a"]
+        nouns = [NOUN_TYPES[w] for w in text.split() if w in NOUN_TYPES]
+        if nouns:
+            return {"content": text, "label": {"PER": "person", "WORK": "work", "PLACE": "place",
+                                               "OBJ": "object"}[nouns[0]]}
+
+
+def write_classification_fixture(folder, sizes: dict[str, dict[str, int]], seed: int = 13) -> None:
+    """Two tasks in seed 001's layout: `TASK/{train,dev,test}.tsv` (columns content, label) and
+    `TASK/label2ind.json`. The label maps deliberately do not follow sorted order."""
+    import json
+    from pathlib import Path
+
+    config = SyntheticConfig(seed=seed)
+    label_maps = {"sentiment": {"positive": 0, "negative": 1, "neutral": 2},
+                  "topic": {"work": 0, "person": 1, "place": 2, "object": 3}}
+
+    def sentiment(rng):
+        example = sentiment_example(rng, 0.0)
+        valence = example["label"] - 2
+        return {"content": example["text"],
+                "label": "positive" if valence > 0 else "negative" if valence < 0 else "neutral"}
+
+    makers = {"sentiment": sentiment, "topic": lambda rng: topic_example(rng, config)}
+    for task, maker in makers.items():
+        target = Path(folder) / task
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "label2ind.json").write_text(json.dumps(label_maps[task], indent=1) + "\n", encoding="utf-8")
+        for split, size in sizes[task].items():
+            rng = random.Random(f"{seed}/fixture-{task}/{split}")
+            lines = ["content\tlabel"] + [f"{e['content']}\t{e['label']}" for e in (maker(rng) for _ in range(size))]
+            (target / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")

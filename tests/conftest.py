@@ -73,7 +73,7 @@ def real_step(encoder, tokenizer):
     """A fresh three-task model (eval mode: no dropout) and one small batch per task."""
     from bench.data import Encoding, collate, tokenize
     from bench.model import MultiTaskModel
-    from tasks.spec import QUORA, SST, STS
+    from tasks.builtin import QUORA, SST, STS
     from tasks.synthetic import SyntheticConfig, generate
 
     cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"

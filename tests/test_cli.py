@@ -74,7 +74,7 @@ def test_table_and_plot_rerender_from_records(first_run, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--recipes", "r"], "unknown recipe 'r' (did you mean 'rr'?)"),
-    (["--data", "synthetc"], "unknown value 'synthetc' (did you mean 'synthetic'?)"),
+    (["--data", "synthetc"], "has no source 'synthetc' (did you mean 'synthetic'?)"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_record(suite_file, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -96,7 +96,7 @@ def test_data_command_reports_loaded_and_skipped(tmp_path, capsys):
     (tmp_path / "ids-sst-dev.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n")
     assert main(["data", "--data", "cs224n", "--data-dir", str(tmp_path), "--tasks", "sst"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"sst +train +1 +1 +1 sentiment not a number", out)
+    assert re.search(r"sst +cs224n +train +1 +1 +1 label not in the label set", out)
 
 
 def test_console_script_lists_strategies_and_fails_cleanly(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks import cs224n
+from tasks import files
 from tasks.errors import UserError
 from tasks.sources import load_task
 
@@ -42,7 +42,7 @@ def test_sst_quirks_are_parsed_and_bad_labels_counted(tmp_path):
     texts = [r["text"] for r in data.rows["train"]]
     assert texts == ["A plain sentence .", "Wrapped in quotes .", "Tripled quotes , as published ."]
     assert [r["label"] for r in data.rows["train"]] == [3, 0, 4]
-    assert data.skipped["train"] == {"sentiment not a number": 1, "sentiment not an integer in 0..4": 1}
+    assert data.skipped["train"] == {"label not in the label set": 2}
     assert data.rows["test"] == [{"id": "t1", "text": "No label here ."}]  # test-student: no label column
 
 
@@ -50,7 +50,7 @@ def test_quora_labels_are_integers_and_bad_rows_skipped(tmp_path):
     data = load_task("cs224n", "quora", write_all(tmp_path))
     assert [(r["text_b"], r["label"]) for r in data.rows["dev"]] == [
         ("How can I repair a car ?", 1), ("Why is grass green ?", 0)]
-    assert data.skipped["dev"] == {"is_duplicate not 0 or 1": 1, "too few fields": 1}
+    assert data.skipped["dev"] == {"label not in the label set": 1, "too few fields": 1}
     assert "test" not in data.rows  # optional file absent
 
 
@@ -58,7 +58,7 @@ def test_sts_scores_are_floats(tmp_path):
     data = load_task("cs224n", "sts", write_all(tmp_path))
     assert [r["label"] for r in data.rows["train"]] == [4.8, 0.6]
     assert data.rows["train"][0]["text_b"] == "A man is playing ."
-    assert data.skipped["train"] == {"similarity not a number": 1}
+    assert data.skipped["train"] == {"label not a number": 1}
 
 
 def test_missing_required_column_names_file_and_column(tmp_path):
@@ -76,6 +76,6 @@ def test_missing_file_and_missing_dir_are_clear_errors(tmp_path):
 
 
 def test_unquote_keeps_inner_text():
-    assert cs224n._unquote('"""a "b" c"""') == 'a "b" c'
-    assert cs224n._unquote('"x"') == "x"
-    assert cs224n._unquote("plain") == "plain"
+    assert files.unquote_cs224n('"""a "b" c"""') == 'a "b" c'
+    assert files.unquote_cs224n('"x"') == "x"
+    assert files.unquote_cs224n("plain") == "plain"

@@ -2,7 +2,7 @@ import torch
 
 from bench import data
 from bench.data import Encoding, TaskBatches, tokenize
-from tasks.spec import SST
+from tasks.builtin import SST
 from tasks.synthetic import SyntheticConfig, generate
 
 
@@ -13,7 +13,7 @@ def test_second_tokenisation_loads_the_cache(tokenizer, tmp_path, monkeypatch):
 
     def counting(tok, encoding):
         fn = original(tok, encoding)
-        return lambda batch: (calls.append(1), fn(batch))[1]
+        return lambda batch, indices=None: (calls.append(1), fn(batch, indices))[1]
     monkeypatch.setattr(data, "_tokenize_function", counting)
     first = tokenize(rows, tokenizer, Encoding("single", 32), tmp_path)
     assert calls
@@ -42,7 +42,7 @@ def test_batches_are_dynamically_padded_and_length_grouped(tokenizer, tmp_path):
 
 
 def test_attention_mask_follows_lengths_even_when_pad_is_a_real_token():
-    from tasks.spec import QUORA
+    from tasks.builtin import QUORA
     batch = data.collate([{"input_ids_a": [5, 0, 7], "input_ids_b": [5], "label": 1},
                           {"input_ids_a": [5], "input_ids_b": [5, 6], "label": 0}], QUORA, pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 0, 7], [5, 0, 0], [5, 0, 0], [5, 6, 0]]

@@ -3,7 +3,7 @@
 import datasets
 import pytest
 
-from tasks import hf
+from tasks.builtin import QUORA, STS
 from tasks.errors import UserError
 from tasks.sources import load_task
 
@@ -34,13 +34,13 @@ def test_stsb_labels_are_floats_and_sst5_is_single_sentence(tmp_path):
 
 def test_missing_column_is_a_clear_error(tmp_path):
     _save(tmp_path, "sts", {"train": {"sentence1": ["a"], "label": [1.0]}, "validation": {"sentence1": ["a"], "label": [1.0]}})
-    with pytest.raises(UserError, match="missing required column 'sentence2'"):
+    with pytest.raises(UserError, match=r"missing column 'sentence2' \(columns.text_b\)"):
         load_task("hf", "sts", tmp_path)
 
 
 def test_hub_specs_name_real_datasets():
-    assert hf.HUB["quora"].path == "nyu-mll/glue" and hf.HUB["quora"].name == "qqp"
-    assert hf.HUB["sts"].name == "stsb"
+    assert QUORA.sources["hf"]["path"] == "nyu-mll/glue" and QUORA.sources["hf"]["name"] == "qqp"
+    assert STS.sources["hf"]["name"] == "stsb"
 
 
 def test_hub_failure_is_a_one_line_error_with_the_offline_alternative(monkeypatch):

@@ -3,7 +3,7 @@ import torch
 
 from bench.data import Encoding, collate, tokenize
 from bench.model import MultiTaskModel, pool
-from tasks.spec import QUORA, SST, STS
+from tasks.builtin import QUORA, SST, STS
 
 
 class Outputs:

@@ -8,7 +8,7 @@ from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
 from bench.runner import build_strategies
 from bench.trainer import TrainSettings, train
-from tasks.spec import SST
+from tasks.builtin import SST
 from tasks.synthetic import SyntheticConfig, generate
 
 

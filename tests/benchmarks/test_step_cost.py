@@ -18,7 +18,7 @@ from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
 from bench.runner import build_strategies
 from bench.trainer import make_optimizer, training_step
-from tasks.spec import SST
+from tasks.builtin import SST
 from tasks.synthetic import SyntheticConfig, generate
 
 
@@ -65,7 +65,7 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
     same batches, one task's batch at a time. `textbook_fgm`: instead of the trainer, the usual
     hand-written FGM loop (per task: backward, perturb, adversarial forward and backward), as the
     reference the trainer's FGM step is held to."""
-    from tasks.spec import QUORA, STS
+    from tasks.builtin import QUORA, STS
 
     torch.manual_seed(0)
     cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"

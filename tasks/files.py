@@ -1,0 +1,166 @@
+"""Delimited files: CSV, TSV and JSON lines, with a column mapping; and the CS224N minBERT files as a
+preset of the same reader.
+
+Files are UTF-8 (a byte-order mark is accepted; any other encoding is a clear error, not mojibake),
+with LF or CRLF line ends. CSV/TSV need a header row; `quoting = "csv"` (the default) follows the
+usual double-quote rules, `"none"` takes every character literally (pandas' `quoting=3`, as seed
+001 reads its TSVs). For token tasks a CSV/TSV cell holds whitespace-separated words / tags, a
+JSON line a list.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from tasks.errors import UserError, nearest
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
+QUOTING = ("csv", "none")
+
+
+def decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a file") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x}); re-save the file as UTF-8") \
+            from None
+
+
+def _columns(spec, options: dict) -> dict[str, str]:
+    """mtlbench field -> column name, the identity by default (token tasks: tokens / tags)."""
+    fields = ("id",) + spec.kind.info.fields
+    return {name: options.get("columns", {}).get(name, name) for name in fields}
+
+
+def _rows_delimited(path: Path, text: str, delimiter: str, quoting: str):
+    """(line number, {column: value}) per data row, and the header."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if quoting != "csv" else csv.QUOTE_MINIMAL, strict=quoting == "csv")
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path}: empty file, expected a header row")
+        header = [h.strip() for h in header]
+        rows = []
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            rows.append((reader.line_num, fields))
+    except csv.Error as error:
+        raise UserError(f"{path}:{reader.line_num}: {error}") from None
+    return header, rows
+
+
+def read_file(path: Path, spec, options: dict, labelled: bool, quoting: str = "csv",
+              unquote=None) -> tuple[list[tuple[str, dict]], Counter]:
+    """Raw examples of one file: (\"path:line\", fields under mtlbench's names)."""
+    fmt = options.get("format") or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise UserError(f"{path}: cannot tell the format from the extension; set format = \"csv\", \"tsv\" or \"jsonl\"")
+    columns = _columns(spec, options)
+    needed = [f for f in spec.kind.info.fields if labelled or f not in ("label", "tags")]
+    text = decode(path)
+    examples, skipped = [], Counter()
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object per line")
+            for name in needed:
+                if columns[name] not in record:
+                    raise UserError(f"{path}:{number}: missing key '{columns[name]}' (columns.{name})"
+                                    f"{nearest(columns[name], record)}")
+            examples.append((f"{path}:{number}", {n: record.get(c) for n, c in columns.items() if c in record}))
+        return examples, skipped
+    header, rows = _rows_delimited(path, text, "\t" if fmt == "tsv" else ",", quoting)
+    if unquote is not None:
+        header = [unquote(h) for h in header]
+    for name in needed:
+        if columns[name] not in header:
+            raise UserError(f"{path}: missing column '{columns[name]}' (columns.{name}){nearest(columns[name], header)}; "
+                            f"header: {header}")
+    position = {name: header.index(c) for name, c in columns.items() if c in header}
+    for line, fields in rows:
+        if len(fields) < len(header):
+            if options.get("on_bad_row") == "skip":
+                skipped["too few fields"] += 1
+                continue
+            raise UserError(f"{path}:{line}: {len(fields)} fields, the header has {len(header)}")
+        values = {name: fields[i] for name, i in position.items()}
+        if unquote is not None:
+            values = {name: unquote(v) for name, v in values.items()}
+        examples.append((f"{path}:{line}", values))
+    return examples, skipped
+
+
+def read(spec, options: dict, context):
+    from tasks.sources import RawSplit
+
+    quoting = options.get("quoting", "csv")
+    if quoting not in QUOTING:
+        raise UserError(f"{spec.origin}.sources.files.quoting: '{quoting}'; choose from {', '.join(QUOTING)}")
+    if options.get("on_bad_row", "error") not in ("error", "skip"):
+        raise UserError(f"{spec.origin}.sources.files.on_bad_row: 'error' or 'skip'")
+    raw = {}
+    for split in ("train", "dev", "test"):
+        if split not in options:
+            if split != "test":
+                raise UserError(f"{spec.origin}.sources.files: missing key '{split}' (the {split} file)")
+            continue
+        path = context.path(options[split], options)
+        examples, skipped = read_file(path, spec, options, labelled=True, quoting=quoting)
+        raw[split] = RawSplit(examples, skipped)
+    return raw, None
+
+
+# --- the CS224N minBERT files ---------------------------------------------------------------------
+
+def unquote_cs224n(field: str) -> str:
+    """The published files wrap some fields in double or tripled double quotes."""
+    field = field.strip()
+    for quote in ('"""', '"'):
+        if len(field) >= 2 * len(quote) and field.startswith(quote) and field.endswith(quote):
+            return field[len(quote):-len(quote)].strip()
+    return field
+
+
+CS224N_SPLITS = {"train": "train", "dev": "dev", "test": "test-student"}
+
+
+def read_cs224n(spec, options: dict, context):
+    """Tab-separated, a header whose first column is an unnamed index, inconsistent quoting (read
+    literally, then unquoted), and a few unparsable labels that are skipped and counted. The test
+    file ('test-student') has no labels: its rows are for predictions only."""
+    from tasks.sources import RawSplit
+
+    if context.data_dir is None:
+        raise UserError("the cs224n source needs --data-dir DIR holding the CS224N csv files")
+    pattern = options["file"]
+    preset = {**options, "format": "tsv", "on_bad_row": "skip"}  # skip short rows too
+    raw = {}
+    for split, file_split in CS224N_SPLITS.items():
+        path = context.data_dir / pattern.format(split=file_split)
+        if not path.exists():
+            if split == "test":
+                continue  # the unlabelled test file is optional
+            raise UserError(f"{path}: file not found (cs224n source needs {pattern.format(split=file_split)})")
+        examples, skipped = read_file(path, spec, preset, labelled=split != "test", quoting="none",
+                                      unquote=unquote_cs224n)
+        raw[split] = RawSplit(examples, skipped, labelled=split != "test", skip_bad=True)
+    return raw, None
