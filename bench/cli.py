@@ -132,8 +132,9 @@ def parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="re-render the comparison table from a directory of records")
     table.add_argument("dir")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md")
-    table.add_argument("--select", choices=("last", "best"), default="last",
-                       help="last epoch, or each task's best dev epoch (optimistic: chosen on dev)")
+    table.add_argument("--select", choices=("last", "best", "test"), default="last",
+                       help="last epoch; each task's best dev epoch (optimistic: chosen on dev); or the test "
+                       "scores at each task's best dev epoch (suites with test = true)")
     table.add_argument("--write", action="store_true", help="also rewrite table.md/.csv/.tex in DIR")
     table.set_defaults(handler=_table)
 

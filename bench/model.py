@@ -153,7 +153,7 @@ def mlm_head(encoder: nn.Module, model_path: str | None) -> tuple[nn.Module, str
     from transformers import AutoModelForMaskedLM
 
     if model_path is None:
-        masked_lm, missing, source = AutoModelForMaskedLM.from_config(encoder.config), None, "fresh: no checkpoint"
+        masked_lm, missing, source = AutoModelForMaskedLM.from_config(encoder.config), [], "fresh: no checkpoint"
     else:
         masked_lm, info = AutoModelForMaskedLM.from_pretrained(model_path, output_loading_info=True)
         missing = [k for k in info["missing_keys"] if not k.startswith(masked_lm.base_model_prefix + ".")]
@@ -170,7 +170,9 @@ def mlm_head(encoder: nn.Module, model_path: str | None) -> tuple[nn.Module, str
 
         state = load_file(str(saved))
         head.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k.split(".", 1)[1] not in state]
+        # A key is loaded if its tensor is, under another name too (BERT's decoder.bias is predictions.bias).
+        loaded = {head.get_parameter(k).data_ptr() for k in state}
+        missing = [k for k in missing if head.get_parameter(k.split(".", 1)[1]).data_ptr() not in loaded]
         source = f"checkpoint ({MLM_HEAD_FILE})"
     output = masked_lm.get_output_embeddings()
     tied = output is not None and getattr(masked_lm.config, "tie_word_embeddings", False)

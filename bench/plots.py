@@ -29,7 +29,7 @@ def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> lis
     mean, std = table["mean"], table["std"]
     recipes = list(mean.index.get_level_values("recipe"))
     primary = records[0]["primary_metrics"]
-    columns = [f"{task} {SHORT[metric]}" for task, metric in primary.items()]
+    columns = [f"{task} {SHORT.get(metric, metric)}" for task, metric in primary.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # One panel per task, one row per recipe: mean +- std over seeds as a dot, readable for any

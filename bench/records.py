@@ -31,6 +31,7 @@ def write_json_atomic(path: Path, payload) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Temporary file beside `path`, fsync, rename: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False, encoding="utf-8") as handle:
@@ -43,13 +44,6 @@ def write_text_atomic(path: Path, text: str) -> None:
             Path(handle.name).unlink(missing_ok=True)
             raise
     os.replace(handle.name, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_records(directory: Path) -> list[dict]:

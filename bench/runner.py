@@ -3,7 +3,6 @@ write one record per run, then the tables and plots."""
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import random
@@ -130,6 +129,7 @@ class Runner:
                     self.tokens[mode, task, split] = tokenize(data.rows[split], self.tokenizer, encoding, cache)
         # Test rows without labels (the CS224N test files) are for predictions only.
         self.unlabelled_test = frozenset(t for t, d in self.data.items() if suite.test and d.rows["test"]
+                                         and self.specs[t].kind.info.labels != "none"
                                          and not {"label", "tags"} & set(d.rows["test"][0]))
         self.prepare_seconds = time.perf_counter() - started
 

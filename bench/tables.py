@@ -11,22 +11,32 @@ import numpy as np
 import pandas as pd
 
 from bench.records import write_text_atomic
+from tasks.errors import UserError
 
-SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho"}
+SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
+         "recall": "rec", "perplexity": "ppl"}
 
 
 def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
     """One row per run: recipe, seed, each task metric, overall and cost."""
     rows = []
     for record in records:
-        metrics = record["metrics"] if select == "last" else record["best"]
+        if select == "test" and "test_at_best_dev" not in record:
+            raise UserError(f"run {record['run_id']}: no test scores (its suite did not set test = true)")
+        metrics = {"last": "metrics", "best": "best", "test": "test_at_best_dev"}[select]
+        metrics = record[metrics]
         row = {"suite": record["suite"], "recipe": record["recipe_name"], "recipe_index": record["recipe_index"],
                "seed": record["seed"]}
         for task, values in metrics.items():
             for metric, value in values.items():
                 if metric != "epoch":
                     row[f"{task} {SHORT.get(metric, metric)}"] = np.nan if value is None else value
-        row["overall"] = record["overall" if select == "last" else "overall_best"]
+        if select == "test":
+            primary = record["primary_metrics"]
+            scores = [metrics[t].get(primary[t]) for t in primary]
+            row["overall"] = np.nan if None in scores else sum(scores) / len(scores)
+        else:
+            row["overall"] = record["overall" if select == "last" else "overall_best"]
         row["train ex/s"] = record["train"]["examples_per_second"]
         row["step ms"] = record["train"]["step_seconds_median"] * 1000
         row["peak MB"] = record["peak_memory_mb"]

@@ -34,9 +34,9 @@ DEFINITION_KEYS = ("name", "kind", "description", "metric", "labels", "label_ran
                    "max_test", "sources", "source", "from")
 SOURCE_KEYS = {
     "synthetic": ("generator",),
-    "files": ("train", "dev", "test", "format", "columns", "quoting", "on_bad_label"),
+    "files": ("train", "dev", "test", "format", "columns", "quoting", "on_bad_row"),
     "cs224n": ("file", "columns", "predictions"),
-    "hf": ("path", "name", "disk", "splits", "columns", "on_bad_label"),
+    "hf": ("path", "name", "disk", "splits", "columns", "on_bad_row"),
 }
 COLUMN_FIELDS = ("id", "text", "text_a", "text_b", "label", "tokens", "tags")
 
@@ -111,7 +111,7 @@ def _sources(table: dict, where: str, folder: Path) -> dict[str, dict]:
         if source_type not in SOURCE_KEYS:
             raise UserError(f"{where}.sources.{name}: unknown source type '{source_type}'"
                             f"{nearest(source_type, SOURCE_KEYS)}; types: {', '.join(SOURCE_KEYS)}")
-        _check_keys({k: v for k, v in options.items() if k != "type"}, SOURCE_KEYS[source_type],
+        _check_keys({k: v for k, v in options.items() if k not in ("type", "base")}, SOURCE_KEYS[source_type],
                     f"{where}.sources.{name}")
         columns = options.get("columns", {})
         _check_keys(columns, COLUMN_FIELDS, f"{where}.sources.{name}.columns")
@@ -119,7 +119,8 @@ def _sources(table: dict, where: str, folder: Path) -> dict[str, dict]:
             if not isinstance(value, str):
                 raise UserError(f"{where}.sources.{name}.columns.{column}: expected a column name, got {value!r}")
         # The folder the definition came from: relative paths resolve against it.
-        sources[name] = {**options, "type": source_type, "base": str(folder)}
+        # (a definition taken over with `from` keeps the folder of the file it came from)
+        sources[name] = {"base": str(folder), **options, "type": source_type}
     return sources
 
 

@@ -91,7 +91,8 @@ def load_task(data: str | None, task: str | TaskSpec, data_dir=None, synthetic_c
                     raise UserError(f"{where}: {bad}") from None
                 skipped[bad.reason] += 1
         if split in ("train", "dev") and not rows:
-            raise UserError(f"task '{spec.name}': the {split} split from source '{name}' has no rows"
+            place = context.path(options[split], options) if isinstance(options.get(split), str) else spec.origin
+            raise UserError(f"{place}: task '{spec.name}': the {split} split from source '{name}' has no rows"
                             + (f" (skipped: {dict(skipped)})" if skipped else ""))
         limit = spec.limits.get(split)
         if limit is not None and len(rows) > limit:

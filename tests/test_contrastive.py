@@ -9,8 +9,8 @@ from conftest import write_suite
 from strategies import registry
 from strategies.base import TaskStep
 from strategies.regularizers.contrastive import supervised_contrastive_loss
-from tasks.errors import UserError
 from tasks.builtin import QUORA, SST, STS
+from tasks.errors import UserError
 
 
 def naive_loss(first, second, positive, temperature, hard_negatives):
