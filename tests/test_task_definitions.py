@@ -5,11 +5,10 @@ import textwrap
 
 import datasets
 import pytest
+from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 
 from bench.cli import main
-from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 from tasks import registry
-from tasks.errors import UserError
 from tasks.sources import load_task
 
 LABEL_MAP = {"positive": 0, "negative": 1, "neutral": 2}  # not sorted order: the map decides the indices

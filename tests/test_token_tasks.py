@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from bench.cli import main
 from bench.data import IGNORE, Masker, align_labels
-from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 from tasks import metrics
 from tasks.registry import find
 
