@@ -144,3 +144,22 @@ def test_a_malformed_task_is_one_line_exit_2_and_nothing_written(tmp_path, capsy
     errors = [line for line in lines if line.startswith("mtlbench: error:")]
     assert len(errors) == 1 and len(lines) <= 2 and message in errors[0] and str(folder) in errors[0], lines
     assert not out.exists()
+
+
+def test_the_shipped_fixture_is_the_generators_output(tmp_path):
+    from pathlib import Path
+
+    from tasks.synthetic import write_classification_fixture
+
+    shipped = Path(__file__).parents[1] / "bench" / "suites" / "data" / "proportional-classification"
+    write_classification_fixture(tmp_path, {"sentiment": {"train": 3000, "dev": 400, "test": 400},
+                                            "topic": {"train": 1000, "dev": 400, "test": 400}})
+    for path in shipped.rglob("*.*"):
+        assert (tmp_path / path.relative_to(shipped)).read_text() == path.read_text(), path
+
+
+def test_every_shipped_suite_loads_and_lists(capsys):
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("mlm-entity-tagging", "proportional-classification", "classification-ner", "token_iob", "ner"):
+        assert name in listed
