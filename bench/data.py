@@ -24,7 +24,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tasks.spec import TaskKind, TaskSpec
 
-IGNORE = -100
+IGNORE = -100  # label of a position that is not scored (special tokens, later sub-words, unmasked)
 EVAL_MASK_SEED = 20240  # dev/test MLM masks: the same for every run and recipe
 
 
@@ -97,9 +97,9 @@ def _tokenize_function(tokenizer, encoding: Encoding):
             ids = tokenizer(batch["text"], truncation=True, max_length=encoding.max_length)["input_ids"]
             result = {"input_ids": ids, "length": [len(x) for x in ids]}
             if encoding.pair_mode == "mlm_fixed":
-                masked, labels = [], []
-                for index, row in zip(indices, ids):  # one generator per row: stable under any batching
-                    masker = Masker(tokenizer, EVAL_MASK_SEED + index)
+                masked, labels, masker = [], [], Masker(tokenizer, EVAL_MASK_SEED)
+                for index, row in zip(indices, ids):  # reseeded per row: stable under any batching
+                    masker.collator.generator.manual_seed(EVAL_MASK_SEED + index)
                     row_ids, row_labels = masker(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long))
                     masked.append(row_ids[0].tolist())
                     labels.append(row_labels[0].tolist())

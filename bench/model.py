@@ -16,6 +16,7 @@ would cost B x L x V). The head is chosen by kind from `HEADS`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.data import IGNORE
 from tasks.spec import TaskKind, TaskSpec
-
-IGNORE = -100  # label of a position that is not scored (special tokens, later sub-words, unmasked)
 
 POOLINGS = ("cls", "mean", "max", "pooler", "last4_mean")
 PAIR_HEADS = ("cosine", "concat", "concat_product", "cross")
@@ -320,17 +320,12 @@ class MultiTaskModel(nn.Module):
         predicted = predictions(spec, logits)
         if not spec.kind.is_token_level:
             return predicted.cpu().tolist(), None if labels is None else labels.cpu().tolist()
-        if spec.kind is TaskKind.MLM:
+        if spec.kind is TaskKind.MLM:  # logits are the masked positions', example after example
             nll = F.cross_entropy(logits.float(), labels, reduction="none")
-            per_example = (batch["labels"] != IGNORE).sum(1).cpu().tolist()
+            counts = (batch["labels"] != IGNORE).sum(1).tolist()
             pairs = list(zip(predicted.cpu().tolist(), nll.cpu().tolist()))
-            golds, out, start = labels.cpu().tolist(), [], 0
-            gold_out = []
-            for count in per_example:
-                out.append(pairs[start:start + count])
-                gold_out.append(golds[start:start + count])
-                start += count
-            return out, gold_out
+            golds, ends = labels.cpu().tolist(), list(itertools.accumulate(counts))
+            return ([pairs[e - n:e] for n, e in zip(counts, ends)], [golds[e - n:e] for n, e in zip(counts, ends)])
         keep = (labels != IGNORE).cpu()
         predicted, labels = predicted.cpu(), labels.cpu()
         return ([p[k].tolist() for p, k in zip(predicted, keep)], [g[k].tolist() for g, k in zip(labels, keep)])

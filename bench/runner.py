@@ -229,7 +229,8 @@ class Runner:
                      "thread each)")
             # spawn: a fork of a process whose OpenMP threads have run can deadlock.
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_start_worker, initargs=(self.suite, os.getpid(), self.out_dir, self.predictions)) as pool:
+                                     initializer=_start_worker,
+                                     initargs=(self.suite, os.getpid(), self.out_dir, self.predictions)) as pool:
                 # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
                 ordered = sorted(runs, key=lambda run: -len(run[0].regularizers))
                 pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}

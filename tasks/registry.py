@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tasks import files
 from tasks.errors import UserError, nearest
 from tasks.spec import KINDS, TaskKind, TaskSpec
 
@@ -51,11 +52,7 @@ def builtin_names() -> list[str]:
 
 def read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: task file not found") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
+        return tomllib.loads(files.decode(path))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: {error}") from None
 
@@ -225,11 +222,7 @@ def read_label_map(path: Path) -> tuple[str, ...]:
     import json
 
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: label map not found") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
+        mapping = json.loads(files.decode(path))
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(mapping, dict) or len(mapping) < 2:
