@@ -1,4 +1,4 @@
-"""`mtlbench` command line: run, list, table, plot, data."""
+"""`mtlbench` command line: run, list, table, plot, data, baseline, check."""
 
 from __future__ import annotations
 
@@ -84,6 +84,38 @@ def _plot(args) -> int:
     return 0
 
 
+def _baseline(args) -> int:
+    from bench import gate, records
+    from bench.records import write_json_atomic
+
+    baseline = gate.make_baseline(records.load_records(Path(args.results)), args.select)
+    write_json_atomic(Path(args.output), baseline)
+    print(f"{args.output}: baseline of suite '{baseline['suite']}', {len(baseline['recipes'])} recipes, "
+          f"{baseline['records']} runs", file=sys.stderr)
+    return 0
+
+
+def _check(args) -> int:
+    import os
+
+    from bench import gate, records
+    from bench.records import write_text_atomic
+
+    baseline_path = Path(args.baseline)
+    baseline = gate.load_baseline(baseline_path)
+    result = gate.check(records.load_records(Path(args.results)), baseline, baseline_path,
+                        True if args.allow_missing else None)
+    text = gate.markdown(result, baseline_path)
+    print(text, end="")
+    junit = Path(args.junit) if args.junit else Path(args.results) / "check.xml"
+    write_text_atomic(junit, gate.junit_xml(result))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 1 if result.failed else 0
+
+
 def _data(args) -> int:
     from tasks import registry as task_registry
     from tasks.sources import load_task
@@ -142,6 +174,20 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("dir")
     plot.add_argument("--select", choices=("last", "best"), default="last")
     plot.set_defaults(handler=_plot)
+
+    baseline = sub.add_parser("baseline", help="write a baseline of a results directory, for `check`")
+    baseline.add_argument("results", help="directory of run records")
+    baseline.add_argument("-o", "--output", required=True, help="baseline file to write (commit it under results/)")
+    baseline.add_argument("--select", choices=("last", "best"), default="last")
+    baseline.set_defaults(handler=_baseline)
+
+    gate_check = sub.add_parser("check", help="compare results with a baseline; exit 1 on a regression")
+    gate_check.add_argument("results", help="directory of run records")
+    gate_check.add_argument("--baseline", required=True, help="a file written by `mtlbench baseline`")
+    gate_check.add_argument("--junit", help="JUnit XML report (default: RESULTS/check.xml)")
+    gate_check.add_argument("--allow-missing", action="store_true",
+                            help="a recipe, task or seed of the baseline missing from the results does not fail")
+    gate_check.set_defaults(handler=_check)
 
     data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
     data.add_argument("--data", default="synthetic", help="which source: synthetic, cs224n, hf, files")

@@ -13,7 +13,11 @@ A suite file:
     [synthetic]  sizes and noise of the embedded data   (tasks.synthetic.SyntheticConfig)
     [tiny_encoder]                                      (bench.backbone.TinyEncoderConfig)
     [defaults]   recipe fields shared by every recipe
-    [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head
+    baseline = "joint_sum"      # the recipe costs and significance are measured against (default: the first)
+    [cost]       rounds and block size of the paired step-cost measurement  (CostSettings)
+    [check]      tolerances of `mtlbench check`, [check.tasks.NAME] per task (CheckSettings)
+    [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head, tasks
+                 (tasks: a subset the recipe trains and scores alone; one task = a single-task baseline)
 
 A strategy is a name or a table `{ name = "...", option = value }`.
 """
@@ -42,9 +46,45 @@ from tasks.synthetic import SyntheticConfig
 # The report calls the pair heads options 1-3.
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
 MODEL_DEFAULTS = {"pooling": "mean", "pair_head": "concat_product"}
-RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head")
+RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head", "tasks")
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
-              "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes")
+              "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check")
+
+
+@dataclass
+class CostSettings:
+    """The paired step-cost measurement after each run (bench.cost): `rounds` rounds, each one
+    block of this recipe's steps and one of the baseline recipe's on the same batches; a block
+    holds `block_batches` task batches (a joint step over 3 tasks holds 3)."""
+
+    rounds: int = 10
+    block_batches: int = 9
+    enabled: bool = True
+
+
+@dataclass
+class CheckTolerances:
+    """When `mtlbench check` fails a value: a primary metric's mean over seeds falls by more than
+    max(metric_tolerance, std_factor x the baseline's std over seeds); a paired cost ratio rises
+    by more than cost_tolerance (relative)."""
+
+    metric_tolerance: float = 0.02
+    std_factor: float = 3.0
+    cost_tolerance: float = 0.25
+
+
+@dataclass
+class CheckSettings:
+    tolerances: CheckTolerances = field(default_factory=CheckTolerances)
+    tasks: dict[str, CheckTolerances] = field(default_factory=dict)  # per-task overrides
+    allow_missing: bool = False  # a recipe, task or seed of the baseline absent from the results
+
+    def for_task(self, task: str) -> CheckTolerances:
+        return self.tasks.get(task, self.tolerances)
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self.tolerances), "allow_missing": self.allow_missing,
+                "tasks": {t: dataclasses.asdict(v) for t, v in self.tasks.items()}}
 
 
 @dataclass
@@ -66,16 +106,23 @@ class Recipe:
     pooling: str
     pair_head: str
     position: int = 0  # place in the suite file; kept when --recipes selects a subset
+    tasks: list[str] | None = None  # None: every task of the suite
+
+    @property
+    def single_task(self) -> str | None:
+        """The task of a single-task baseline recipe, else None."""
+        return self.tasks[0] if self.tasks is not None and len(self.tasks) == 1 else None
 
     def names(self) -> dict:
         return {"sampler": self.sampler.name, "combiner": self.combiner.name,
                 "regularizers": [r.name for r in self.regularizers], "freezing": self.freezing.name,
-                "pooling": self.pooling, "pair_head": self.pair_head}
+                "pooling": self.pooling, "pair_head": self.pair_head,
+                **({"tasks": self.tasks} if self.tasks is not None else {})}
 
     def resolved(self) -> dict:
         return {"name": self.name, "sampler": self.sampler.as_dict(), "combiner": self.combiner.as_dict(),
                 "regularizers": [r.as_dict() for r in self.regularizers], "freezing": self.freezing.as_dict(),
-                "pooling": self.pooling, "pair_head": self.pair_head}
+                "pooling": self.pooling, "pair_head": self.pair_head, "tasks": self.tasks}
 
 
 @dataclass
@@ -94,10 +141,18 @@ class Suite:
     source: str  # the file it came from
     specs: dict[str, TaskSpec] = field(default_factory=dict)  # task name -> its definition
     test: bool = False  # score the test split at each task's best dev epoch
+    baseline: Recipe | None = None  # costs and significance are relative to it; kept when --recipes selects
+    cost: CostSettings = field(default_factory=CostSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+
+    def tasks_of(self, recipe: Recipe) -> list[str]:
+        return recipe.tasks if recipe.tasks is not None else self.tasks
 
     def resolved(self) -> dict:
         return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir, "test": self.test,
                 "model": self.model, "seeds": self.seeds, "train": dataclasses.asdict(self.train),
+                "baseline": self.baseline.name if self.baseline else None, "cost": dataclasses.asdict(self.cost),
+                "check": self.check.as_dict(),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
                 "tiny_encoder": dataclasses.asdict(self.tiny_encoder) if self.model == TINY else None,
                 "source": self.source}
@@ -144,7 +199,21 @@ def _choice(value: Any, choices, where: str, aliases=None) -> str:
     return value
 
 
-def _recipe(entry: dict, defaults: dict, where: str) -> Recipe:
+def _recipe_tasks(value: Any, suite_tasks: list[str], where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise UserError(f"{where}.tasks: expected a non-empty list of the suite's task names, got {value!r}")
+    for task in value:
+        if task not in suite_tasks:
+            raise UserError(f"{where}.tasks: '{task}' is not a task of the suite{nearest(task, suite_tasks)}; "
+                            f"its tasks: {', '.join(suite_tasks)}")
+    if len(set(value)) != len(value):
+        raise UserError(f"{where}.tasks: a task is named twice in {value!r}")
+    return [t for t in suite_tasks if t in value]  # the suite's order
+
+
+def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str]) -> Recipe:
     merged = {**strategies.DEFAULT_RECIPE, **MODEL_DEFAULTS, **defaults, **entry}
     _check_keys(merged, RECIPE_KEYS, where)
     regularizers = merged["regularizers"]
@@ -160,7 +229,34 @@ def _recipe(entry: dict, defaults: dict, where: str) -> Recipe:
         freezing=_strategy("freezing", merged["freezing"], f"{where}.freezing"),
         pooling=_choice(merged["pooling"], POOLINGS, f"{where}.pooling"),
         pair_head=_choice(merged["pair_head"], PAIR_HEADS, f"{where}.pair_head", PAIR_HEAD_ALIASES),
+        tasks=_recipe_tasks(merged.get("tasks"), suite_tasks, where),
     )
+
+
+def _check_settings(table: Any, tasks: list[str], where: str) -> CheckSettings:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    table = dict(table)
+    per_task = table.pop("tasks", {})
+    allow_missing = table.pop("allow_missing", False)
+    if not isinstance(allow_missing, bool):
+        raise UserError(f"{where}.allow_missing: expected true or false, got {allow_missing!r}")
+    tolerances = _dataclass_from(CheckTolerances, table, where)
+    if not isinstance(per_task, dict):
+        raise UserError(f"{where}.tasks: expected [check.tasks.NAME] tables, got {per_task!r}")
+    overrides = {}
+    for task, values in per_task.items():
+        if task not in tasks:
+            raise UserError(f"{where}.tasks.{task}: not a task of the suite{nearest(task, tasks)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{where}.tasks.{task}: expected a table, got {values!r}")
+        overrides[task] = _dataclass_from(CheckTolerances, {**dataclasses.asdict(tolerances), **values},
+                                          f"{where}.tasks.{task}")
+    for name, value in [*dataclasses.asdict(tolerances).items()] + [
+            (f"tasks.{t}.{k}", v) for t, o in overrides.items() for k, v in dataclasses.asdict(o).items()]:
+        if value < 0:
+            raise UserError(f"{where}.{name}: must be at least 0, got {value!r}")
+    return CheckSettings(tolerances, overrides, allow_missing)
 
 
 def suite_names() -> list[str]:
@@ -219,7 +315,7 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     entries = raw.get("recipes") or []
     if not entries:
         raise UserError(f"{where}: no [[recipes]]")
-    recipes = [_recipe(e, defaults, f"{where} recipes[{i}]") for i, e in enumerate(entries)]
+    recipes = [_recipe(e, defaults, f"{where} recipes[{i}]", list(specs)) for i, e in enumerate(entries)]
     for position, recipe in enumerate(recipes):
         recipe.position = position
     seen = set()
@@ -227,12 +323,25 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
         if recipe.name in seen:
             raise UserError(f"{where}: two recipes named '{recipe.name}'")
         seen.add(recipe.name)
+    baseline_name = raw.get("baseline", recipes[0].name)
+    baseline = next((r for r in recipes if r.name == baseline_name), None)
+    if baseline is None:
+        names = [r.name for r in recipes]
+        raise UserError(f"{where}: baseline = {baseline_name!r} is not a recipe of the suite"
+                        f"{nearest(str(baseline_name), names)}")
+    if baseline.tasks is not None:
+        raise UserError(f"{where}: baseline recipe '{baseline.name}' trains a subset of the tasks; "
+                        "costs and significance need a baseline that trains them all")
+    cost = _dataclass_from(CostSettings, raw.get("cost", {}), f"{where} [cost]")
+    if cost.rounds < 1 or cost.block_batches < 1:
+        raise UserError(f"{where} [cost]: rounds and block_batches must be at least 1")
     return Suite(
         name=raw.get("name", path.stem), description=raw.get("description", ""), tasks=list(specs), data=data,
         data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds, train=train,
         synthetic=_dataclass_from(SyntheticConfig, raw.get("synthetic", {}), f"{where} [synthetic]"),
         tiny_encoder=_dataclass_from(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
-        recipes=recipes, source=str(path), specs=specs, test=test,
+        recipes=recipes, source=str(path), specs=specs, test=test, baseline=baseline, cost=cost,
+        check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"),
     )
 
 

@@ -1,5 +1,6 @@
-"""Plots from run records: per-task metric bars, overall-vs-throughput, and for gradient combiners
-the per-pair gradient conflicts and the task-weight trajectories."""
+"""Plots from run records: a recipes x tasks heat map, per-task dot plots with intervals, quality
+against paired cost by recipe family, and for gradient combiners the per-pair gradient conflicts
+and the task-weight trajectories. Every plot is written atomically."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
 
-from bench.tables import SHORT, summary
+from bench.examples import LOWER_IS_BETTER
+from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
+
+FAMILY_COLORS = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
 
 
 def _colors(count: int) -> list:
@@ -24,48 +28,142 @@ def _colors(count: int) -> list:
     return [plt.get_cmap("turbo")(i / (count - 1)) for i in range(count)]
 
 
+def _save(fig, path: Path) -> Path:
+    """Rendered to a temporary file beside `path`, then renamed: no half-written PNG."""
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(temporary, dpi=120)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+def _order(table) -> list:
+    """Recipes that train every task by overall (best first), then the single-task rows."""
+    overall = table[("mean", "overall")]
+    ranked = sorted(range(len(table)), key=lambda i: (np.isnan(overall.iloc[i]), -np.nan_to_num(overall.iloc[i])))
+    return [table.index[i] for i in ranked]
+
+
+def _label(table, key) -> str:
+    name = key[1] if table.index.get_level_values("suite").nunique() == 1 else f"{key[0]}/{key[1]}"
+    return name + (" (baseline)" if table.loc[key, ("info", "baseline")] else "")
+
+
 def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:
     table = summary(records, select)
-    mean, std = table["mean"], table["std"]
-    recipes = list(mean.index.get_level_values("recipe"))
-    primary = records[0]["primary_metrics"]
-    columns = [f"{task} {SHORT.get(metric, metric)}" for task, metric in primary.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
+    return [_heatmap(table, records, out_dir, select), _dots(table, records, out_dir, select),
+            _quality_vs_cost(table, records, out_dir), *_conflict_plots(records, out_dir)]
 
-    # One panel per task, one row per recipe: mean +- std over seeds as a dot, readable for any
-    # number of recipes (bars side by side stop being readable past ten or so).
+
+def _heatmap(table, records, out_dir: Path, select: str) -> Path:
+    """Recipes x tasks: each cell the mean (colour: its place between the column's worst and best, so tasks on
+    different scales share one colour map), the 95 % interval and the significance marker."""
+    columns = primary_columns(records) + ["overall"]
+    rows = _order(table)
+    values = np.array([[table.loc[k, ("mean", c)] for c in columns] for k in rows], dtype=float)
+    shade = np.full_like(values, np.nan)
+    for j, column in enumerate(columns):
+        finite = np.isfinite(values[:, j])
+        if finite.sum() > 1:
+            lower_better = any(column.endswith(" " + SHORT.get(m, m)) for m in LOWER_IS_BETTER)
+            col = -values[finite, j] if lower_better else values[finite, j]
+            low, high = col.min(), col.max()
+            shade[finite, j] = (col - low) / (high - low) if high > low else 0.5
+    fig, ax = plt.subplots(figsize=(1.9 * len(columns) + 2.6, 0.42 * len(rows) + 1.4))
+    ax.imshow(np.ma.masked_invalid(shade), cmap="RdYlGn", vmin=-0.15, vmax=1.15, aspect="auto")
+    for i, key in enumerate(rows):
+        for j, column in enumerate(columns):
+            mean = table.loc[key, ("mean", column)]
+            if np.isnan(mean):
+                ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="grey")
+                continue
+            low, high = table.loc[key, ("ci_low", column)], table.loc[key, ("ci_high", column)]
+            text = f"{mean:.3f}" + marker(table, key, column)
+            if not np.isnan(low):
+                text += f"\n[{low:.3f}, {high:.3f}]"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(rows)), [_label(table, k) for k in rows], fontsize=8)
+    seeds = sorted(set(table[("n", "seeds")]))
+    fig.suptitle(f"{records[0]['suite']}: dev {select}-epoch primary metrics, mean [95 % interval] over "
+                 f"{'/'.join(map(str, seeds))} seed(s); colour: worst to best in each column; "
+                 "\u25b2/\u25bc significantly better/worse than the baseline", fontsize=8, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out_dir / "heatmap.png")
+
+
+def _family_legend(ax, families) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=FAMILY_COLORS[f], label=f) for f in FAMILIES if f in families]
+    ax.legend(handles=handles, fontsize=7, title="family", title_fontsize=7, loc="best")
+
+
+def _dots(table, records, out_dir: Path, select: str) -> Path:
+    """One panel per task: each recipe's mean with its 95 % interval, coloured by family, and the
+    baseline recipe's mean as a line."""
+    columns = primary_columns(records)
+    rows = _order(table)
     fig, axes = plt.subplots(1, len(columns), sharey=True, squeeze=False,
-                             figsize=(3.4 * len(columns) + 1.6, 0.27 * len(recipes) + 1.5))
-    y = np.arange(len(recipes))
+                             figsize=(3.2 * len(columns) + 2.0, 0.3 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    families = [table.loc[k, ("info", "family")] for k in rows]
+    colors = [FAMILY_COLORS[f] for f in families]
+    base = [k for k in rows if table.loc[k, ("info", "baseline")]]
     for ax, column in zip(axes[0], columns):
-        ax.errorbar(mean[column], y, xerr=std[column].fillna(0), fmt="o", ms=4, capsize=2)
+        mean = np.array([table.loc[k, ("mean", column)] for k in rows], dtype=float)
+        low = np.array([table.loc[k, ("ci_low", column)] for k in rows], dtype=float)
+        high = np.array([table.loc[k, ("ci_high", column)] for k in rows], dtype=float)
+        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        for i in range(len(rows)):
+            if np.isfinite(mean[i]):
+                ax.errorbar(mean[i], y[i], xerr=error[:, i:i + 1], fmt="o", ms=4, capsize=2, color=colors[i])
+        if base:
+            ax.axvline(table.loc[base[0], ("mean", column)], color="grey", lw=0.8, ls="--")
         ax.set_title(f"{column} (dev)", fontsize=9)
         ax.grid(axis="x", alpha=0.4)
         ax.tick_params(axis="x", labelsize=8)
-    axes[0][0].set_yticks(y, recipes, fontsize=8)
-    axes[0][0].invert_yaxis()  # the suite's order, top to bottom
-    fig.suptitle(f"{records[0]['suite']}: per-task dev metrics, mean \u00b1 std over seeds ({select} epoch)",
-                 fontsize=10)
+    axes[0][0].set_yticks(y, [_label(table, k) for k in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    _family_legend(axes[0][-1], set(families))
+    fig.suptitle(f"{records[0]['suite']}: per-task dev metrics ({select} epoch), mean and 95 % interval over seeds; "
+                 "dashed: the baseline recipe", fontsize=9)
     fig.tight_layout()
-    bars = out_dir / "metrics.png"
-    fig.savefig(bars, dpi=120)
-    plt.close(fig)
+    return _save(fig, out_dir / "metrics.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.errorbar(mean["train ex/s"], mean["overall"], yerr=std["overall"].fillna(0), fmt="o", ms=4,
-                elinewidth=0.8, alpha=0.8)
-    labels = [ax.text(xs, ys, recipe, fontsize=7) for recipe, xs, ys in
-              zip(recipes, mean["train ex/s"], mean["overall"])]
-    adjust_text(labels, x=list(mean["train ex/s"]), y=list(mean["overall"]), ax=ax,
-                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})  # labels of close points apart
-    ax.set_xlabel("training throughput (examples/s)")
-    ax.set_ylabel("overall (mean primary metric)")
-    ax.set_title("quality vs cost")
+
+def _quality_vs_cost(table, records, out_dir: Path) -> Path:
+    """Overall against the paired step-cost ratio (whole-run throughput for records without it)."""
+    keys = [k for k in table.index if not np.isnan(table.loc[k, ("mean", "overall")])]
+    paired = all(not np.isnan(table.loc[k, ("mean", "cost x")]) for k in keys)
+    x_column = "cost x" if paired else "train ex/s"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs = [table.loc[k, ("mean", x_column)] for k in keys]
+    ys = [table.loc[k, ("mean", "overall")] for k in keys]
+    families = [table.loc[k, ("info", "family")] for k in keys]
+    for k, x, y, f in zip(keys, xs, ys, families):
+        yerr = table.loc[k, ("std", "overall")]
+        xerr = table.loc[k, ("std", x_column)]
+        ax.errorbar(x, y, yerr=0 if np.isnan(yerr) else yerr, xerr=0 if np.isnan(xerr) else xerr, fmt="o", ms=5,
+                    color=FAMILY_COLORS[f], elinewidth=0.8, alpha=0.9)
+    labels = [ax.text(x, y, k[1], fontsize=7) for k, x, y in zip(keys, xs, ys)]
+    adjust_text(labels, x=xs, y=ys, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    if paired:
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(f"step cost per example \u00d7 the baseline recipe (paired, {baseline_recipe(records)})")
+    else:
+        ax.set_xlabel("training throughput (examples/s; records without a paired cost)")
+    ax.set_ylabel("overall (mean primary dev metric)")
+    ax.set_title(f"{records[0]['suite']}: quality vs cost, mean \u00b1 std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    _family_legend(ax, set(families))
     fig.tight_layout()
-    scatter = out_dir / "overall_vs_throughput.png"
-    fig.savefig(scatter, dpi=120)
-    plt.close(fig)
-    return [bars, scatter, *_conflict_plots(records, out_dir)]
+    return _save(fig, out_dir / "quality_vs_cost.png")
 
 
 def _by_recipe(records: list[dict], key: str) -> dict[str, list[dict]]:
@@ -100,9 +198,7 @@ def _conflict_plots(records: list[dict], out_dir: Path) -> list[Path]:
         axes[1].set_title("task-gradient cosine per task pair")
         axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
-        written.append(out_dir / "gradient_conflicts.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "gradient_conflicts.png"))
 
     trajectories = _by_recipe(records, "weight_trajectory")
     if trajectories:
@@ -122,7 +218,5 @@ def _conflict_plots(records: list[dict], out_dir: Path) -> list[Path]:
         axes.flat[0].legend(fontsize=7)
         fig.suptitle("task weights w in the update w @ G over training (first seed)")
         fig.tight_layout()
-        written.append(out_dir / "task_weights.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "task_weights.png"))
     return written

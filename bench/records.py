@@ -19,7 +19,7 @@ def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; null means "undefined" (e.g. correlation of a constant)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items() if k != "_dir"}  # _dir: set by load_records
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
@@ -57,6 +57,7 @@ def load_records(directory: Path) -> list[dict]:
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
         if isinstance(record, dict) and "run_id" in record:
+            record["_dir"] = str(directory)  # where its per-example file lies; not written back
             records.append(record)
     if not records:
         raise UserError(f"{directory}: no run records (*.json with a run_id) found")

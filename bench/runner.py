@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench import backbone, plots, predictions, tables
+from bench import backbone, cost, examples, plots, predictions, tables
 from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches, encoding_for, tokenize
 from bench.model import MultiTaskModel
@@ -35,7 +35,8 @@ def _combiner(recipe: Recipe, tasks: list[str], seed: int):
 def validate(suite: Suite) -> None:
     """Everything that can be checked without training, so a bad recipe fails before any record.
     An error names the suite file and the recipe."""
-    for recipe in suite.recipes:
+    extra = [suite.baseline] if suite.baseline and suite.baseline not in suite.recipes else []
+    for recipe in suite.recipes + extra:
         try:
             _validate_recipe(suite, recipe)
         except UserError as error:
@@ -46,21 +47,22 @@ def _validate_recipe(suite: Suite, recipe: Recipe) -> None:
     sampler_cls = registry.get("sampler", recipe.sampler.name)
     # Built once with placeholder sizes, so that option values a strategy checks (a task name)
     # fail here too; freezing schedules need the model and are checked when it exists.
-    sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(suite.tasks, 1),
-                dict.fromkeys(suite.tasks, 1), random.Random(0), suite.train.epochs)
+    tasks = suite.tasks_of(recipe)
+    sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(tasks, 1),
+                dict.fromkeys(tasks, 1), random.Random(0), suite.train.epochs)
     for spec in recipe.regularizers:
         cls = registry.get("regularizer", spec.name)
         cls(cls.Options(**spec.options), torch.Generator())
         if cls.needs_bi_encoder_pairs:
-            if not any(suite.specs[t].kind.is_pair for t in suite.tasks):
+            if not any(suite.specs[t].kind.is_pair for t in tasks):
                 raise UserError(f"regularizer '{spec.name}' works on pair tasks, "
-                                f"and the suite's tasks ({', '.join(suite.tasks)}) have none")
+                                f"and the recipe's tasks ({', '.join(tasks)}) have none")
             if recipe.pair_head == "cross":
                 raise UserError(f"regularizer '{spec.name}' needs the two sides of a pair encoded separately, "
                                 "but pair_head = 'cross' encodes each pair as one input (use concat, "
                                 "concat_product or cosine)")
-    combiner = _combiner(recipe, suite.tasks, 0)
-    if combiner.needs_several_tasks and (sampler_cls.single_task or len(suite.tasks) < 2):
+    combiner = _combiner(recipe, tasks, 0)
+    if combiner.needs_several_tasks and (sampler_cls.single_task or len(tasks) < 2):
         raise UserError(f"combiner '{recipe.combiner.name}' needs several task losses per step, "
                         f"but sampler '{recipe.sampler.name}' gives one task per step")
 
@@ -138,45 +140,56 @@ class Runner:
         suite = self.suite
         seed_everything(seed)
         encoder = backbone.load_encoder(self.model_path)
-        model = MultiTaskModel(encoder, [self.specs[t] for t in suite.tasks], recipe.pooling, recipe.pair_head,
+        tasks = suite.tasks_of(recipe)
+        model = MultiTaskModel(encoder, [self.specs[t] for t in tasks], recipe.pooling, recipe.pair_head,
                                suite.train.single_head, suite.train.dropout, self.model_path)
         mode = model.pair_mode
         generator = torch.Generator().manual_seed(seed)
         train_sets = {}
         for i, task in enumerate(suite.tasks):
+            if task not in tasks:
+                continue
             spec = self.specs[task]
             # MLM masks are drawn from the run's seed, one generator per MLM task.
             masker = Masker(self.tokenizer, seed * 1000 + 500 + i) if spec.kind is TaskKind.MLM else None
             train_sets[task] = TaskBatches(self.tokens[mode, task, "train"], spec, suite.train.batch_size,
                                            self.pad_id, generator, masker)
-        dev_sets = {t: self.tokens[mode, t, "dev"] for t in suite.tasks}
+        dev_sets = {t: self.tokens[mode, t, "dev"] for t in tasks}
         return model, build_strategies(recipe, model, train_sets, seed, suite.train.epochs), train_sets, dev_sets
 
     def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
         suite = self.suite
         torch.set_num_threads(suite.train.threads)
+        tasks = suite.tasks_of(recipe)
+        specs = {t: self.specs[t] for t in tasks}
         model, strategies, train_sets, dev_sets = self.build(recipe, seed)
-        test_sets = {t: self.tokens[model.pair_mode, t, "test"] for t in suite.tasks} if suite.test else None
+        test_sets = {t: self.tokens[model.pair_mode, t, "test"] for t in tasks} if suite.test else None
         outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress,
                         test_sets, self.unlabelled_test, keep_predictions=self.predictions)
-        last, best, overall, overall_best = _summarise(outcome.history, self.specs)
+        parameters = sum(p.numel() for p in model.parameters())
+        mlm_head_source = model.mlm_head_source
+        del model  # before the cost measurement builds its own two
+        last, best, overall, overall_best = _summarise(outcome.history, specs)
         run_id = f"{recipe.name}-seed{seed}"
         if self.predictions:
-            predictions.write(self.out_dir / "predictions" / run_id, self.specs, self.data, outcome.predictions)
+            predictions.write(self.out_dir / "predictions" / run_id, specs, self.data, outcome.predictions)
+        examples_file = self.out_dir / f"{run_id}{examples.SUFFIX}"
+        examples.write(examples_file, outcome.dev_examples)
+        step_cost = cost.paired_step_cost(self, recipe, seed) if suite.cost.enabled else None
         record = {
             "schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite.name, "recipe_name": recipe.name,
-            "recipe_index": index, "recipe": recipe.names(), "seed": seed,
-            "model": {"name": suite.model, "path": self.model_path,
-                      "parameters": sum(p.numel() for p in model.parameters()),
-                      **({"mlm_head": model.mlm_head_source} if model.mlm_head_source else {})},
+            "recipe_index": index, "recipe": recipe.names(), "seed": seed, "tasks": tasks,
+            "model": {"name": suite.model, "path": self.model_path, "parameters": parameters,
+                      **({"mlm_head": mlm_head_source} if mlm_head_source else {})},
             "config": {"suite": suite.resolved(), "recipe": recipe.resolved(),
                        "tasks": {t: spec.resolved() for t, spec in self.specs.items()}},
             "data": {"source": suite.data, "sources": {t: d.source for t, d in self.data.items()},
                      "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in self.data.items()},
                      "skipped": {t: d.skipped for t, d in self.data.items()}},
-            "primary_metrics": {t: self.specs[t].primary_metric for t in suite.tasks},
+            "primary_metrics": {t: self.specs[t].primary_metric for t in tasks},
             "metrics": last, "best": best, "overall": overall, "overall_best": overall_best,
             "history": outcome.history, "train": outcome.train, "eval": outcome.eval,
+            "cost": step_cost, "examples_file": examples_file.name,
             "peak_memory_mb": outcome.memory["peak_memory_mb"], "memory": outcome.memory,
             "strategies": {
                 "combiner": strategies.combiner.summary(),
@@ -260,9 +273,10 @@ class Runner:
 
     def _keep(self, record: dict) -> None:
         write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
-        metrics = ", ".join(f"{t} {record['metrics'][t][record['primary_metrics'][t]]:.3f}" for t in self.suite.tasks)
+        metrics = ", ".join(f"{t} {record['metrics'][t][m]:.3f}" for t, m in record["primary_metrics"].items())
+        paired = f"; cost {record['cost']['ratio']:.2f}x {record['cost']['baseline']}" if record.get("cost") else ""
         self.log(f"      {metrics}; overall {record['overall']:.3f}; "
-                 f"{record['train']['examples_per_second']:.0f} train ex/s")
+                 f"{record['train']['examples_per_second']:.0f} train ex/s{paired}")
 
 
 _worker: Runner | None = None

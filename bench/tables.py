@@ -1,20 +1,65 @@
-"""Comparison tables from run records: a row per recipe, mean +- std over seeds.
+"""Comparison tables from run records: a row per recipe, over seeds.
 
-Markdown and LaTeX for reading, CSV (separate mean and std columns) for machines.
+Each value is the mean over seeds with its standard deviation and a 95 % t-interval. A task cell is
+marked ▲ / ▼ when the recipe is significantly better / worse than the suite's baseline recipe on that
+task (paired bootstrap over dev examples, bench.examples, p < 0.05). `Δm %` is the mean relative
+change against the single-task recipes, sign-adjusted (Maninis et al., 2019; Vandenhende et al.,
+2021). `cost x` is the paired step-cost ratio against the baseline recipe (bench.cost); `train ex/s`
+is the whole run's throughput. Markdown and LaTeX for reading, CSV (every statistic) for machines.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bench.records import write_text_atomic
 from tasks.errors import UserError
 
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
+SIGNIFICANCE_LEVEL = 0.05
+FAMILIES = ("joint sum", "sampler", "combiner", "regulariser", "freezing", "single task")
+
+
+def column_name(task: str, metric: str) -> str:
+    return f"{task} {SHORT.get(metric, metric)}"
+
+
+def record_tasks(record: dict) -> list[str]:
+    return record.get("tasks") or list(record["primary_metrics"])
+
+
+def suite_tasks(record: dict) -> list[str]:
+    return record.get("config", {}).get("suite", {}).get("tasks") or list(record["primary_metrics"])
+
+
+def family(record: dict) -> str:
+    """The axis a recipe changes against a joint summed-loss step, for colours and grouping."""
+    names = record.get("recipe", {})
+    if len(record_tasks(record)) < len(suite_tasks(record)):
+        return "single task"
+    if names.get("regularizers"):
+        return "regulariser"
+    if names.get("freezing", "none") != "none":
+        return "freezing"
+    if names.get("combiner", "sum") != "sum":
+        return "combiner"
+    if names.get("sampler", "joint") != "joint":
+        return "sampler"
+    return "joint sum"
+
+
+def baseline_recipe(records: list[dict]) -> str:
+    """The suite's baseline recipe (its `baseline` key; the first recipe for older records)."""
+    named = records[0].get("config", {}).get("suite", {}).get("baseline")
+    if named:
+        return named
+    return min(records, key=lambda r: r["recipe_index"])["recipe_name"]
 
 
 def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
@@ -23,20 +68,25 @@ def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
     for record in records:
         if select == "test" and "test_at_best_dev" not in record:
             raise UserError(f"run {record['run_id']}: no test scores (its suite did not set test = true)")
-        metrics = {"last": "metrics", "best": "best", "test": "test_at_best_dev"}[select]
-        metrics = record[metrics]
+        metrics = record[{"last": "metrics", "best": "best", "test": "test_at_best_dev"}[select]]
         row = {"suite": record["suite"], "recipe": record["recipe_name"], "recipe_index": record["recipe_index"],
                "seed": record["seed"]}
         for task, values in metrics.items():
             for metric, value in values.items():
                 if metric != "epoch":
-                    row[f"{task} {SHORT.get(metric, metric)}"] = np.nan if value is None else value
-        if select == "test":
+                    row[column_name(task, metric)] = np.nan if value is None else value
+        partial = len(record_tasks(record)) < len(suite_tasks(record))
+        if partial:
+            row["overall"] = np.nan  # a mean over some of the tasks is not comparable with the others'
+        elif select == "test":
             primary = record["primary_metrics"]
             scores = [metrics[t].get(primary[t]) for t in primary]
             row["overall"] = np.nan if None in scores else sum(scores) / len(scores)
         else:
             row["overall"] = record["overall" if select == "last" else "overall_best"]
+        row["overall"] = np.nan if row["overall"] is None else row["overall"]
+        cost = record.get("cost") or {}
+        row["cost x"] = cost.get("ratio", np.nan)
         row["train ex/s"] = record["train"]["examples_per_second"]
         row["step ms"] = record["train"]["step_seconds_median"] * 1000
         row["peak MB"] = record["peak_memory_mb"]
@@ -44,8 +94,25 @@ def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(records: list[dict], select: str = "last") -> pd.DataFrame:
-    """Mean and std per recipe (suite order), plus cost relative to the first row."""
+def _interval(std: pd.DataFrame, n: pd.Series) -> pd.DataFrame:
+    """Half-width of the 95 % t-interval of the mean over n seeds (NaN for one seed)."""
+    factor = n.map(lambda k: stats.t.ppf(0.975, k - 1) / math.sqrt(k) if k > 1 else np.nan)
+    return std.mul(factor, axis=0)
+
+
+def primary_columns(records: list[dict]) -> list[str]:
+    """Each task's primary-metric column, in the suite's task order."""
+    seen = {}
+    for record in sorted(records, key=lambda r: len(record_tasks(r)), reverse=True):
+        for task, metric in record["primary_metrics"].items():
+            seen.setdefault(task, column_name(task, metric))
+    order = suite_tasks(records[0])
+    return [seen[t] for t in sorted(seen, key=lambda t: order.index(t) if t in order else len(order))]
+
+
+def summary(records: list[dict], select: str = "last", significance: bool = True) -> pd.DataFrame:
+    """Per recipe (suite order): mean, std and 95 % interval over seeds of every column; family,
+    Δm % and significance against the baseline recipe (the columns 'info' and 'p')."""
     runs = runs_frame(records, select)
     keys = ["suite", "recipe"]
     order = runs.groupby(keys, sort=False)["recipe_index"].min().sort_values(kind="stable")
@@ -53,43 +120,179 @@ def summary(records: list[dict], select: str = "last") -> pd.DataFrame:
     grouped = runs.groupby(keys, sort=False)[values]
     mean = grouped.mean().loc[order.index]
     std = grouped.std(ddof=1).loc[order.index]  # NaN with one seed: shown as no spread, not as 0
-    mean["cost x"] = mean["train ex/s"].iloc[0] / mean["train ex/s"]  # time per example vs first row
-    std["cost x"] = np.nan
-    table = pd.concat({"mean": mean, "std": std}, axis=1)
-    table[("n", "seeds")] = runs.groupby(keys, sort=False)["seed"].nunique().loc[order.index]
+    seeds = runs.groupby(keys, sort=False)["seed"].nunique().loc[order.index]
+    half = _interval(std, seeds)
+    table = pd.concat({"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}, axis=1)
+    table[("n", "seeds")] = seeds
+    by_recipe = {}
+    for record in records:
+        by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
+    table[("info", "family")] = [family(by_recipe[key][0]) for key in table.index]
+    table[("info", "Δm %")] = _delta_m(table, records)
+    primary = primary_columns(records)
+    p_values = _significance(records, by_recipe, table.index, select) if significance and select != "test" else {}
+    for column in primary:
+        table[("p", column)] = [p_values.get((key, column), np.nan) for key in table.index]
+    table[("info", "baseline")] = [key[1] == baseline_recipe(by_recipe[key]) for key in table.index]
     return table
 
 
-def _formatted(table: pd.DataFrame) -> pd.DataFrame:
-    mean, std = table["mean"], table["std"]
-    out = pd.DataFrame(index=mean.index.get_level_values("recipe"))
-    for column in mean.columns:
-        digits = 3 if column in ("overall",) or " " in column and column.split(" ")[1] in SHORT.values() else 1
-        if column == "cost x":
-            digits = 2
-        cells = []
-        for m, s in zip(mean[column], std[column]):
-            cell = "nan" if pd.isna(m) else f"{m:.{digits}f}"
-            if not pd.isna(s):
-                cell += f" ± {s:.{digits}f}"
-            cells.append(cell)
-        out[column] = cells
-    out["seeds"] = table[("n", "seeds")].to_numpy()
+def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
+    """Δm % = 100/T Σ_t s_t (M_t - B_t) / |B_t|, B_t the single-task recipe's mean on task t, s_t = -1
+    where lower is better; for recipes that train every task, when every task has a single-task row."""
+    from bench.examples import LOWER_IS_BETTER
+
+    out = []
+    for suite, recipe in table.index:
+        suite_records = [r for r in records if r["suite"] == suite]
+        single = {}
+        for r in suite_records:
+            if family(r) == "single task" and len(record_tasks(r)) == 1:
+                single.setdefault(record_tasks(r)[0], r["recipe_name"])
+        mine = next(r for r in suite_records if r["recipe_name"] == recipe)
+        tasks = record_tasks(mine)
+        if family(mine) == "single task" or not tasks or any(t not in single for t in tasks):
+            out.append(np.nan)
+            continue
+        changes = []
+        for task in tasks:
+            metric = mine["primary_metrics"][task]
+            column = column_name(task, metric)
+            now, base = table.loc[(suite, recipe), ("mean", column)], table.loc[(suite, single[task]), ("mean", column)]
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            changes.append(sign * (now - base) / abs(base) if base else np.nan)
+        out.append(100.0 * float(np.mean(changes)))
     return out
 
 
-def markdown(table: pd.DataFrame) -> str:
-    return _formatted(table).to_markdown()
+def _significance(records: list[dict], by_recipe: dict, index, select: str) -> dict:
+    """{((suite, recipe), column): p-value} of the paired bootstrap against the baseline recipe,
+    over the seeds both have, where every run kept its per-example dev predictions."""
+    from types import SimpleNamespace
+
+    from bench import examples
+    from tasks.spec import TaskKind
+
+    p_values = {}
+    for suite, recipe in index:
+        runs = by_recipe[(suite, recipe)]
+        base_name = baseline_recipe(runs)
+        base_runs = {r["seed"]: r for r in by_recipe.get((suite, base_name), [])}
+        if recipe == base_name or not base_runs:
+            continue
+        pairs = [(r, base_runs[r["seed"]]) for r in runs if r["seed"] in base_runs]
+        files = [(examples_path(a), examples_path(b)) for a, b in pairs]
+        if not pairs or any(a is None or b is None for a, b in files):
+            continue
+        loaded = [(examples.load(a, select), examples.load(b, select)) for a, b in files]
+        for task, metric in runs[0]["primary_metrics"].items():
+            if task not in base_runs[pairs[0][1]["seed"]]["primary_metrics"]:
+                continue
+            if not all(task in a and task in b for a, b in loaded):
+                continue
+            definition = runs[0].get("config", {}).get("tasks", {}).get(task)
+            if definition is None:
+                continue
+            spec = SimpleNamespace(name=task, kind=TaskKind(definition["kind"]), labels=definition["labels"])
+            try:
+                result = examples.paired_bootstrap(spec, metric, [(a[task], b[task]) for a, b in loaded])
+            except ValueError:
+                continue  # different dev rows (another data source): not paired
+            p_values[((suite, recipe), column_name(task, metric))] = result["p_value"]
+    return p_values
 
 
-def latex(table: pd.DataFrame) -> str:
-    return _formatted(table).to_latex(escape=True)
+def examples_path(record: dict) -> Path | None:
+    name, directory = record.get("examples_file"), record.get("_dir")
+    if not name or not directory or not (Path(directory) / name).is_file():
+        return None
+    return Path(directory) / name
+
+
+def marker(table: pd.DataFrame, key, column: str) -> str:
+    from bench.examples import LOWER_IS_BETTER
+
+    if ("p", column) not in table.columns:
+        return ""
+    p = table.loc[key, ("p", column)]
+    if pd.isna(p) or p >= SIGNIFICANCE_LEVEL:
+        return ""
+    base = [k for k in table.index if k[0] == key[0] and table.loc[k, ("info", "baseline")]]
+    if not base:
+        return ""
+    better = table.loc[key, ("mean", column)] > table.loc[base[0], ("mean", column)]
+    if any(column.endswith(" " + SHORT.get(m, m)) for m in LOWER_IS_BETTER):
+        better = not better
+    return " ▲" if better else " ▼"
+
+
+def _digits(column: str) -> int:
+    if column == "cost x":
+        return 2
+    if column == "overall" or column.split(" ")[-1] in SHORT.values():
+        return 3
+    return 1
+
+
+def _cell(table, key, column: str, interval: bool) -> str:
+    m = table.loc[key, ("mean", column)]
+    if pd.isna(m):
+        return "–"
+    d = _digits(column)
+    cell = f"{m:.{d}f}"
+    s = table.loc[key, ("std", column)]
+    if not pd.isna(s):
+        cell += f" ± {s:.{d}f}"
+        if interval:
+            cell += f" [{table.loc[key, ('ci_low', column)]:.{d}f}, {table.loc[key, ('ci_high', column)]:.{d}f}]"
+    return cell
+
+
+def formatted(table: pd.DataFrame, all_metrics: bool = False, intervals: bool = True) -> pd.DataFrame:
+    """The readable table: each task's primary metric (every metric with `all_metrics`), overall,
+    Δm %, paired cost, throughput, memory, seeds. A suite column when the records span suites."""
+    metric_columns = [c for c in table["mean"].columns if c not in ("overall", "cost x", "train ex/s", "step ms",
+                                                                    "peak MB")]
+    primary = [c for (group, c) in table.columns if group == "p"]
+    shown = metric_columns if all_metrics else primary
+    several_suites = table.index.get_level_values("suite").nunique() > 1
+    out = pd.DataFrame(index=[f"{s}/{r}" if several_suites else r for s, r in table.index])
+    out.index.name = "recipe"
+    for column in shown + ["overall"]:
+        out[column] = [_cell(table, key, column, intervals) + (marker(table, key, column) if column in primary else "")
+                       for key in table.index]
+    delta = table[("info", "Δm %")]
+    if delta.notna().any():
+        out["Δm %"] = ["–" if pd.isna(v) else f"{v:+.1f}" for v in delta]
+    out["cost x"] = [_cell(table, key, "cost x", False) for key in table.index]
+    out["train ex/s"] = [_cell(table, key, "train ex/s", False) for key in table.index]
+    out["peak MB"] = [_cell(table, key, "peak MB", False) for key in table.index]
+    out["seeds"] = table[("n", "seeds")].to_numpy()
+    out.index = [f"{name} (baseline)" if is_base else name
+                 for name, is_base in zip(out.index, table[("info", "baseline")])]
+    out.index.name = "recipe"
+    return out
+
+
+def markdown(table: pd.DataFrame, all_metrics: bool = False) -> str:
+    return formatted(table, all_metrics).to_markdown()
+
+
+def latex(table: pd.DataFrame, all_metrics: bool = False) -> str:
+    return formatted(table, all_metrics).to_latex(escape=True)
 
 
 def csv(table: pd.DataFrame) -> str:
     flat = pd.DataFrame(index=table.index)
     for stat, column in table.columns:
-        flat["seeds" if stat == "n" else column if stat == "mean" else f"{column} {stat}"] = table[(stat, column)]
+        if stat == "n":
+            flat["seeds"] = table[(stat, column)]
+        elif stat == "info":
+            flat[column] = table[(stat, column)]
+        elif stat == "p":
+            flat[f"{column} p"] = table[(stat, column)]
+        else:
+            flat[column if stat == "mean" else f"{column} {stat}"] = table[(stat, column)]
     return flat.reset_index().to_csv(index=False, float_format="%.6g")
 
 

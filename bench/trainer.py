@@ -118,17 +118,19 @@ def split_predictions(model: MultiTaskModel, task: str, dataset, batch_size: int
 @torch.inference_mode()
 def evaluate(model: MultiTaskModel, datasets: dict, specs: dict[str, TaskSpec], batch_size: int, pad_id: int,
              device: torch.device, progress: bool = False, keep: dict | None = None,
-             unlabelled=frozenset()) -> tuple[dict, dict]:
+             unlabelled=frozenset(), golds: dict | None = None) -> tuple[dict, dict]:
     """Metrics per task (empty for an unlabelled split), and evaluation throughput. With `keep`, each
-    task's per-row predictions go into `keep[task]`."""
+    task's per-row predictions go into `keep[task]`; with `golds`, its gold labels into `golds[task]`."""
     model.eval()
     metrics, examples, start = {}, 0, time.perf_counter()
     for task, dataset in tqdm(datasets.items(), desc="eval", leave=False, disable=not progress or None):
         spec = specs[task]
-        predictions, golds = split_predictions(model, task, dataset, batch_size, pad_id, device)
-        metrics[task] = {} if golds is None or task in unlabelled else score(spec, predictions, golds)
+        predictions, gold = split_predictions(model, task, dataset, batch_size, pad_id, device)
+        metrics[task] = {} if gold is None or task in unlabelled else score(spec, predictions, gold)
         if keep is not None:
             keep[task] = predictions
+        if golds is not None:
+            golds[task] = gold
         examples += len(dataset)
     seconds = time.perf_counter() - start
     return metrics, {"examples": examples, "seconds": seconds, "examples_per_second": examples / seconds}
@@ -159,6 +161,9 @@ class TrainOutcome:
     trainable: list[dict] = field(default_factory=list)
     test_at_best_dev: dict = field(default_factory=dict)  # task -> {"epoch", metrics...}
     predictions: dict = field(default_factory=dict)  # task -> split -> per-row predictions (best dev epoch)
+    # Per-row dev predictions and gold labels, for paired significance tests between runs:
+    # {"last" | "best": {task: (predictions, golds)}}
+    dev_examples: dict = field(default_factory=lambda: {"last": {}, "best": {}})
 
 
 class _CleanBackward:
@@ -281,6 +286,8 @@ def _score_at_best(model: MultiTaskModel, outcome: TrainOutcome, dev_predictions
     for task, spec in model.specs.items():
         if best_epoch(outcome.history, task, spec.primary_metric) != epoch:
             continue
+        if task in outcome.dev_examples["last"]:
+            outcome.dev_examples["best"][task] = outcome.dev_examples["last"][task]
         if keep:
             outcome.predictions[task] = {"dev": dev_predictions[task]}
         if task in test_sets:
@@ -354,9 +361,11 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
                     loss_sums[task] = loss_sums.get(task, 0) + loss
                     loss_counts[task] += 1
                     examples += batches[task]["labels"].shape[0]
-            dev_predictions = {} if keep_predictions else None
+            dev_predictions, dev_golds = {}, {}
             metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress,
-                                          keep=dev_predictions)
+                                          keep=dev_predictions, golds=dev_golds)
+            outcome.dev_examples["last"] = {t: (dev_predictions[t], dev_golds[t]) for t in dev_golds
+                                            if dev_golds[t] is not None}
             outcome.history.append({
                 "epoch": epoch, "step": step, "dev": metrics,
                 "train_loss": {t: loss_sums[t].item() / loss_counts[t] for t in loss_sums},

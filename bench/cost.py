@@ -1,0 +1,95 @@
+"""A run's step cost relative to the suite's baseline recipe, measured so that it holds on a busy
+machine: short blocks of steps of the two recipes take turns in one process on the same batches,
+and the ratio is taken within each round, where the machine's load hit both blocks alike.
+
+Whole-run throughput (examples/s over the training) is the other figure a record keeps: it is what
+the run cost, but it moves with whatever else ran beside it.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import statistics
+import time
+
+import torch
+
+from bench.trainer import make_optimizer, training_step
+
+METHOD = ("median over rounds of (seconds per training example of the recipe / of the baseline recipe), "
+          "one block of each per round in one process, the same batches, fresh models")
+
+
+class _Stepper:
+    """One recipe's training steps on a fixed pool of batches, in the order its sampler asks for tasks."""
+
+    def __init__(self, runner, recipe, seed: int, block_batches: int, epochs: int):
+        model, strategies, train_sets, _ = runner.build(recipe, seed)
+        device = runner.device
+        self.model, self.strategies, self.device, self.epochs = model.to(device), strategies, device, epochs
+        self.optimizer = make_optimizer(strategies.freezing.parameter_groups(runner.suite.train.lr,
+                                                                             runner.suite.train.weight_decay)
+                                        + strategies.combiner.optimizer_groups(runner.suite.train.lr, device))
+        # The task sets of the sampler's first steps, repeated until a block holds `block_batches`
+        # task batches; each task's batches drawn once, so both recipes see the same rows.
+        plan, batches = [], 0
+        for tasks in itertools.cycle(list(itertools.islice(strategies.sampler.epoch(1), 4 * block_batches))):
+            if batches >= block_batches:
+                break
+            plan.append(list(tasks))
+            batches += len(tasks)
+        self.plan = plan
+        streams = {t: s.stream() for t, s in train_sets.items()}
+        needed = {t: sum(t in tasks for tasks in plan) for t in train_sets}
+        self.pool = {t: [{k: v.to(device) for k, v in next(streams[t]).items()} for _ in range(needed[t])]
+                     for t in train_sets if needed[t]}
+        self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches)
+        self.step = 0
+
+    def block(self, round_index: int) -> float:
+        """Seconds per training example over one block; the freezing stage and the combiner's
+        epoch follow the round, so a schedule's stages are all sampled."""
+        epoch = 1 + round_index % self.epochs
+        self.strategies.freezing.on_epoch_start(epoch)
+        self.strategies.combiner.on_epoch_start(epoch)
+        used = {t: 0 for t in self.pool}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        for tasks in self.plan:
+            self.strategies.freezing.on_step(self.step)
+            batches = {}
+            for t in tasks:
+                batches[t] = self.pool[t][used[t]]
+                used[t] += 1
+            training_step(self.model, self.strategies, batches, self.optimizer)
+            self.step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - started) / self.examples
+
+
+def paired_step_cost(runner, recipe, seed: int) -> dict:
+    """The recipe's step cost over the suite baseline's (see the module docstring); the spread is
+    the interquartile range of the per-round ratios. Random streams are restored afterwards."""
+    settings, baseline = runner.suite.cost, runner.suite.baseline
+    epochs = runner.suite.train.epochs
+    with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
+        steppers = {"recipe": _Stepper(runner, recipe, seed, settings.block_batches, epochs),
+                    "baseline": _Stepper(runner, baseline, seed, settings.block_batches, epochs)}
+        for stepper in steppers.values():  # warm-up: allocator, kernels, the optimizer's state
+            stepper.block(0)
+        seconds = {name: [] for name in steppers}
+        for r in range(settings.rounds):
+            order = list(steppers) if r % 2 == 0 else list(reversed(steppers))  # neither always goes first
+            for name in order:
+                seconds[name].append(steppers[name].block(r))
+        del steppers
+        gc.collect()
+    ratios = [mine / theirs for mine, theirs in zip(seconds["recipe"], seconds["baseline"])]
+    low, high = (statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else (ratios[0], ratios[0]))
+    return {"baseline": baseline.name, "ratio": statistics.median(ratios), "ratio_iqr": [low, high],
+            "ratios": ratios, "seconds_per_example": statistics.median(seconds["recipe"]),
+            "baseline_seconds_per_example": statistics.median(seconds["baseline"]),
+            "rounds": settings.rounds, "block_batches": settings.block_batches, "method": METHOD}
