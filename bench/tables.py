@@ -23,7 +23,7 @@ from tasks.errors import UserError
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
 SIGNIFICANCE_LEVEL = 0.05
-FAMILIES = ("joint sum", "sampler", "combiner", "regulariser", "freezing", "single task")
+FAMILIES = ("baseline", "sampler", "combiner", "regulariser", "freezing", "single task")
 
 
 def column_name(task: str, metric: str) -> str:
@@ -38,20 +38,18 @@ def suite_tasks(record: dict) -> list[str]:
     return record.get("config", {}).get("suite", {}).get("tasks") or list(record["primary_metrics"])
 
 
-def family(record: dict) -> str:
-    """The axis a recipe changes against a joint summed-loss step, for colours and grouping."""
-    names = record.get("recipe", {})
+def family(record: dict, baseline: dict | None) -> str:
+    """The axis on which a recipe differs from the suite's baseline recipe (`baseline`: its record),
+    for colours and grouping; the first that differs in the order regulariser, freezing, combiner,
+    sampler."""
     if len(record_tasks(record)) < len(suite_tasks(record)):
         return "single task"
-    if names.get("regularizers"):
-        return "regulariser"
-    if names.get("freezing", "none") != "none":
-        return "freezing"
-    if names.get("combiner", "sum") != "sum":
-        return "combiner"
-    if names.get("sampler", "joint") != "joint":
-        return "sampler"
-    return "joint sum"
+    names, base = record.get("recipe", {}), (baseline or {}).get("recipe", {})
+    for axis, label in (("regularizers", "regulariser"), ("freezing", "freezing"), ("combiner", "combiner"),
+                        ("sampler", "sampler")):
+        if names.get(axis) != base.get(axis):
+            return label
+    return "baseline"
 
 
 def baseline_recipe(records: list[dict]) -> str:
@@ -127,17 +125,21 @@ def summary(records: list[dict], select: str = "last", significance: bool = True
     by_recipe = {}
     for record in records:
         by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
-    table[("info", "family")] = [family(by_recipe[key][0]) for key in table.index]
+    baselines = {suite: baseline_recipe([r for r in records if r["suite"] == suite]) for suite, _ in by_recipe}
+    base_of = {key: by_recipe.get((key[0], baselines[key[0]]), [None])[0] for key in by_recipe}
+    table[("info", "family")] = [family(by_recipe[key][0], base_of[key]) for key in table.index]
     table[("info", "Δm %")] = _delta_m(table, records)
     primary = primary_columns(records)
-    p_values = _significance(records, by_recipe, table.index, select) if significance and select != "test" else {}
+    p_values = (_significance(by_recipe, baselines, table.index, select) if significance and select != "test"
+                else {})
     for column in primary:
         table[("p", column)] = [p_values.get((key, column), np.nan) for key in table.index]
-    table[("info", "baseline")] = [key[1] == baseline_recipe(by_recipe[key]) for key in table.index]
+    table[("info", "baseline")] = [key[1] == baselines[key[0]] for key in table.index]
     return table
 
 
 def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
+    # single-task recipes: those that train one task of several
     """Δm % = 100/T Σ_t s_t (M_t - B_t) / |B_t|, B_t the single-task recipe's mean on task t, s_t = -1
     where lower is better; for recipes that train every task, when every task has a single-task row."""
     from bench.examples import LOWER_IS_BETTER
@@ -147,11 +149,11 @@ def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
         suite_records = [r for r in records if r["suite"] == suite]
         single = {}
         for r in suite_records:
-            if family(r) == "single task" and len(record_tasks(r)) == 1:
+            if len(record_tasks(r)) == 1 < len(suite_tasks(r)):
                 single.setdefault(record_tasks(r)[0], r["recipe_name"])
         mine = next(r for r in suite_records if r["recipe_name"] == recipe)
         tasks = record_tasks(mine)
-        if family(mine) == "single task" or not tasks or any(t not in single for t in tasks):
+        if len(tasks) < len(suite_tasks(mine)) or any(t not in single for t in tasks):
             out.append(np.nan)
             continue
         changes = []
@@ -165,7 +167,7 @@ def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
     return out
 
 
-def _significance(records: list[dict], by_recipe: dict, index, select: str) -> dict:
+def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
     """{((suite, recipe), column): p-value} of the paired bootstrap against the baseline recipe,
     over the seeds both have, where every run kept its per-example dev predictions."""
     from types import SimpleNamespace
@@ -176,7 +178,7 @@ def _significance(records: list[dict], by_recipe: dict, index, select: str) -> d
     p_values = {}
     for suite, recipe in index:
         runs = by_recipe[(suite, recipe)]
-        base_name = baseline_recipe(runs)
+        base_name = baselines[suite]
         base_runs = {r["seed"]: r for r in by_recipe.get((suite, base_name), [])}
         if recipe == base_name or not base_runs:
             continue
@@ -275,7 +277,7 @@ def formatted(table: pd.DataFrame, all_metrics: bool = False, intervals: bool = 
 
 
 def markdown(table: pd.DataFrame, all_metrics: bool = False) -> str:
-    return formatted(table, all_metrics).to_markdown()
+    return formatted(table, all_metrics).to_markdown(disable_numparse=True)  # "0.250" stays as written
 
 
 def latex(table: pd.DataFrame, all_metrics: bool = False) -> str:

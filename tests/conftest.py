@@ -27,6 +27,10 @@ def private_cache(tmp_path_factory):
         os.environ["MTLBENCH_CACHE"] = previous
 
 
+# The paired step-cost measurement, short: tests check what it records, not how precise it is.
+FEW_COST_ROUNDS = {"rounds": 2, "block_batches": 3}
+
+
 def _toml_table(name: str, values: dict) -> str:
     return f"[{name}]\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items()) + "\n"
 
@@ -39,7 +43,8 @@ def write_suite(path: Path, recipes: str, extra: str = "", train: str = "epochs 
         {extra}
         [train]
         {train}
-        """) + _toml_table("synthetic", SMALL_DATA) + _toml_table("tiny_encoder", TINY_ENCODER) + recipes)
+        """) + _toml_table("synthetic", SMALL_DATA) + _toml_table("tiny_encoder", TINY_ENCODER)
+        + ("" if "[cost]" in recipes + extra else _toml_table("cost", FEW_COST_ROUNDS)) + recipes)
     return path
 
 

@@ -34,7 +34,8 @@ def first_run(suite_file, tmp_path_factory):
 
 def test_run_writes_records_tables_and_plots(first_run, capsys):
     names = sorted(p.name for p in first_run.iterdir())
-    assert names == ["joint-seed0.json", "metrics.png", "overall_vs_throughput.png", "rr-seed0.json",
+    assert names == ["heatmap.png", "joint-seed0.examples.safetensors", "joint-seed0.json", "metrics.png",
+                     "quality_vs_cost.png", "rr-seed0.examples.safetensors", "rr-seed0.json",
                      "table.csv", "table.md", "table.tex"]
     record = json.loads((first_run / "rr-seed0.json").read_text())
     assert record["recipe"] == {"sampler": "round_robin", "combiner": "sum", "regularizers": [],
@@ -66,7 +67,7 @@ def test_same_recipe_and_seed_give_identical_metrics(first_run, suite_file, tmp_
 
 def test_table_and_plot_rerender_from_records(first_run, capsys):
     assert main(["table", str(first_run)]) == 0
-    assert re.search(r"\| rr +\|", capsys.readouterr().out)
+    assert re.search(r"\| rr \(baseline\) +\|", capsys.readouterr().out)
     assert main(["table", str(first_run), "--format", "csv", "--select", "best"]) == 0
     assert capsys.readouterr().out.startswith("suite,recipe,")
     assert main(["plot", str(first_run)]) == 0

@@ -89,7 +89,7 @@ def test_cross_encoder_pairs_and_bad_options_are_refused():
 
 @pytest.mark.parametrize("tasks, pair_head, message", [
     ('["sst", "quora", "sts"]', "cross", "pair_head = 'cross' encodes each pair as one input"),
-    ('["sst"]', "concat", "the suite's tasks (sst) have none"),
+    ('["sst"]', "concat", "the recipe's tasks (sst) have none"),
 ])
 def test_contrastive_without_bi_encoder_pairs_fails_at_config_time(tmp_path, capsys, tasks, pair_head, message):
     from bench.cli import main

@@ -7,34 +7,42 @@ from bench import records, tables
 from tasks.errors import UserError
 
 
-def record(recipe, index, seed, sst, sts, ex_s):
+def record(recipe, index, seed, sst, sts, ex_s, cost=None):
     return {"run_id": f"{recipe}-seed{seed}", "suite": "s", "recipe_name": recipe, "recipe_index": index,
             "seed": seed, "primary_metrics": {"sst": "accuracy", "sts": "pearson"},
             "metrics": {"sst": {"accuracy": sst, "f1_macro": sst}, "sts": {"pearson": sts, "spearman": sts}},
             "best": {"sst": {"epoch": 1, "accuracy": sst, "f1_macro": sst}, "sts": {"epoch": 1, "pearson": sts, "spearman": sts}},
             "overall": (sst + sts) / 2, "overall_best": (sst + sts) / 2,
-            "train": {"examples_per_second": ex_s, "step_seconds_median": 0.01}, "peak_memory_mb": 100.0}
+            "train": {"examples_per_second": ex_s, "step_seconds_median": 0.01}, "peak_memory_mb": 100.0,
+            "cost": None if cost is None else {"ratio": cost}}
 
 
-RECORDS = [record("b", 1, 0, 0.6, 0.7, 500.0), record("a", 0, 0, 0.5, 0.8, 1000.0),
-           record("a", 0, 1, 0.7, 0.6, 1000.0)]
+RECORDS = [record("b", 1, 0, 0.6, 0.7, 500.0, 2.1), record("a", 0, 0, 0.5, 0.8, 1000.0, 1.02),
+           record("a", 0, 1, 0.7, 0.6, 1000.0, 0.98)]
 
 
-def test_summary_means_stds_order_and_relative_cost():
+def test_summary_means_stds_intervals_order_and_paired_cost():
     table = tables.summary(RECORDS)
     assert list(table.index.get_level_values("recipe")) == ["a", "b"]  # suite order, not file order
     mean, std = table["mean"], table["std"]
     assert mean.loc[("s", "a"), "sst acc"] == pytest.approx(0.6)
     assert std.loc[("s", "a"), "sst acc"] == pytest.approx(0.1414, abs=1e-4)
     assert math.isnan(std.loc[("s", "b"), "sst acc"])  # one seed: no spread claimed
-    assert mean["cost x"].tolist() == pytest.approx([1.0, 2.0])  # b takes twice the time per example
+    # cost x is the recorded paired ratio, not whole-run throughput (b's 500 ex/s would say 2.0)
+    assert mean["cost x"].tolist() == pytest.approx([1.0, 2.1])
     assert table[("n", "seeds")].tolist() == [2, 1]
+    # 95 % t-interval over 2 seeds: mean +- t(0.975, 1) * std / sqrt(2) = 0.6 +- 12.706 * 0.1
+    assert table[("ci_low", "sst acc")].iloc[0] == pytest.approx(0.6 - 12.7062 * 0.1, abs=1e-3)
+    assert table[("ci_high", "sst acc")].iloc[0] == pytest.approx(0.6 + 12.7062 * 0.1, abs=1e-3)
+    assert math.isnan(table[("ci_low", "sst acc")].iloc[1])
+    assert table[("info", "baseline")].tolist() == [True, False]  # older records: the first recipe
 
 
 def test_renderings_carry_the_numbers():
     table = tables.summary(RECORDS)
     md = tables.markdown(table)
-    assert "0.600 ± 0.141" in md and "| b " in md
+    assert "0.600 ± 0.141 [-0.671, 1.871]" in md and "| b " in md and "| a (baseline) " in md
+    assert "| 0.600 " in md  # one seed: the value alone, as written (not re-parsed as a number)
     csv = tables.csv(table)
     assert csv.splitlines()[0].startswith("suite,recipe,sst acc")
     assert "sst acc std" in csv.splitlines()[0]

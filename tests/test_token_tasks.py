@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
+from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -100,7 +100,7 @@ def _suite(tmp_path, tasks: str, recipes: str, extra: str = "") -> Path:
     path = tmp_path / "suite.toml"
     path.write_text(f"{tasks}\ntest = true\n{extra}\n[train]\nepochs = 2\nbatch_size = 16\nlr = 2e-3\n"
                     + _toml_table("synthetic", {**SMALL_DATA, "ner_train": 96, "ner_dev": 32, "ner_test": 32})
-                    + _toml_table("tiny_encoder", TINY_ENCODER) + recipes)
+                    + _toml_table("tiny_encoder", TINY_ENCODER) + _toml_table("cost", FEW_COST_ROUNDS) + recipes)
     return path
 
 
