@@ -97,11 +97,11 @@ def _heatmap(table, records, out_dir: Path, select: str) -> Path:
     return _save(fig, out_dir / "heatmap.png")
 
 
-def _family_legend(ax, families) -> None:
+def _family_legend(where, families, **placement) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", ls="", color=FAMILY_COLORS[f], label=f) for f in FAMILIES if f in families]
-    ax.legend(handles=handles, fontsize=7, title="family", title_fontsize=7, loc="best")
+    where.legend(handles=handles, fontsize=7, title="family", title_fontsize=7, **(placement or {"loc": "best"}))
 
 
 def _dots(table, records, out_dir: Path, select: str) -> Path:
@@ -130,10 +130,10 @@ def _dots(table, records, out_dir: Path, select: str) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     axes[0][0].set_yticks(y, [_label(table, k) for k in rows], fontsize=8)
     axes[0][0].invert_yaxis()
-    _family_legend(axes[0][-1], set(families))
     fig.suptitle(f"{records[0]['suite']}: per-task dev metrics ({select} epoch), mean and 95 % interval over seeds; "
                  "dashed: the baseline recipe", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))  # room on the right for the legend, off the points
+    _family_legend(fig, set(families), loc="center right")
     return _save(fig, out_dir / "metrics.png")
 
 
@@ -142,7 +142,9 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     keys = [k for k in table.index if not np.isnan(table.loc[k, ("mean", "overall")])]
     paired = all(not np.isnan(table.loc[k, ("mean", "cost x")]) for k in keys)
     x_column = "cost x" if paired else "train ex/s"
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    if paired:  # ratios: 2x and 0.5x the baseline equally far from it, and the crowd near 1 spread out
+        ax.set_xscale("log")
     xs = [table.loc[k, ("mean", x_column)] for k in keys]
     ys = [table.loc[k, ("mean", "overall")] for k in keys]
     families = [table.loc[k, ("info", "family")] for k in keys]
@@ -152,9 +154,14 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
         ax.errorbar(x, y, yerr=0 if np.isnan(yerr) else yerr, xerr=0 if np.isnan(xerr) else xerr, fmt="o", ms=5,
                     color=FAMILY_COLORS[f], elinewidth=0.8, alpha=0.9)
     labels = [ax.text(x, y, k[1], fontsize=7) for k, x, y in zip(keys, xs, ys)]
-    adjust_text(labels, x=xs, y=ys, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    adjust_text(labels, x=xs, y=ys, ax=ax, expand=(1.15, 1.4), max_move=(40, 40),
+                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     if paired:
+        from matplotlib.ticker import FormatStrFormatter
+
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel(f"step cost per example \u00d7 the baseline recipe (paired, {baseline_recipe(records)})")
     else:
         ax.set_xlabel("training throughput (examples/s; records without a paired cost)")

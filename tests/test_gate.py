@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import write_suite
 
+from bench import gate
 from bench.cli import main
 from bench.records import write_json_atomic
 from strategies import registry
@@ -233,3 +234,32 @@ def test_an_extra_forward_per_step_fails_on_cost(gate_baseline, tmp_path, capsys
     failed = _failed_lines(capsys)
     assert any(line.startswith("| joint_pcgrad | cost x |") for line in failed)
     assert all(line.startswith("| joint_pcgrad |") for line in failed)  # joint, untouched, still passes
+
+
+def test_the_project_gates_itself_in_ci():
+    """.ci/run runs the ci suite and checks it against the committed baseline, which is valid."""
+    from pathlib import Path
+
+    from bench import config
+
+    script = Path(".ci/run").read_text().splitlines()
+    assert any(line.startswith(".venv/bin/mtlbench run ci ") for line in script)
+    assert any(line.startswith(".venv/bin/mtlbench check ") and "results/ci/baseline.json" in line for line in script)
+    suite = config.load_suite("ci")
+    baseline = gate.load_baseline(Path("results/ci/baseline.json"))
+    assert baseline["suite"] == suite.name and set(baseline["recipes"]) == {r.name for r in suite.recipes}
+    assert suite.train.threads == 1 and suite.train.device == "cpu"
+
+
+def test_the_documented_github_workflow_parses_and_runs_the_gate():
+    from pathlib import Path
+
+    import yaml
+
+    workflow = yaml.safe_load(Path("docs/ci/github-actions.yml").read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    commands = [step.get("run", "") for step in steps]
+    assert any(c.startswith("mtlbench run ") for c in commands)
+    assert any(c.startswith("mtlbench check ") and "--baseline" in c for c in commands)
+    assert any("torch==2.13.0" in c for c in commands)  # the CPU wheel before anything pulls torch
+    assert Path(workflow["env"]["SUITE"]).is_file() and Path(workflow["env"]["BASELINE"]).parent.is_dir()
