@@ -198,9 +198,10 @@ def test_a_real_run_passes_against_its_own_baseline(gate_baseline, capsys):
     assert "passed (8 values)" in capsys.readouterr().out
 
 
-def test_a_weaker_combiner_planted_in_a_recipe_fails_on_its_metrics(gate_baseline, tmp_path, capsys):
+def test_a_planted_regression_in_one_recipe_fails_on_its_metrics(gate_baseline, tmp_path, capsys):
     path, _ = gate_baseline
-    # joint_pcgrad's update reaches the heads only: the encoder never trains
+    # joint_pcgrad's update no longer reaches the encoder (an encoder lr of 0). Scaling the
+    # combined gradient instead (weights of 0.01) would not do: AdamW's step is scale-invariant.
     out = _gate_run(tmp_path, "weaker", 'freezing = "frozen_backbone"\n')
     capsys.readouterr()
     assert main(["check", str(out), "--baseline", str(path)]) == 1
