@@ -97,15 +97,11 @@ def make_baseline(records: list[dict], select: str = "last") -> dict:
 
 def load_baseline(path: Path) -> dict:
     """The baseline file, or a one-line error naming what is wrong with it."""
+    from tasks.files import decode
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: baseline file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read the baseline ({error})") from None
-    try:
-        baseline = json.loads(text)
+        baseline = json.loads(decode(path))  # not found, a folder, not UTF-8: one line each
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
     if not isinstance(baseline, dict):

@@ -134,7 +134,7 @@ def test_config_changes_are_noted_not_failed(tmp_path, baseline_file, capsys):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "baseline file not found"),
+    (None, "file not found"),
     ("{not json", "not valid JSON (line 1"),
     ("[1, 2]", "expected a JSON object"),
     ({"kind": "mtlbench-baseline", "version": 1, "suite": "s", "select": "last", "recipes": {}},
