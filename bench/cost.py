@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import itertools
+import random
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from bench.trainer import make_optimizer, training_step
@@ -75,6 +77,7 @@ def paired_step_cost(runner, recipe, seed: int) -> dict:
     the interquartile range of the per-round ratios. Random streams are restored afterwards."""
     settings, baseline = runner.suite.cost, runner.suite.baseline
     epochs = runner.suite.train.epochs
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # building a model reseeds them
     with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
         steppers = {"recipe": _Stepper(runner, recipe, seed, settings.block_batches, epochs),
                     "baseline": _Stepper(runner, baseline, seed, settings.block_batches, epochs)}
@@ -87,6 +90,8 @@ def paired_step_cost(runner, recipe, seed: int) -> dict:
                 seconds[name].append(steppers[name].block(r))
         del steppers
         gc.collect()
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
     ratios = [mine / theirs for mine, theirs in zip(seconds["recipe"], seconds["baseline"])]
     low, high = (statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else (ratios[0], ratios[0]))
     return {"baseline": baseline.name, "ratio": statistics.median(ratios), "ratio_iqr": [low, high],
