@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import UserError
 from tasks import synthetic
-from tasks.errors import UserError
 
 TINY = "tiny"
 _TINY_VERSION = 2  # bump when the build below changes what it produces (2: the MLM head is kept)
@@ -131,6 +131,21 @@ def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig,
         indent=2))
 
 
+def _remove_abandoned_builds(folder: Path) -> None:
+    """Staging folders of builds whose process is gone (killed mid-build)."""
+    for staging in folder.glob(".building-*"):
+        pid = staging.name.split("-")[1]
+        try:
+            if pid.isdigit():
+                os.kill(int(pid), 0)  # signal 0: is it alive?
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, someone else's
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.SyntheticConfig | None = None,
                 log=print) -> Path:
     """Path of the pretrained tiny encoder, building it on first use."""
@@ -140,7 +155,8 @@ def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.
         return target
     log(f"building the tiny encoder (once; cached at {target})")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    _remove_abandoned_builds(target.parent)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".building-{os.getpid()}-"))
     try:
         _pretrain(config, data_config, staging, log)
         try:
@@ -171,6 +187,20 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return _load(AutoTokenizer, path, "tokenizer")
+
+
+def max_positions(path: str, tokenizer) -> int:
+    """The longest input the encoder takes: its tokenizer's limit when it states one, else its
+    position embeddings (RoBERTa-style models reserve two of those for padding offsets)."""
+    from transformers import AutoConfig
+
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < 1_000_000:
+        return stated
+    config = AutoConfig.from_pretrained(path)
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+    return positions - offset
 
 
 def load_encoder(path: str):

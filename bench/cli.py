@@ -3,33 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from tasks.errors import UserError
+from bench.errors import UserError
+
+
+def _check_run_arguments(args) -> None:
+    """Command-line values, blamed on their option rather than on the suite file."""
+    from bench.errors import nearest
+    from tasks.sources import SOURCES
+
+    for option in ("seeds", "epochs", "jobs", "threads"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise UserError(f"--{option}: must be at least 1, got {value}")
+    if args.data is not None and args.data not in SOURCES:
+        raise UserError(f"--data: unknown source '{args.data}'{nearest(args.data, SOURCES)}; "
+                        f"sources: {', '.join(SOURCES)}")
+    if args.model is not None and args.model != "tiny" and ("/" in args.model or args.model.startswith(".")):
+        model = Path(args.model)
+        looks_local = model.is_absolute() or args.model.startswith(".") or model.exists()
+        if looks_local and not model.is_dir():
+            raise UserError(f"--model {args.model}: no such directory")
+        if looks_local and not any(model.iterdir()):
+            raise UserError(f"--model {args.model}: the directory is empty (expected a saved model: config.json, "
+                            "weights, tokenizer files)")
 
 
 def _run(args) -> int:
-    from bench import config, tables
-    from bench.runner import Runner
+    from bench import api, tables
 
-    overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir,
-                 "seeds": args.seeds}
-    suite = config.load_suite(args.suite, overrides)
+    _check_run_arguments(args)
+    overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
+                 "epochs": args.epochs, "threads": args.threads}
+    suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
+        from bench import config
+
         config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
-    if args.epochs is not None:
-        suite.train.epochs = args.epochs
-    if args.threads is not None:
-        suite.train.threads = args.threads
-    if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
-        raise UserError("--jobs and --threads must be at least 1")
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on "
           f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
-    records = Runner(suite, out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                     predictions=args.predictions).run(args.jobs)
+    records = api.run(suite, out=out, jobs=args.jobs, fresh=args.fresh, progress=not args.no_progress,
+                      predictions=args.predictions, log=lambda m: print(m, file=sys.stderr))
     print(tables.markdown(tables.summary(records)))
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)
@@ -156,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
                      "part of the setting, recorded")
     run.add_argument("--predictions", action="store_true", help="write each task's dev (and, with test = true, "
                      "test) predictions from its best dev epoch under OUT/predictions/RUN/")
+    run.add_argument("--fresh", action="store_true", help="discard this suite's earlier records and checkpoints in "
+                     "OUT and train every run again (default: finished runs are kept, unfinished ones resume)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
 
@@ -198,13 +219,32 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's SIGTERM stops the suite as Ctrl-C does: cleanly
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         return args.handler(args)
     except UserError as error:
         print(f"mtlbench: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"mtlbench: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mtlbench list | head -1`: the reader has gone; not an error
+        # Python would complain again flushing stdout at exit; point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

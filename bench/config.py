@@ -16,6 +16,7 @@ A suite file:
     baseline = "joint_sum"      # the recipe costs and significance are measured against (default: the first)
     [cost]       rounds and block size of the paired step-cost measurement  (CostSettings)
     [check]      tolerances of `mtlbench check`, [check.tasks.NAME] per task (CheckSettings)
+    [checkpoints] enabled, keep, keep_best               (bench.checkpoint.CheckpointSettings)
     [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head, tasks
                  (tasks: a subset the recipe trains and scores alone; one task = a single-task baseline)
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,11 +37,12 @@ from typing import Any, get_type_hints
 
 import strategies
 from bench.backbone import TINY, TinyEncoderConfig
+from bench.checkpoint import CheckpointSettings
+from bench.errors import UserError, nearest
 from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
 from bench.trainer import TrainSettings
 from strategies import registry
 from tasks import registry as task_registry
-from tasks.errors import UserError, nearest
 from tasks.sources import choose_source
 from tasks.spec import TaskSpec
 from tasks.synthetic import SyntheticConfig
@@ -48,7 +52,8 @@ PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "conca
 MODEL_DEFAULTS = {"pooling": "mean", "pair_head": "concat_product"}
 RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head", "tasks")
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
-              "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check")
+              "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check",
+              "checkpoints")
 
 
 @dataclass
@@ -144,6 +149,15 @@ class Suite:
     baseline: Recipe | None = None  # costs and significance are relative to it; kept when --recipes selects
     cost: CostSettings = field(default_factory=CostSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+
+    @classmethod
+    def from_dict(cls, table: dict, source: str = "<dict>", directory: str | Path | None = None,
+                  **overrides) -> Suite:
+        """A suite from a dict shaped like a suite file (`source` names it in errors; relative paths
+        resolve against `directory`, default the working directory)."""
+        named = table if not isinstance(table, dict) or "name" in table else {"name": "python", **table}
+        return suite_from_dict(named, Path(directory or Path.cwd()) / source, overrides)
 
     def tasks_of(self, recipe: Recipe) -> list[str]:
         return recipe.tasks if recipe.tasks is not None else self.tasks
@@ -152,10 +166,21 @@ class Suite:
         return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir, "test": self.test,
                 "model": self.model, "seeds": self.seeds, "train": dataclasses.asdict(self.train),
                 "baseline": self.baseline.name if self.baseline else None, "cost": dataclasses.asdict(self.cost),
-                "check": self.check.as_dict(),
+                "check": self.check.as_dict(), "checkpoints": dataclasses.asdict(self.checkpoints),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
                 "tiny_encoder": dataclasses.asdict(self.tiny_encoder) if self.model == TINY else None,
                 "source": self.source}
+
+
+# Names become file names (OUT/SUITE.RECIPE-seedN.json): no path separators, no leading dot.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,119}")
+
+
+def check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(f"{where}: {name!r} is not a valid name: letters, digits and _ . + = , @ -, "
+                        "not starting with . or -, at most 120 characters (it becomes a file name)")
+    return name
 
 
 def _check_keys(table: dict, allowed, where: str) -> None:
@@ -177,7 +202,12 @@ def _dataclass_from(cls, table: dict, where: str):
         elif expected in (int, float, str, bool) and (not isinstance(value, expected) or
                                                       (expected is int and isinstance(value, bool))):
             raise UserError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-    return cls(**table)
+        if isinstance(table[key], float) and not math.isfinite(table[key]):
+            raise UserError(f"{where}.{key}: expected a finite number, got {value!r}")
+    try:
+        return cls(**table)
+    except ValueError as error:  # a range check in the settings' __post_init__
+        raise UserError(f"{where}: {error}") from None
 
 
 def _strategy(axis: str, value: Any, where: str) -> StrategySpec:
@@ -187,7 +217,7 @@ def _strategy(axis: str, value: Any, where: str) -> StrategySpec:
         name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
     else:
         raise UserError(f"{where}: expected a {axis} name or a table with 'name', got {value!r}")
-    cls = registry.get(axis, name)
+    cls = registry.get(axis, name, where)
     resolved = registry.make_options(cls, options, where)
     return StrategySpec(name, dataclasses.asdict(resolved))
 
@@ -223,6 +253,7 @@ def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str]) -> 
     combiner = _strategy("combiner", merged["combiner"], f"{where}.combiner")
     name = merged.get("name") or "+".join([sampler.name, combiner.name] +
                                           [r if isinstance(r, str) else r.get("name", "?") for r in regularizers])
+    check_name(name, f"{where}.name")
     return Recipe(
         name=name, sampler=sampler, combiner=combiner,
         regularizers=[_strategy("regularizer", r, f"{where}.regularizers[{i}]") for i, r in enumerate(regularizers)],
@@ -276,18 +307,43 @@ def find_suite(name_or_path: str) -> Path:
 
 
 def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
-    """Parse and validate a suite; `overrides` (from the CLI) replace top-level keys."""
+    """Parse and validate a suite file; `overrides` (from the CLI or the API) replace its keys."""
     path = find_suite(name_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: {error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    return suite_from_dict(raw, path, overrides)
+
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
+
+
+def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Suite:
+    """A suite from its table (a parsed file, or a dict in Python). `path` names it in errors and
+    anchors relative paths (its folder). `overrides` replace top-level keys; the names of [train]
+    settings (epochs, lr, threads, ...) replace those."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a table of suite settings, got {raw!r}")
     raw = copy.deepcopy(raw)
     if isinstance(raw.get("data_dir"), str):  # relative to the suite file; a --data-dir to the working directory
         raw["data_dir"] = str(path.parent / raw["data_dir"])
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if value is None:
+            continue
+        if key in TRAIN_KEYS and key not in SUITE_KEYS:
+            if not isinstance(raw.setdefault("train", {}), dict):
+                raise UserError(f"{path} [train]: expected a table, got {raw['train']!r}")
+            raw["train"][key] = value
+            if isinstance(raw.get("pretrained_train"), dict):
+                raw["pretrained_train"].pop(key, None)  # an explicit override wins over both
+        elif key in SUITE_KEYS:
             raw[key] = value
+        else:
+            raise UserError(f"override '{key}': not a suite key or [train] setting"
+                            f"{nearest(key, SUITE_KEYS + TRAIN_KEYS)}")
     where = str(path)
     _check_keys(raw, SUITE_KEYS, where)
     specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
@@ -300,21 +356,32 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     if not isinstance(test, bool):
         raise UserError(f"{where}: test: expected true or false, got {test!r}")
     seeds = raw.get("seeds", 1)
-    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UserError(f"{where}: seeds must be a positive count or a list of integers, got {raw.get('seeds')!r}")
+    seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise UserError(f"{where}: seeds must be a positive count or a list of integers >= 0, got {raw.get('seeds')!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}: seeds lists a seed twice: {seeds!r} (the same seed gives the same run)")
     # [pretrained_train] overrides [train] when the model is a real checkpoint, not the tiny encoder:
     # one suite then holds both the offline settings and those of its paper (e.g. lr 1e-5 for BERT).
     pretrained = raw.get("pretrained_train", {})
+    if not isinstance(pretrained, dict):
+        raise UserError(f"{where} [pretrained_train]: expected a table, got {pretrained!r}")
+    if not isinstance(raw.get("train", {}), dict):
+        raise UserError(f"{where} [train]: expected a table, got {raw['train']!r}")
     _check_keys(pretrained, [f.name for f in dataclasses.fields(TrainSettings)], f"{where} [pretrained_train]")
     train_raw = {**raw.get("train", {}), **(pretrained if raw.get("model", TINY) != TINY else {})}
     train = _dataclass_from(TrainSettings, train_raw, f"{where} [train]")
     train.single_head = _choice(train.single_head, SINGLE_HEADS, f"{where} [train].single_head")
     defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise UserError(f"{where} [defaults]: expected a table, got {defaults!r}")
     _check_keys(defaults, RECIPE_KEYS[1:], f"{where} [defaults]")
     entries = raw.get("recipes") or []
     if not entries:
         raise UserError(f"{where}: no [[recipes]]")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{where}: recipes: expected [[recipes]] tables, got {entries!r}")
     recipes = [_recipe(e, defaults, f"{where} recipes[{i}]", list(specs)) for i, e in enumerate(entries)]
     for position, recipe in enumerate(recipes):
         recipe.position = position
@@ -335,13 +402,16 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     cost = _dataclass_from(CostSettings, raw.get("cost", {}), f"{where} [cost]")
     if cost.rounds < 1 or cost.block_batches < 1:
         raise UserError(f"{where} [cost]: rounds and block_batches must be at least 1")
+    checkpoints = _dataclass_from(CheckpointSettings, raw.get("checkpoints", {}), f"{where} [checkpoints]")
+    if checkpoints.keep < 0 or not isinstance(checkpoints.keep_best, (bool, type(None))):
+        raise UserError(f"{where} [checkpoints]: keep must be >= 0 and keep_best true or false")
     return Suite(
-        name=raw.get("name", path.stem), description=raw.get("description", ""), tasks=list(specs), data=data,
+        name=check_name(raw.get("name", path.stem), f"{where}: name"), description=raw.get("description", ""), tasks=list(specs), data=data,
         data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds, train=train,
         synthetic=_dataclass_from(SyntheticConfig, raw.get("synthetic", {}), f"{where} [synthetic]"),
         tiny_encoder=_dataclass_from(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
         recipes=recipes, source=str(path), specs=specs, test=test, baseline=baseline, cost=cost,
-        check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"),
+        check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
     )
 
 

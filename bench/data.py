@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,14 +193,45 @@ class TaskBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.rows) / self.batch_size)
 
-    def stream(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            order = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
-            for start in range(0, len(order), self.batch_size):
-                batch = collate([self.rows[i] for i in order[start:start + self.batch_size]], self.spec, self.pad_id)
-                if self.masker is not None:
-                    batch["input_ids"], batch["labels"] = self.masker(batch["input_ids"], batch["attention_mask"])
-                yield batch
+    def stream(self) -> BatchStream:
+        return BatchStream(self)
+
+
+class BatchStream:
+    """A task's endless batch stream whose position is state: a checkpoint taken between steps
+    (`state_dict`) continues the same sequence of batches and MLM masks when loaded."""
+
+    def __init__(self, batches: TaskBatches):
+        self.batches = batches
+        self.order: list[int] = []  # this pass's row order; a new one is drawn when it runs out
+        self.position = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        source = self.batches
+        if self.position >= len(self.order):
+            self.order = get_length_grouped_indices(source.lengths, source.batch_size, generator=source.generator)
+            self.position = 0
+        chosen = self.order[self.position:self.position + source.batch_size]
+        self.position += source.batch_size
+        batch = collate([source.rows[i] for i in chosen], source.spec, source.pad_id)
+        if source.masker is not None:
+            batch["input_ids"], batch["labels"] = source.masker(batch["input_ids"], batch["attention_mask"])
+        return batch
+
+    def state_dict(self) -> dict:
+        """The pass's order and position, and the MLM masker's generator. The shuffling generator
+        is shared by a run's tasks; the trainer saves it once."""
+        masker = self.batches.masker
+        return {"order": list(self.order), "position": self.position,
+                **({"masker": masker.collator.generator.get_state()} if masker is not None else {})}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.order, self.position = list(saved["order"]), int(saved["position"])
+        if "masker" in saved:
+            self.batches.masker.collator.generator.set_state(saved["masker"])
 
 
 def eval_batches(dataset, spec: TaskSpec, batch_size: int, pad_id: int):

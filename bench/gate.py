@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+from bench.errors import UserError
 from bench.examples import LOWER_IS_BETTER
-from tasks.errors import UserError
+from bench.records import status
 
 KIND = "mtlbench-baseline"
 VERSION = 1
@@ -67,7 +68,9 @@ def summarise(records: list[dict], select: str = "last") -> dict:
             "seeds": [], "config_hash": config_hash(record.get("config", {}).get("recipe")), "metrics": {},
             "cost": {"values": []}})
         entry["seeds"].append(record["seed"])
-        metrics = _select(record, select)
+        if status(record) != "finished":
+            entry.setdefault("diverged", []).append(record["seed"])
+        metrics = _select(record, select) if status(record) == "finished" else {}  # None: fails the check
         for task, metric in record["primary_metrics"].items():
             entry["metrics"].setdefault(task, {"metric": metric, "values": []})["values"].append(
                 metrics.get(task, {}).get(metric))
@@ -209,7 +212,9 @@ def check(records: list[dict], baseline: dict, baseline_path: Path, allow_missin
                 verdict = "FAIL" if values["mean"] is not None and math.isfinite(values["mean"]) else "pass"
             else:
                 verdict = "FAIL" if (now_mean > limit if lower_better else now_mean < limit) else "pass"
-            comparisons.append(Comparison(name, label, values["mean"], now_mean, limit, verdict))
+            diverged = mine.get("diverged")
+            comparisons.append(Comparison(name, label, values["mean"], now_mean, limit, verdict,
+                                          f"seed {', '.join(map(str, diverged))} diverged" if diverged else ""))
         if base.get("cost") and mine.get("cost"):
             tolerance = _tolerances(check_settings, None)["cost_tolerance"]
             limit = base["cost"]["mean"] * (1 + tolerance)

@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
 
+from bench.errors import UserError
 from bench.examples import LOWER_IS_BETTER
+from bench.records import status
 from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
 
 FAMILY_COLORS = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
@@ -53,6 +55,10 @@ def _label(table, key) -> str:
 
 
 def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:
+    """The plots of the finished runs (diverged runs have no metrics to plot; the table lists them)."""
+    records = [r for r in records if status(r) == "finished"]
+    if not records:
+        raise UserError(f"{out_dir}: no finished runs to plot (every run diverged)")
     table = summary(records, select)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [_heatmap(table, records, out_dir, select), _dots(table, records, out_dir, select),

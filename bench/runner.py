@@ -1,87 +1,119 @@
 """Runs a suite: validate every recipe, load data and the encoder once, train each recipe x seed,
-write one record per run, then the tables and plots."""
+write one record per run, then the tables and plots.
+
+Runs survive interruption: each saves a checkpoint at the end of every epoch (bench.checkpoint),
+and running the same command again skips finished runs (their record's settings must match),
+resumes unfinished ones from their last checkpoint, and trains the rest. A record is written whole
+or not at all; a diverged run gets a record with status "diverged"."""
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import json
 import multiprocessing
 import os
 import random
-import threading
+import shutil
+import signal
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from bench import backbone, cost, examples, plots, predictions, tables
+from bench import backbone, checkpoint, cost, examples, plots, predictions, tables
 from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches, encoding_for, tokenize
+from bench.errors import UserError
 from bench.model import MultiTaskModel
-from bench.records import SCHEMA_VERSION, environment, load_records, write_json_atomic
-from bench.trainer import Strategies, best_epoch, seed_everything, select_device, train
+from bench.records import SCHEMA_VERSION, RunRecord, environment, load_records, write_json_atomic
+from bench.trainer import Diverged, Strategies, best_epoch, seed_everything, select_device, train
 from strategies import registry
-from tasks.errors import UserError
 from tasks.sources import load_task
 from tasks.spec import TaskKind
 
 
-def _combiner(recipe: Recipe, tasks: list[str], seed: int):
-    cls = registry.get("combiner", recipe.combiner.name)
-    generator = torch.Generator().manual_seed(seed)
-    return cls(cls.Options(**recipe.combiner.options), tasks, generator)
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the suite; the message says what was kept."""
 
 
-def validate(suite: Suite) -> None:
-    """Everything that can be checked without training, so a bad recipe fails before any record.
-    An error names the suite file and the recipe."""
-    extra = [suite.baseline] if suite.baseline and suite.baseline not in suite.recipes else []
-    for recipe in suite.recipes + extra:
-        try:
-            _validate_recipe(suite, recipe)
-        except UserError as error:
-            raise UserError(f"{suite.source} recipe '{recipe.name}': {error}") from None
-
-
-def _validate_recipe(suite: Suite, recipe: Recipe) -> None:
-    sampler_cls = registry.get("sampler", recipe.sampler.name)
-    # Built once with placeholder sizes, so that option values a strategy checks (a task name)
-    # fail here too; freezing schedules need the model and are checked when it exists.
-    tasks = suite.tasks_of(recipe)
-    sampler_cls(sampler_cls.Options(**recipe.sampler.options), dict.fromkeys(tasks, 1),
-                dict.fromkeys(tasks, 1), random.Random(0), suite.train.epochs)
-    for spec in recipe.regularizers:
-        cls = registry.get("regularizer", spec.name)
-        cls(cls.Options(**spec.options), torch.Generator())
-        if cls.needs_bi_encoder_pairs:
-            if not any(suite.specs[t].kind.is_pair for t in tasks):
-                raise UserError(f"regularizer '{spec.name}' works on pair tasks, "
-                                f"and the recipe's tasks ({', '.join(tasks)}) have none")
+def make_strategies(recipe: Recipe, where: str, tasks: list[str], batches_per_epoch: dict[str, int],
+                    sizes: dict[str, int], seed: int, epochs: int, model: MultiTaskModel | None = None,
+                    pair_tasks: bool = True) -> Strategies | None:
+    """The one path that validates and builds a recipe's strategies (registry.build); errors name
+    `where` (the suite file's recipes[i]) and the axis. Without `model`, the freezing schedule is
+    not built (validation before any model exists) and None comes back."""
+    sampler = registry.build("sampler", recipe.sampler.name, recipe.sampler.options, batches_per_epoch, sizes,
+                             random.Random(seed), epochs, where=f"{where}.sampler")
+    regularizers = []
+    for i, spec in enumerate(recipe.regularizers):
+        regularizer = registry.build("regularizer", spec.name, spec.options,
+                                     torch.Generator().manual_seed(seed * 1000 + i + 1),
+                                     where=f"{where}.regularizers[{i}]")
+        if regularizer.needs_bi_encoder_pairs:
+            if not pair_tasks:
+                raise UserError(f"{where}.regularizers[{i}]: '{spec.name}' works on pair tasks, and the "
+                                f"recipe's tasks ({', '.join(tasks)}) have none")
             if recipe.pair_head == "cross":
-                raise UserError(f"regularizer '{spec.name}' needs the two sides of a pair encoded separately, "
-                                "but pair_head = 'cross' encodes each pair as one input (use concat, "
+                raise UserError(f"{where}.regularizers[{i}]: '{spec.name}' needs the two sides of a pair encoded "
+                                "separately, but pair_head = 'cross' encodes each pair as one input (use concat, "
                                 "concat_product or cosine)")
-    combiner = _combiner(recipe, tasks, 0)
-    if combiner.needs_several_tasks and (sampler_cls.single_task or len(tasks) < 2):
-        raise UserError(f"combiner '{recipe.combiner.name}' needs several task losses per step, "
+        regularizers.append(regularizer)
+    combiner = registry.build("combiner", recipe.combiner.name, recipe.combiner.options, tasks,
+                              torch.Generator().manual_seed(seed), where=f"{where}.combiner")
+    if combiner.needs_several_tasks and (sampler.single_task or len(tasks) < 2):
+        raise UserError(f"{where}.combiner: '{recipe.combiner.name}' needs several task losses per step, "
                         f"but sampler '{recipe.sampler.name}' gives one task per step")
+    if model is None:
+        return None
+    freezing = registry.build("freezing", recipe.freezing.name, recipe.freezing.options, model,
+                              where=f"{where}.freezing")
+    return Strategies(sampler, combiner, regularizers, freezing)
 
 
 def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str, TaskBatches], seed: int,
-                     epochs: int = 1) -> Strategies:
+                     epochs: int = 1, where: str | None = None) -> Strategies:
+    """`make_strategies` for a model and its training batches (a hand-built recipe in Python)."""
     tasks = list(train_sets)
-    sampler_cls = registry.get("sampler", recipe.sampler.name)
-    sampler = sampler_cls(sampler_cls.Options(**recipe.sampler.options),
-                          batches_per_epoch={t: len(b) for t, b in train_sets.items()},
-                          sizes={t: len(b.rows) for t, b in train_sets.items()}, generator=random.Random(seed),
-                          epochs=epochs)
-    regularizers = []
-    for i, spec in enumerate(recipe.regularizers):
-        cls = registry.get("regularizer", spec.name)
-        regularizers.append(cls(cls.Options(**spec.options), torch.Generator().manual_seed(seed * 1000 + i + 1)))
-    freezing_cls = registry.get("freezing", recipe.freezing.name)
-    freezing = freezing_cls(freezing_cls.Options(**recipe.freezing.options), model)
-    return Strategies(sampler, _combiner(recipe, tasks, seed), regularizers, freezing)
+    return make_strategies(recipe, where or f"recipe '{recipe.name}'", tasks, {t: len(b) for t, b in train_sets.items()},
+                           {t: len(b.rows) for t, b in train_sets.items()}, seed, epochs, model,
+                           pair_tasks=any(b.spec.kind.is_pair for b in train_sets.values()))
+
+
+def where_of(suite: Suite, recipe: Recipe) -> str:
+    return f"{suite.source} recipes[{recipe.position}]"
+
+
+def validate(suite: Suite) -> None:
+    """Everything that can be checked without data or a model, so a bad recipe fails first."""
+    extra = [suite.baseline] if suite.baseline and suite.baseline not in suite.recipes else []
+    for recipe in suite.recipes + extra:
+        tasks = suite.tasks_of(recipe)
+        make_strategies(recipe, where_of(suite, recipe), tasks, dict.fromkeys(tasks, 1), dict.fromkeys(tasks, 1),
+                        0, suite.train.epochs, pair_tasks=any(suite.specs[t].kind.is_pair for t in tasks))
+
+
+def check_output(out_dir: Path) -> None:
+    """--out must be a directory we can write, or a place one can be made: checked before any
+    training, so that a run's results are never lost at the end."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a directory")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out_dir}: {existing} is not a directory")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".mtlbench-probe-", dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: cannot write in {existing} ({error.strerror})") from None
 
 
 def _summarise(history: list[dict], specs: dict) -> tuple[dict, dict, float, float]:
@@ -97,96 +129,228 @@ def _summarise(history: list[dict], specs: dict) -> tuple[dict, dict, float, flo
     return last, best, overall(last), overall(best)
 
 
+def comparable_config(config: dict) -> dict:
+    """What a run's result depends on, from its record's `config`: not the suite's other seeds, the
+    file it came from, its description or the gate's tolerances."""
+    suite = {k: v for k, v in config.get("suite", {}).items() if k not in ("seeds", "source", "check", "description",
+                                                                     "checkpoints")}
+    return {"suite": suite, "recipe": config.get("recipe"), "tasks": config.get("tasks")}
+
+
+def config_hash(config: dict) -> str:
+    import hashlib
+
+    blob = json.dumps(comparable_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return found
+    return [] if old == new else [f"{prefix}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"]
+
+
+def run_stem(suite: str, recipe: str, seed: int) -> str:
+    """A run's file name: suite-qualified, so that two suites can share an output directory."""
+    return f"{suite}.{recipe}-seed{seed}"
+
+
+@dataclass
+class Prepared:
+    """What every run of a suite shares: the data, the resolved task definitions, the encoder's
+    path and tokenizer, and the tokenized splits."""
+
+    data: dict
+    specs: dict
+    splits: tuple[str, ...]
+    model_path: str
+    tokenizer: object
+    pad_id: int
+    max_length: int  # the suite's max_length, capped at the encoder's positions
+    tokens: dict
+    unlabelled_test: frozenset
+    seconds: float
+
+
+def prepare(suite: Suite, log=print) -> Prepared:
+    backbone.quiet_transformers()
+    started = time.perf_counter()
+    data = {t: load_task(suite.data, suite.specs[t], suite.data_dir, suite.synthetic) for t in suite.tasks}
+    # The definitions with their label sets resolved (read from a label map or inferred from train).
+    specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]
+             for t, d in data.items()}
+    splits = ("train", "dev", "test") if suite.test else ("train", "dev")
+    for task, loaded in data.items():
+        if suite.test and not loaded.rows.get("test"):
+            raise UserError(f"{suite.source}: test = true, but task '{task}' has no test rows "
+                            f"from source '{loaded.source}'")
+        for split, reasons in loaded.skipped.items():
+            if reasons:
+                log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
+    model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, log)
+    tokenizer = backbone.load_tokenizer(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    limit = backbone.max_positions(model_path, tokenizer)
+    max_length = min(suite.train.max_length, limit)  # recorded as model.max_length
+    tokens = {}
+    cache = backbone.cache_root() / "tokens"
+    for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes}):
+        for task, loaded in data.items():
+            for split in splits:
+                encoding = encoding_for(specs[task], mode, split, max_length)
+                tokens[mode, task, split] = tokenize(loaded.rows[split], tokenizer, encoding, cache)
+    # Test rows without labels (the CS224N test files) are for predictions only.
+    unlabelled = frozenset(t for t, d in data.items() if suite.test and d.rows["test"]
+                           and specs[t].kind.info.labels != "none" and not {"label", "tags"} & set(d.rows["test"][0]))
+    return Prepared(data, specs, splits, model_path, tokenizer, pad_id, max_length, tokens, unlabelled,
+                    time.perf_counter() - started)
+
+
+class _RunLock:
+    """An exclusive, non-blocking lock on one run, so that two processes writing into one output
+    directory never train the same run at once (the second skips it)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a")  # noqa: SIM115 -- held for the run's lifetime
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def release(self) -> None:
+        self.handle.close()  # closing drops the lock
+
+
 class Runner:
-    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print, predictions: bool = False):
+    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print, predictions: bool = False,
+                 fresh: bool = False):
         self.suite, self.out_dir, self.progress, self.log = suite, Path(out_dir), progress, log
         self.predictions = predictions  # write each task's per-split predictions (best dev epoch)
+        self.fresh = fresh  # discard this suite's earlier records and checkpoints in out_dir
         self.device = select_device(suite.train.device)
 
-    def prepare(self) -> None:
-        suite = self.suite
-        backbone.quiet_transformers()
-        started = time.perf_counter()
-        self.data = {t: load_task(suite.data, suite.specs[t], suite.data_dir, suite.synthetic) for t in suite.tasks}
-        # The definitions with their label sets resolved (read from a label map or inferred from train).
-        self.specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]
-                      for t, d in self.data.items()}
-        self.splits = ("train", "dev", "test") if suite.test else ("train", "dev")
-        for task, data in self.data.items():
-            if suite.test and not data.rows.get("test"):
-                raise UserError(f"{suite.source}: test = true, but task '{task}' has no test rows "
-                                f"from source '{data.source}'")
-            for split, reasons in data.skipped.items():
-                if reasons:
-                    self.log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
-        self.model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, self.log)
-        self.tokenizer = backbone.load_tokenizer(self.model_path)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.tokens = {}
-        cache = backbone.cache_root() / "tokens"
-        for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes}):
-            for task, data in self.data.items():
-                for split in self.splits:
-                    encoding = encoding_for(self.specs[task], mode, split, suite.train.max_length)
-                    self.tokens[mode, task, split] = tokenize(data.rows[split], self.tokenizer, encoding, cache)
-        # Test rows without labels (the CS224N test files) are for predictions only.
-        self.unlabelled_test = frozenset(t for t, d in self.data.items() if suite.test and d.rows["test"]
-                                         and self.specs[t].kind.info.labels != "none"
-                                         and not {"label", "tags"} & set(d.rows["test"][0]))
-        self.prepare_seconds = time.perf_counter() - started
+    @functools.cached_property
+    def prepared(self) -> Prepared:
+        return prepare(self.suite, self.log)
 
     def build(self, recipe: Recipe, seed: int):
         """The model, strategies and data of one run."""
-        suite = self.suite
+        suite, prepared = self.suite, self.prepared
         seed_everything(seed)
-        encoder = backbone.load_encoder(self.model_path)
+        encoder = backbone.load_encoder(prepared.model_path)
         tasks = suite.tasks_of(recipe)
-        model = MultiTaskModel(encoder, [self.specs[t] for t in tasks], recipe.pooling, recipe.pair_head,
-                               suite.train.single_head, suite.train.dropout, self.model_path)
+        model = MultiTaskModel(encoder, [prepared.specs[t] for t in tasks], recipe.pooling, recipe.pair_head,
+                               suite.train.single_head, suite.train.dropout, prepared.model_path)
         mode = model.pair_mode
         generator = torch.Generator().manual_seed(seed)
         train_sets = {}
         for i, task in enumerate(suite.tasks):
             if task not in tasks:
                 continue
-            spec = self.specs[task]
+            spec = prepared.specs[task]
             # MLM masks are drawn from the run's seed, one generator per MLM task.
-            masker = Masker(self.tokenizer, seed * 1000 + 500 + i) if spec.kind is TaskKind.MLM else None
-            train_sets[task] = TaskBatches(self.tokens[mode, task, "train"], spec, suite.train.batch_size,
-                                           self.pad_id, generator, masker)
-        dev_sets = {t: self.tokens[mode, t, "dev"] for t in tasks}
-        return model, build_strategies(recipe, model, train_sets, seed, suite.train.epochs), train_sets, dev_sets
+            masker = Masker(prepared.tokenizer, seed * 1000 + 500 + i) if spec.kind is TaskKind.MLM else None
+            train_sets[task] = TaskBatches(prepared.tokens[mode, task, "train"], spec, suite.train.batch_size,
+                                           prepared.pad_id, generator, masker)
+        dev_sets = {t: prepared.tokens[mode, t, "dev"] for t in tasks}
+        strategies = build_strategies(recipe, model, train_sets, seed, suite.train.epochs, where_of(suite, recipe))
+        return model, strategies, train_sets, dev_sets
 
-    def run_one(self, index: int, recipe: Recipe, seed: int) -> dict:
-        suite = self.suite
+    def run_config(self, recipe: Recipe) -> dict:
+        return {"suite": self.suite.resolved(), "recipe": recipe.resolved(),
+                "tasks": {t: spec.resolved() for t, spec in self.prepared.specs.items()},
+                "max_length": self.prepared.max_length}
+
+    # --- one run ------------------------------------------------------------------------------
+
+    def run_one(self, recipe: Recipe, seed: int) -> RunRecord | None:
+        """Train (or resume, or find finished) one run and write its record; None if another process
+        holds it. Workers call this too: the record is written under the run's lock."""
+        stem = run_stem(self.suite.name, recipe.name, seed)
+        lock = _RunLock(self.out_dir / checkpoint.DIRECTORY / f".{stem}.lock")
+        if not lock.acquire():
+            self.log(f"      {stem}: another process is training it; skipped")
+            lock.release()
+            return None
+        try:
+            record_path = self.out_dir / f"{stem}.json"
+            if record_path.exists():  # finished by another process since this one planned
+                return json.loads(record_path.read_text(encoding="utf-8"))
+            record = self._train_run(recipe, seed, stem)
+            write_json_atomic(record_path, record)
+            return record
+        finally:
+            lock.release()
+
+    def _train_run(self, recipe: Recipe, seed: int, stem: str) -> RunRecord:
+        suite, prepared = self.suite, self.prepared
         torch.set_num_threads(suite.train.threads)
         tasks = suite.tasks_of(recipe)
-        specs = {t: self.specs[t] for t in tasks}
+        specs = {t: prepared.specs[t] for t in tasks}
+        config = self.run_config(recipe)
+        fingerprint = config_hash(config)
         model, strategies, train_sets, dev_sets = self.build(recipe, seed)
-        test_sets = {t: self.tokens[model.pair_mode, t, "test"] for t in tasks} if suite.test else None
-        outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, self.pad_id, self.progress,
-                        test_sets, self.unlabelled_test, keep_predictions=self.predictions)
+        test_sets = {t: prepared.tokens[model.pair_mode, t, "test"] for t in tasks} if suite.test else None
+        saves = checkpoint.run_directory(self.out_dir, stem)
+        settings = suite.checkpoints
+        keep_best = suite.test if settings.keep_best is None else settings.keep_best
+        resume = None
+        if settings.enabled and (last := checkpoint.latest(saves)) is not None:
+            resume = checkpoint.load(last, model)
+            if resume.get("config_hash") != fingerprint:
+                raise UserError(f"{last}: a checkpoint of other settings; use --fresh to start over, "
+                                "or another --out")
+            self.log(f"      {stem}: resuming after epoch {resume['epoch']}")
+
+        def best_epochs(history: list[dict]) -> set[int]:
+            return {best_epoch(history, t, spec.primary_metric) for t, spec in specs.items()} if keep_best else set()
+
+        def save(epoch: int, state, model=model) -> None:
+            if not settings.enabled:
+                return
+            state = {**state(), "config_hash": fingerprint}
+            checkpoint.save(saves, epoch, model, state)
+            checkpoint.prune(saves, max(settings.keep, 1), best_epochs(state["outcome"]["history"]))
+            self.log(f"      {stem}: epoch {epoch}/{suite.train.epochs} checkpoint saved")
+
+        base = {
+            "schema": SCHEMA_VERSION, "run_id": stem, "suite": suite.name, "recipe_name": recipe.name,
+            "recipe_index": recipe.position, "recipe": recipe.names(), "seed": seed, "tasks": tasks,
+            "config": config, "config_hash": fingerprint, "primary_metrics": {t: prepared.specs[t].primary_metric
+                                                                              for t in tasks},
+            "data": {"source": suite.data, "sources": {t: d.source for t, d in prepared.data.items()},
+                     "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in prepared.data.items()},
+                     "skipped": {t: d.skipped for t, d in prepared.data.items()}},
+        }
+        try:
+            outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, prepared.pad_id,
+                            self.progress, test_sets, prepared.unlabelled_test, keep_predictions=self.predictions,
+                            resume=resume, on_epoch_end=save)
+        except Diverged as diverged:
+            self.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
+            return {**base, "status": "diverged", "diverged": diverged.as_dict(),
+                    "history": diverged.outcome.history if diverged.outcome else [],
+                    "env": environment(self.device), "created": datetime.now(UTC).isoformat(timespec="seconds")}
         parameters = sum(p.numel() for p in model.parameters())
         mlm_head_source = model.mlm_head_source
-        del model  # before the cost measurement builds its own two
+        del model, save  # before the cost measurement builds its own two
         last, best, overall, overall_best = _summarise(outcome.history, specs)
-        run_id = f"{recipe.name}-seed{seed}"
         if self.predictions:
-            predictions.write(self.out_dir / "predictions" / run_id, specs, self.data, outcome.predictions)
-        examples_file = self.out_dir / f"{run_id}{examples.SUFFIX}"
+            predictions.write(self.out_dir / "predictions" / stem, specs, prepared.data, outcome.predictions)
+        examples_file = self.out_dir / f"{stem}{examples.SUFFIX}"
         examples.write(examples_file, outcome.dev_examples)
         step_cost = cost.paired_step_cost(self, recipe, seed) if suite.cost.enabled else None
         record = {
-            "schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite.name, "recipe_name": recipe.name,
-            "recipe_index": index, "recipe": recipe.names(), "seed": seed, "tasks": tasks,
-            "model": {"name": suite.model, "path": self.model_path, "parameters": parameters,
-                      **({"mlm_head": mlm_head_source} if mlm_head_source else {})},
-            "config": {"suite": suite.resolved(), "recipe": recipe.resolved(),
-                       "tasks": {t: spec.resolved() for t, spec in self.specs.items()}},
-            "data": {"source": suite.data, "sources": {t: d.source for t, d in self.data.items()},
-                     "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in self.data.items()},
-                     "skipped": {t: d.skipped for t, d in self.data.items()}},
-            "primary_metrics": {t: self.specs[t].primary_metric for t in tasks},
+            **base, "status": "finished",
+            "model": {"name": suite.model, "path": prepared.model_path, "parameters": parameters,
+                      "max_length": prepared.max_length, **({"mlm_head": mlm_head_source} if mlm_head_source else {})},
             "metrics": last, "best": best, "overall": overall, "overall_best": overall_best,
             "history": outcome.history, "train": outcome.train, "eval": outcome.eval,
             "cost": step_cost, "examples_file": examples_file.name,
@@ -201,7 +365,13 @@ class Runner:
         }
         if suite.test:
             record["test_at_best_dev"] = outcome.test_at_best_dev
+        if settings.enabled:
+            checkpoint.prune(saves, settings.keep, best_epochs(outcome.history))
+            if saves.is_dir() and not any(saves.iterdir()):
+                saves.rmdir()
         return record
+
+    # --- the suite ----------------------------------------------------------------------------
 
     def _registered_at_run_time(self) -> list[str]:
         """Strategies of this suite that a worker process would not find (see registry.discoverable)."""
@@ -219,87 +389,158 @@ class Runner:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(runs, cores // self.suite.train.threads))
 
-    def run(self, jobs: int | None = None) -> list[dict]:
-        """Every recipe x seed, `jobs` at a time in worker processes (default: `default_jobs`).
-        A run's result does not depend on `jobs`: each run sets its own seed and thread count."""
+    def _existing(self) -> dict[tuple, tuple[Path, dict]]:
+        """Records already in the output directory, by (suite, recipe, seed)."""
+        found = {}
+        for path in sorted(self.out_dir.glob("*.json")) if self.out_dir.is_dir() else []:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise UserError(f"{path}: not a readable record ({error}); remove it, or use another --out") from None
+            if isinstance(record, dict) and "run_id" in record and "suite" in record:
+                found[record["suite"], record.get("recipe_name"), record.get("seed")] = (path, record)
+        return found
+
+    def plan(self) -> list[tuple[Recipe, int]]:
+        """The runs still to train. A finished run with the same settings is kept; one with other
+        settings is refused (or, with `fresh`, removed with its checkpoints)."""
+        existing, todo, refused = self._existing(), [], []
+        for recipe in self.suite.recipes:
+            wanted = comparable_config(self.run_config(recipe))
+            for seed in self.suite.seeds:
+                stem = run_stem(self.suite.name, recipe.name, seed)
+                saves = checkpoint.run_directory(self.out_dir, stem)
+                found = existing.get((self.suite.name, recipe.name, seed))
+                if self.fresh:
+                    if found:
+                        found[0].unlink()
+                        (found[0].parent / f"{found[0].stem}{examples.SUFFIX}").unlink(missing_ok=True)
+                    shutil.rmtree(saves, ignore_errors=True)
+                    todo.append((recipe, seed))
+                elif found is None:
+                    todo.append((recipe, seed))
+                elif comparable_config(found[1].get("config", {})) != wanted:
+                    changes = _differences(comparable_config(found[1].get("config", {})), wanted)
+                    refused.append(f"{found[0].name} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})")
+        if refused:
+            raise UserError(f"{self.out_dir} holds runs made with other settings: {refused[0]}"
+                            f"{f' and {len(refused) - 1} more' if len(refused) > 1 else ''}; "
+                            "use --fresh to replace them, or another --out")
+        return todo
+
+    def run(self, jobs: int | None = None) -> list[RunRecord]:
+        """Every recipe x seed not finished yet, `jobs` at a time in worker processes (default:
+        `default_jobs`). A run's result does not depend on `jobs` or on being resumed."""
         validate(self.suite)
-        self.prepare()
+        check_output(self.out_dir)
+        todo = self.plan()
         for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
             self.build(recipe, 0)
-        runs = [(r, s) for r in self.suite.recipes for s in self.suite.seeds]
+        total = len(self.suite.recipes) * len(self.suite.seeds)
+        if len(todo) < total:
+            self.log(f"{total - len(todo)} of {total} runs already finished in {self.out_dir}; "
+                     f"{len(todo)} to train (--fresh starts over)")
         local_strategies = self._registered_at_run_time()
-        jobs = jobs or self.default_jobs(len(runs), local_strategies)
+        jobs = jobs or self.default_jobs(max(len(todo), 1), local_strategies)
         if jobs > 1 and local_strategies:
             raise UserError(f"--jobs {jobs}: {', '.join(local_strategies)} registered at run time, "
                             "so worker processes cannot find it; use --jobs 1, or put it in a module of "
                             "strategies/ or an entry point")
-        if jobs == 1:
-            for n, (recipe, seed) in enumerate(runs, 1):
-                self.log(f"[{n}/{len(runs)}] {recipe.name} seed {seed}")
-                self._keep(self.run_one(recipe.position, recipe, seed))
-        else:
-            self.log(f"{len(runs)} runs, {jobs} at a time in worker processes ({self.suite.train.threads} "
-                     "thread each)")
-            # spawn: a fork of a process whose OpenMP threads have run can deadlock.
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_start_worker,
-                                     initargs=(self.suite, os.getpid(), self.out_dir, self.predictions)) as pool:
-                # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
-                ordered = sorted(runs, key=lambda run: -len(run[0].regularizers))
-                pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
-                done, error = 0, None
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        if future.cancelled():
-                            continue
-                        if future.exception() is not None:  # no new runs; those under way still land
-                            error = error or future.exception()
-                            for other in pending:
-                                other.cancel()
-                            continue
-                        done += 1
-                        record = future.result()
-                        self.log(f"[{done}/{len(runs)}] {record['recipe_name']} seed {record['seed']}")
-                        self._keep(record)
-            if error is not None:
-                raise error
+        self.finished = 0
+        try:
+            if jobs == 1 or len(todo) <= 1:
+                for n, (recipe, seed) in enumerate(todo, 1):
+                    self.log(f"[{n}/{len(todo)}] {recipe.name} seed {seed}")
+                    self._landed(self.run_one(recipe, seed), len(todo))
+            else:
+                self._run_in_workers(todo, jobs)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"{self.finished} of {len(todo)} runs finished this time, records in {self.out_dir}; "
+                                 "run the same command again to resume the others from their last epoch "
+                                 "checkpoint") from None
         # Render over every record in the directory, so runs added to it (more seeds, another
-        # recipe) extend the table instead of replacing it.
+        # recipe, another suite) extend the table instead of replacing it.
         every_record = load_records(self.out_dir)
         tables.write_tables(every_record, self.out_dir)
         plots.write_plots(every_record, self.out_dir)
         return every_record
 
-    def _keep(self, record: dict) -> None:
-        write_json_atomic(self.out_dir / f"{record['run_id']}.json", record)
+    def _run_in_workers(self, todo: list[tuple[Recipe, int]], jobs: int) -> None:
+        self.log(f"{len(todo)} runs, {jobs} at a time in worker processes ({self.suite.train.threads} thread each)")
+        # spawn: a fork of a process whose OpenMP threads have run can deadlock.
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                   initargs=(self.suite, os.getpid(), self.out_dir, self.predictions))
+        try:
+            # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
+            ordered = sorted(todo, key=lambda run: -len(run[0].regularizers))
+            pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
+            error = None
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    if future.cancelled():
+                        continue
+                    if future.exception() is not None:  # no new runs; those under way still land
+                        error = error or future.exception()
+                        for other in pending:
+                            other.cancel()
+                        continue
+                    self._landed(future.result(), len(todo))
+            if error is not None:
+                raise error
+        except KeyboardInterrupt:
+            # Workers ignore SIGINT; they are stopped here. Their checkpoints are complete or absent.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _landed(self, record: RunRecord | None, total: int) -> None:
+        if record is None:
+            return
+        self.finished += 1
+        head = f"[{self.finished}/{total}] {record['recipe_name']} seed {record['seed']}"
+        if record.get("status") == "diverged":
+            self.log(f"{head}: diverged ({record['diverged']['what']} at epoch {record['diverged']['epoch']}, "
+                     f"step {record['diverged']['step']})")
+            return
         metrics = ", ".join(f"{t} {record['metrics'][t][m]:.3f}" for t, m in record["primary_metrics"].items())
         paired = f"; cost {record['cost']['ratio']:.2f}x {record['cost']['baseline']}" if record.get("cost") else ""
-        self.log(f"      {metrics}; overall {record['overall']:.3f}; "
+        self.log(f"{head}: {metrics}; overall {record['overall']:.3f}; "
                  f"{record['train']['examples_per_second']:.0f} train ex/s{paired}")
 
 
 _worker: Runner | None = None
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose parent was killed would train on for nobody: it exits instead."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(1)
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when the process that started it exits, however it
+    exits (kill -9 included). The check after it covers a parent that died before the call."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers finish their run, then find no parent
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _start_worker(suite: Suite, parent: int, out_dir: Path, predictions_wanted: bool) -> None:
     """A worker process's runner: data, encoder and tokens from the cache the parent filled.
     `parent` comes from the parent itself: if it died while this worker started, getppid() here
-    would already name the process that adopted the worker."""
+    would already name the process that adopted the worker. Ctrl-C reaches the whole process
+    group; the parent alone handles it and stops the workers."""
     global _worker
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = Runner(suite, out_dir, progress=False, log=lambda message: None, predictions=predictions_wanted)
-    _worker.prepare()
+    _ = _worker.prepared
 
 
-def _run_in_worker(position: int, seed: int) -> dict:
+def _run_in_worker(position: int, seed: int) -> RunRecord | None:
     recipe = next(r for r in _worker.suite.recipes if r.position == position)
-    return _worker.run_one(position, recipe, seed)
+    return _worker.run_one(recipe, seed)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.records import write_text_atomic
-from tasks.errors import UserError
+from bench.errors import UserError
+from bench.records import status, write_text_atomic
 
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
@@ -64,11 +64,15 @@ def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
     """One row per run: recipe, seed, each task metric, overall and cost."""
     rows = []
     for record in records:
+        if status(record) != "finished":  # counted, never averaged: a diverged run has no metrics
+            rows.append({"suite": record["suite"], "recipe": record["recipe_name"],
+                         "recipe_index": record["recipe_index"], "seed": record["seed"], "diverged": 1})
+            continue
         if select == "test" and "test_at_best_dev" not in record:
             raise UserError(f"run {record['run_id']}: no test scores (its suite did not set test = true)")
         metrics = record[{"last": "metrics", "best": "best", "test": "test_at_best_dev"}[select]]
         row = {"suite": record["suite"], "recipe": record["recipe_name"], "recipe_index": record["recipe_index"],
-               "seed": record["seed"]}
+               "seed": record["seed"], "diverged": 0}
         for task, values in metrics.items():
             for metric, value in values.items():
                 if metric != "epoch":
@@ -114,20 +118,24 @@ def summary(records: list[dict], select: str = "last", significance: bool = True
     runs = runs_frame(records, select)
     keys = ["suite", "recipe"]
     order = runs.groupby(keys, sort=False)["recipe_index"].min().sort_values(kind="stable")
-    values = [c for c in runs.columns if c not in keys + ["recipe_index", "seed"]]
+    values = [c for c in runs.columns if c not in keys + ["recipe_index", "seed", "diverged"]]
     grouped = runs.groupby(keys, sort=False)[values]
     mean = grouped.mean().loc[order.index]
     std = grouped.std(ddof=1).loc[order.index]  # NaN with one seed: shown as no spread, not as 0
-    seeds = runs.groupby(keys, sort=False)["seed"].nunique().loc[order.index]
+    finished = runs[runs["diverged"] == 0]
+    seeds = finished.groupby(keys, sort=False)["seed"].nunique().reindex(order.index, fill_value=0)
     half = _interval(std, seeds)
     table = pd.concat({"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}, axis=1)
     table[("n", "seeds")] = seeds
-    by_recipe = {}
+    table[("n", "diverged")] = runs.groupby(keys, sort=False)["diverged"].sum().loc[order.index]
+    by_recipe, every_run = {}, {}
     for record in records:
-        by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
+        every_run.setdefault((record["suite"], record["recipe_name"]), []).append(record)
+        if status(record) == "finished":
+            by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
     baselines = {suite: baseline_recipe([r for r in records if r["suite"] == suite]) for suite, _ in by_recipe}
-    base_of = {key: by_recipe.get((key[0], baselines[key[0]]), [None])[0] for key in by_recipe}
-    table[("info", "family")] = [family(by_recipe[key][0], base_of[key]) for key in table.index]
+    base_of = {key: every_run.get((key[0], baselines[key[0]]), [None])[0] for key in every_run}
+    table[("info", "family")] = [family(every_run[key][0], base_of[key]) for key in table.index]
     table[("info", "Δm %")] = _delta_m(table, records)
     primary = primary_columns(records)
     p_values = (_significance(by_recipe, baselines, table.index, select) if significance and select != "test"
@@ -149,9 +157,12 @@ def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
         suite_records = [r for r in records if r["suite"] == suite]
         single = {}
         for r in suite_records:
-            if len(record_tasks(r)) == 1 < len(suite_tasks(r)):
+            if len(record_tasks(r)) == 1 < len(suite_tasks(r)) and status(r) == "finished":
                 single.setdefault(record_tasks(r)[0], r["recipe_name"])
         mine = next(r for r in suite_records if r["recipe_name"] == recipe)
+        if status(mine) != "finished":
+            out.append(np.nan)
+            continue
         tasks = record_tasks(mine)
         if len(tasks) < len(suite_tasks(mine)) or any(t not in single for t in tasks):
             out.append(np.nan)
@@ -177,7 +188,9 @@ def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
 
     p_values = {}
     for suite, recipe in index:
-        runs = by_recipe[(suite, recipe)]
+        runs = by_recipe.get((suite, recipe))
+        if not runs:
+            continue
         base_name = baselines[suite]
         base_runs = {r["seed"]: r for r in by_recipe.get((suite, base_name), [])}
         if recipe == base_name or not base_runs:
@@ -260,16 +273,19 @@ def formatted(table: pd.DataFrame, all_metrics: bool = False, intervals: bool = 
     several_suites = table.index.get_level_values("suite").nunique() > 1
     out = pd.DataFrame(index=[f"{s}/{r}" if several_suites else r for s, r in table.index])
     out.index.name = "recipe"
+    all_diverged = [table.loc[k, ("n", "seeds")] == 0 and table.loc[k, ("n", "diverged")] > 0 for k in table.index]
     for column in shown + ["overall"]:
-        out[column] = [_cell(table, key, column, intervals) + (marker(table, key, column) if column in primary else "")
-                       for key in table.index]
+        out[column] = ["diverged" if gone else
+                       _cell(table, key, column, intervals) + (marker(table, key, column) if column in primary else "")
+                       for key, gone in zip(table.index, all_diverged)]
     delta = table[("info", "Δm %")]
     if delta.notna().any():
         out["Δm %"] = ["–" if pd.isna(v) else f"{v:+.1f}" for v in delta]
     out["cost x"] = [_cell(table, key, "cost x", False) for key in table.index]
     out["train ex/s"] = [_cell(table, key, "train ex/s", False) for key in table.index]
     out["peak MB"] = [_cell(table, key, "peak MB", False) for key in table.index]
-    out["seeds"] = table[("n", "seeds")].to_numpy()
+    out["seeds"] = [f"{n}" + (f" (+{d} diverged)" if d else "")
+                    for n, d in zip(table[("n", "seeds")], table[("n", "diverged")])]
     out.index = [f"{name} (baseline)" if is_base else name
                  for name, is_base in zip(out.index, table[("info", "baseline")])]
     out.index.name = "recipe"
@@ -288,7 +304,7 @@ def csv(table: pd.DataFrame) -> str:
     flat = pd.DataFrame(index=table.index)
     for stat, column in table.columns:
         if stat == "n":
-            flat["seeds"] = table[(stat, column)]
+            flat[column] = table[(stat, column)]  # seeds (finished runs), diverged
         elif stat == "info":
             flat[column] = table[(stat, column)]
         elif stat == "p":

@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,33 @@ class TrainSettings:
     # (measured: 30 steps with 1 vs 2 threads end 0.1 apart in some weight), so it is fixed, not
     # derived from the core count, and several runs go side by side instead (`--jobs`).
     threads: int = 1
+
+    def __post_init__(self):
+        """Ranges, so that a bad value fails when the suite is read, not after training."""
+        for name in ("epochs", "batch_size", "eval_batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "dropout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0 (max_grad_norm 0: no clipping)")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio is a fraction of the steps, from 0 to 1; got {self.warmup_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                                 f"got {self.device!r}") from None
+            if device.type not in ("cpu", "cuda", "mps"):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
 
 def select_device(name: str) -> torch.device:
@@ -140,6 +168,21 @@ def best_epoch(history: list[dict], task: str, primary: str) -> int:
     """The epoch of the task's best dev score (the later one on a tie; the last if every score is NaN)."""
     scored = [(h["dev"][task][primary], h["epoch"]) for h in history if not math.isnan(h["dev"][task][primary])]
     return max(scored)[1] if scored else history[-1]["epoch"]
+
+
+class Diverged(Exception):
+    """A non-finite loss or gradient: the run stops; its record says where."""
+
+    def __init__(self, what: str, task: str | None, epoch: int, step: int, outcome: TrainOutcome | None = None):
+        super().__init__(what)
+        self.what, self.task, self.epoch, self.step, self.outcome = what, task, epoch, step, outcome
+
+    def __str__(self) -> str:
+        place = f"task '{self.task}', " if self.task else ""
+        return f"{self.what} at {place}epoch {self.epoch}, step {self.step}"
+
+    def as_dict(self) -> dict:
+        return {"what": self.what, "task": self.task, "epoch": self.epoch, "step": self.step}
 
 
 @dataclass
@@ -262,15 +305,27 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
         else:
             losses[task] = model(task, batch).loss
             task_losses[task] = losses[task].detach()
+    _check_finite(losses, "loss")
     strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    # The norm is needed anyway for clipping; an infinite limit measures without clipping.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    if not torch.isfinite(norm):
+        raise Diverged("non-finite gradient (after the combiner)", None, 0, 0)
     optimizer.step()
     if schedule is not None:
         schedule.step()
     optimizer.zero_grad(set_to_none=True)
     strategies.combiner.after_step(task_losses, lambda: _losses_now(model, batches))
     return task_losses
+
+
+def _check_finite(losses: dict[str, torch.Tensor], what: str) -> None:
+    """One device read for all tasks (CUDA: one synchronisation, as the step timing makes anyway)."""
+    values = torch.stack([loss.detach().float() for loss in losses.values()])
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        task = list(losses)[int((~finite).nonzero()[0])]
+        raise Diverged(f"non-finite {what} ({values[list(losses).index(task)].item()})", task, 0, 0)
 
 
 @torch.no_grad()
@@ -311,11 +366,18 @@ def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
 
 def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, TaskBatches], dev_sets: dict,
           settings: TrainSettings, device: torch.device, pad_id: int, progress: bool = True,
-          test_sets: dict | None = None, unlabelled_test=frozenset(), keep_predictions: bool = False) -> TrainOutcome:
+          test_sets: dict | None = None, unlabelled_test=frozenset(), keep_predictions: bool = False,
+          resume: dict | None = None, on_epoch_end: Callable[[int, Callable[[], dict]], None] | None = None
+          ) -> TrainOutcome:
     """Train for `settings.epochs`, scoring dev after each. With `test_sets`, each task's test split
     is scored with the weights of its best dev epoch: whenever a task's dev score reaches a new best,
     its test split is scored then (so no copy of the weights is kept), and the last such score stays.
-    `keep_predictions`: the per-row dev and test predictions of that epoch too."""
+    `keep_predictions`: the per-row dev and test predictions of that epoch too.
+
+    `on_epoch_end(epoch, state)` is called after each epoch's evaluation; `state()` gives everything
+    but the weights that continuing needs, and `resume` (such a state, with the weights already in
+    `model`) continues from there: the rest of the run is the same as if it had not stopped.
+    A non-finite loss or gradient raises `Diverged`, holding the outcome so far."""
     outcome = TrainOutcome()
     model.to(device)
     freezing = strategies.freezing
@@ -325,19 +387,22 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     total_steps = steps_per_epoch * settings.epochs
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     streams = {task: batches.stream() for task, batches in train_sets.items()}
-    step_seconds, examples, step = [], 0, 0
+    counters = {"step": 0, "examples": 0, "step_seconds": [], "seen_changes": -1}
     specs = model.specs
-    seen_changes = -1
+    first_epoch = 1
+    if resume is not None:
+        first_epoch = _restore(resume, model, optimizer, schedule, strategies, train_sets, streams, outcome,
+                               counters, device) + 1
 
     def note_trainable(epoch: int) -> None:  # the record says which parameters trained when
-        nonlocal seen_changes
-        if freezing.changes != seen_changes:
-            seen_changes = freezing.changes
+        if freezing.changes != counters["seen_changes"]:
+            counters["seen_changes"] = freezing.changes
             names = freezing.trainable()
-            outcome.trainable.append({"epoch": epoch, "step": step, "parameters": len(names), "names": names})
+            outcome.trainable.append({"epoch": epoch, "step": counters["step"], "parameters": len(names),
+                                      "names": names})
 
     with PeakMemory(device) as memory:
-        for epoch in range(1, settings.epochs + 1):
+        for epoch in range(first_epoch, settings.epochs + 1):
             freezing.on_epoch_start(epoch)
             strategies.combiner.on_epoch_start(epoch)
             note_trainable(epoch)
@@ -347,37 +412,99 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
             bar = tqdm(strategies.sampler.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}",
                        leave=False, disable=not progress or None)
             for step_tasks in bar:
-                freezing.on_step(step)
+                freezing.on_step(counters["step"])
                 note_trainable(epoch)
                 started = time.perf_counter()
                 batches = {task: {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
                            for task in step_tasks}
-                task_losses = training_step(model, strategies, batches, optimizer, schedule, settings.max_grad_norm)
+                try:
+                    task_losses = training_step(model, strategies, batches, optimizer, schedule,
+                                                settings.max_grad_norm)
+                except Diverged as diverged:
+                    diverged.epoch, diverged.step, diverged.outcome = epoch, counters["step"] + 1, outcome
+                    raise
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                step_seconds.append(time.perf_counter() - started)
-                step += 1
+                counters["step_seconds"].append(time.perf_counter() - started)
+                counters["step"] += 1
                 for task, loss in task_losses.items():
                     loss_sums[task] = loss_sums.get(task, 0) + loss
                     loss_counts[task] += 1
-                    examples += batches[task]["labels"].shape[0]
+                    counters["examples"] += batches[task]["labels"].shape[0]
             dev_predictions, dev_golds = {}, {}
             metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress,
                                           keep=dev_predictions, golds=dev_golds)
             outcome.dev_examples["last"] = {t: (dev_predictions[t], dev_golds[t]) for t in dev_golds
                                             if dev_golds[t] is not None}
             outcome.history.append({
-                "epoch": epoch, "step": step, "dev": metrics,
+                "epoch": epoch, "step": counters["step"], "dev": metrics,
                 "train_loss": {t: loss_sums[t].item() / loss_counts[t] for t in loss_sums},
             })
             outcome.eval = eval_info
             _score_at_best(model, outcome, dev_predictions, test_sets or {}, unlabelled_test, settings, pad_id,
                            device, keep_predictions)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, lambda: _training_state(model, optimizer, schedule, strategies, train_sets,
+                                                            streams, outcome, counters))
+    step_seconds = counters["step_seconds"]
     train_seconds = sum(step_seconds)  # steps include fetching their batches, exclude evaluation
     outcome.train = {
-        "examples": examples, "steps": step, "steps_per_epoch": steps_per_epoch, "seconds": train_seconds,
-        "examples_per_second": examples / train_seconds if train_seconds else float("nan"),
+        "examples": counters["examples"], "steps": counters["step"], "steps_per_epoch": steps_per_epoch,
+        "seconds": train_seconds,
+        "examples_per_second": counters["examples"] / train_seconds if train_seconds else float("nan"),
         "step_seconds_median": statistics.median(step_seconds) if step_seconds else float("nan"),
+        **({"resumed_from_epoch": first_epoch - 1} if resume is not None else {}),
     }
     outcome.memory = memory.report()
     return outcome
+
+
+def _training_state(model, optimizer, schedule, strategies: Strategies, train_sets, streams, outcome: TrainOutcome,
+                    counters: dict) -> dict:
+    """Everything but the weights that the rest of the run depends on (see `train`)."""
+    from bench import checkpoint
+
+    return {
+        "epoch": outcome.history[-1]["epoch"],
+        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "rng": checkpoint.global_rng_state(),
+        "streams": {t: {"shuffle": train_sets[t].generator.get_state(), **streams[t].state_dict()} for t in streams},
+        "strategies": {"sampler": strategies.sampler.state_dict(), "combiner": strategies.combiner.state_dict(),
+                       "regularizers": [r.state_dict() for r in strategies.regularizers],
+                       "freezing": strategies.freezing.state_dict()},
+        "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+        "outcome": {"history": outcome.history, "trainable": outcome.trainable,
+                    "test_at_best_dev": outcome.test_at_best_dev, "predictions": outcome.predictions,
+                    "dev_examples": {which: {t: list(pair) for t, pair in found.items()}
+                                     for which, found in outcome.dev_examples.items()}},
+        "counters": {**counters, "step_seconds": list(counters["step_seconds"])},
+    }
+
+
+def _restore(state: dict, model, optimizer, schedule, strategies: Strategies, train_sets, streams,
+             outcome: TrainOutcome, counters: dict, device: torch.device) -> int:
+    """Put a `_training_state` back; returns the epoch it was taken after."""
+    trainable = set(state["trainable"])
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    saved = state["strategies"]
+    strategies.sampler.load_state_dict(saved["sampler"], device)
+    strategies.combiner.load_state_dict(saved["combiner"], device)
+    for regularizer, regularizer_state in zip(strategies.regularizers, saved["regularizers"], strict=True):
+        regularizer.load_state_dict(regularizer_state, device)
+    strategies.freezing.load_state_dict(saved["freezing"], device)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    for task, stream_state in state["streams"].items():
+        train_sets[task].generator.set_state(stream_state["shuffle"])
+        streams[task].load_state_dict(stream_state)
+    kept = state["outcome"]
+    outcome.history, outcome.trainable = kept["history"], kept["trainable"]
+    outcome.test_at_best_dev, outcome.predictions = kept["test_at_best_dev"], kept["predictions"]
+    outcome.dev_examples = {which: {t: tuple(pair) for t, pair in found.items()}
+                            for which, found in kept["dev_examples"].items()}
+    counters.update(state["counters"])
+    from bench import checkpoint
+
+    checkpoint.set_global_rng_state(state["rng"])
+    return int(state["epoch"])

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from strategies import state
 from tasks.spec import TaskSpec
 
 
@@ -37,6 +38,15 @@ class Strategy:
 
     def __init__(self, options: Any):
         self.options = options
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: every attribute training changes (generators, statistics,
+        learned weights, an own optimizer), found generically (strategies.state). Override only
+        for state held in something else."""
+        return state.attributes(self, state.NOT_STATE)
+
+    def load_state_dict(self, saved: dict, device: torch.device | None = None) -> None:
+        state.restore_attributes(self, saved, device or torch.device("cpu"))
 
 
 class Sampler(Strategy, ABC):

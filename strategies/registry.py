@@ -8,13 +8,14 @@ A strategy class carries a typed `Options` dataclass; `build` validates a user's
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
+import math
 import pkgutil
 from importlib.metadata import entry_points
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from tasks.errors import UserError
+from bench import errors
+from bench.errors import UserError
 
 AXES = ("sampler", "combiner", "regularizer", "freezing")
 # In-tree plugins live one module each in these packages and are discovered, not listed.
@@ -66,9 +67,12 @@ def discoverable(cls: type) -> bool:
     return cls.__module__ in _DISCOVERED_MODULES
 
 
+OPTION_SYNONYMS = {"eps": "epsilon", "radius": "epsilon", "temp": "temperature", "tau": "temperature"}
+
+
 def nearest(name: str, choices) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.0)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    synonym = OPTION_SYNONYMS.get(str(name).lower())
+    return f" (did you mean '{synonym}'?)" if synonym in choices else errors.nearest(name, choices)
 
 
 def available(axis: str) -> dict[str, type]:
@@ -76,11 +80,29 @@ def available(axis: str) -> dict[str, type]:
     return dict(sorted(_REGISTRY[axis].items()))
 
 
-def get(axis: str, name: str) -> type:
+def get(axis: str, name: str, where: str | None = None) -> type:
     registered = available(axis)
     if name not in registered:
-        raise UserError(f"unknown {axis} '{name}'{nearest(name, registered)}; available: {', '.join(registered)}")
+        raise UserError(f"{where + ': ' if where else ''}unknown {axis} '{name}'{nearest(name, registered)}; "
+                        f"available: {', '.join(registered)}")
     return registered[name]
+
+
+def build(axis: str, name: str, options: dict[str, Any], *args, where: str | None = None, **kwargs):
+    """The one way a strategy is made: its options validated (`make_options`), then the class
+    constructed with `args`; a ValueError the constructor raises about its options (a task name the
+    run does not have) becomes a UserError naming `where`."""
+    where = where or f"{axis} '{name}'"
+    cls = get(axis, name, where)
+    validated = make_options(cls, options, where)
+    try:
+        return cls(validated, *args, **kwargs)
+    except ValueError as error:
+        raise UserError(f"{where}: {error}") from None
+    except UserError as error:  # strategies name their option as "axis.option": keep one axis in the path
+        text = str(error)
+        head = where.rsplit(".", 1)[0] if where.endswith(f".{axis}") and text.startswith(f"{axis}.") else where
+        raise UserError(f"{head}: {text}") from None
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -91,8 +113,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise UserError(f"{where}: {name} must be one of {choices}, got {value!r}"
                             f"{nearest(str(value), [str(c) for c in choices])}")
         return value
+    origin = get_origin(annotation)
+    if origin in (dict, list, tuple) and not isinstance(value, list if origin is tuple else origin):
+        kind = {dict: "a table", list: "a list", tuple: "a list"}[origin]
+        raise UserError(f"{where}: expected {kind}, got {value!r}")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: expected a finite number, got {value!r}")
     if annotation in (int, float, str, bool) and not isinstance(value, annotation):
         raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
     if annotation is int and isinstance(value, bool):

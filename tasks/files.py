@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tasks.errors import UserError, nearest
+from bench.errors import UserError, nearest
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
 QUOTING = ("csv", "none")

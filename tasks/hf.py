@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasks.errors import UserError
+from bench.errors import UserError
 
 DEFAULT_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 DEFAULT_COLUMNS = {"tags": "ner_tags"}  # CoNLL-2003's layout

@@ -27,8 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UserError, nearest
 from tasks import files
-from tasks.errors import UserError, nearest
 from tasks.spec import KINDS, TaskKind, TaskSpec
 
 DEFINITION_KEYS = ("name", "kind", "description", "metric", "labels", "label_range", "max_train", "max_dev",

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.errors import UserError, nearest
 from tasks import files, hf, registry, synthetic
-from tasks.errors import UserError, nearest
 from tasks.spec import SPLITS, TaskData, TaskKind, TaskSpec
 
 

@@ -339,7 +339,7 @@ def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData
 
 def read(spec, options: dict, context):
     """The source interface (tasks.sources): the generator's rows, labels as the generator writes them."""
-    from tasks.errors import UserError, nearest
+    from bench.errors import UserError, nearest
     from tasks.sources import RawSplit
 
     generator = options.get("generator")

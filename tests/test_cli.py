@@ -34,10 +34,12 @@ def first_run(suite_file, tmp_path_factory):
 
 def test_run_writes_records_tables_and_plots(first_run, capsys):
     names = sorted(p.name for p in first_run.iterdir())
-    assert names == ["heatmap.png", "joint-seed0.examples.safetensors", "joint-seed0.json", "metrics.png",
-                     "quality_vs_cost.png", "rr-seed0.examples.safetensors", "rr-seed0.json",
-                     "table.csv", "table.md", "table.tex"]
-    record = json.loads((first_run / "rr-seed0.json").read_text())
+    assert names == ["checkpoints", "heatmap.png", "metrics.png", "quality_vs_cost.png", "table.csv", "table.md",
+                     "table.tex", "tiny-test.joint-seed0.examples.safetensors", "tiny-test.joint-seed0.json",
+                     "tiny-test.rr-seed0.examples.safetensors", "tiny-test.rr-seed0.json"]
+    # the last epoch's checkpoint of each run is kept ([checkpoints] keep = 1)
+    assert sorted(p.name for p in (first_run / "checkpoints" / "tiny-test.rr-seed0").iterdir()) == ["epoch-0001"]
+    record = json.loads((first_run / "tiny-test.rr-seed0.json").read_text())
     assert record["recipe"] == {"sampler": "round_robin", "combiner": "sum", "regularizers": [],
                                 "freezing": "none", "pooling": "mean", "pair_head": "concat_product"}
     for key in ("run_id", "suite", "seed", "model", "config", "metrics", "overall", "history", "train", "eval",
@@ -60,8 +62,8 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
 def test_same_recipe_and_seed_give_identical_metrics(first_run, suite_file, tmp_path):
     # in this process, against the first run's worker process: --jobs does not change a result
     assert main(["run", str(suite_file), "--recipes", "rr", "--out", str(tmp_path), "--no-progress"]) == 0
-    again = json.loads((tmp_path / "rr-seed0.json").read_text())
-    before = json.loads((first_run / "rr-seed0.json").read_text())
+    again = json.loads((tmp_path / "tiny-test.rr-seed0.json").read_text())
+    before = json.loads((first_run / "tiny-test.rr-seed0.json").read_text())
     assert again["metrics"] == before["metrics"] and again["history"] == before["history"]
 
 
@@ -75,7 +77,7 @@ def test_table_and_plot_rerender_from_records(first_run, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--recipes", "r"], "unknown recipe 'r' (did you mean 'rr'?)"),
-    (["--data", "synthetc"], "has no source 'synthetc' (did you mean 'synthetic'?)"),
+    (["--data", "synthetc"], "--data: unknown source 'synthetc' (did you mean 'synthetic'?)"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_record(suite_file, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -135,7 +137,7 @@ def test_regularizers_plug_in_without_touching_the_trainer(toy_regularizer, tmp_
     suite = write_suite(tmp_path / "reg.toml", '[[recipes]]\nname = "reg"\nsampler = "joint"\n'
                                                'regularizers = [{ name = "pooled_l2_test", weight = 0.5 }]\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    record = json.loads((tmp_path / "out" / "reg-seed0.json").read_text())
+    record = json.loads((tmp_path / "out" / "tiny-test.reg-seed0.json").read_text())
     assert record["recipe"]["regularizers"] == ["pooled_l2_test"]
     assert record["config"]["recipe"]["regularizers"] == [{"name": "pooled_l2_test", "options": {"weight": 0.5}}]
     assert {task for task, _, _ in toy_regularizer.seen} == {"sst", "quora", "sts"}
@@ -185,7 +187,7 @@ def test_unloadable_model_is_a_one_line_error(suite_file, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     assert main(["run", str(suite_file), "--model", str(missing), "--out", str(out), "--no-progress"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlbench: error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"mtlbench: error: could not load the tokenizer of model '{missing}'")
+    assert errors == [f"mtlbench: error: --model {missing}: no such directory"]  # before any data is read
     assert not out.exists()
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from strategies import registry
-from tasks.errors import UserError
+from bench.errors import UserError
 
 TASKS = ["a", "b"]
 

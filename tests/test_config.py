@@ -2,7 +2,7 @@ import pytest
 from conftest import write_suite
 
 from bench import config
-from tasks.errors import UserError
+from bench.errors import UserError
 
 ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
 

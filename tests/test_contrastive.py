@@ -10,7 +10,7 @@ from strategies import registry
 from strategies.base import TaskStep
 from strategies.regularizers.contrastive import supervised_contrastive_loss
 from tasks.builtin import QUORA, SST, STS
-from tasks.errors import UserError
+from bench.errors import UserError
 
 
 def naive_loss(first, second, positive, temperature, hard_negatives):

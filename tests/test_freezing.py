@@ -78,7 +78,7 @@ def test_frozen_head_alternates_between_the_named_heads(real_step):
 
 
 def test_frozen_head_rejects_unknown_tasks(real_step):
-    from tasks.errors import UserError
+    from bench.errors import UserError
     model, _ = real_step
     with pytest.raises(UserError, match="unknown task 'qora'.*did you mean 'quora'"):
         build(model, "frozen_head", alternate=["qora", "sts"])
@@ -111,7 +111,7 @@ def test_run_records_which_parameters_trained_when(tmp_path):
                'freezing = { name = "gradual_unfreezing", every_steps = 5 }\n')
     suite = write_suite(tmp_path / "s.toml", recipes)
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    trainable = json.loads((tmp_path / "out" / "gu-seed0.json").read_text())["strategies"]["freezing"]["trainable"]
+    trainable = json.loads((tmp_path / "out" / "tiny-test.gu-seed0.json").read_text())["strategies"]["freezing"]["trainable"]
     assert [entry["step"] for entry in trainable] == [0, 5, 10, 15]
     assert all(name.startswith("heads.") or ".layer.2." in name or ".pooler." in name for name in trainable[0]["names"])
     assert any("word_embeddings" in name for name in trainable[-1]["names"])

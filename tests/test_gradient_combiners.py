@@ -329,11 +329,11 @@ def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
                '[[recipes]]\nname = "rw"\nsampler = "joint"\ncombiner = "rlw"\n')
     suite = write_suite(tmp_path / "s.toml", recipes)
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    pc = json.loads((tmp_path / "out" / "pc-seed0.json").read_text())["strategies"]["combiner"]
+    pc = json.loads((tmp_path / "out" / "tiny-test.pc-seed0.json").read_text())["strategies"]["combiner"]
     assert set(pc["conflicts"]) == {"sst|quora", "sst|sts", "quora|sts"}
     assert 0.0 <= pc["conflicts"]["sst|sts"]["negative_cosine_fraction"] <= 1.0
     assert pc["weight_trajectory"]["step"][-1] == pc["steps"] and len(pc["weight_trajectory"]["sts"]) >= 1
-    rw = json.loads((tmp_path / "out" / "rw-seed0.json").read_text())["strategies"]["combiner"]
+    rw = json.loads((tmp_path / "out" / "tiny-test.rw-seed0.json").read_text())["strategies"]["combiner"]
     assert "conflicts" not in rw and sum(rw["mean_weights"].values()) == pytest.approx(1.0)
     for name in ("gradient_conflicts.png", "task_weights.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"

@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from tasks.builtin import QUORA, STS
-from tasks.errors import UserError
+from bench.errors import UserError
 from tasks.sources import load_task
 
 

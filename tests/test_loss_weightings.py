@@ -105,7 +105,7 @@ def test_learned_and_epoch_based_combiners_train_through_the_harness(tmp_path):
                       for name in ("uw", "dwa", "famo"))
     suite = write_suite(tmp_path / "s.toml", recipes, train="epochs = 3\nbatch_size = 32\nlr = 2e-3")
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress", "--jobs", "1"]) == 0
-    record = {name: json.loads((tmp_path / "out" / f"{name}-seed0.json").read_text())["strategies"]["combiner"]
+    record = {name: json.loads((tmp_path / "out" / f"tiny-test.{name}-seed0.json").read_text())["strategies"]["combiner"]
               for name in ("uw", "dwa", "famo")}
     assert any(abs(v) > 1e-3 for v in record["uw"]["log_variances"].values())  # trained by the run's optimizer
     assert len(record["dwa"]["epoch_mean_losses"]) == 2  # epochs 1 and 2 seen by the third

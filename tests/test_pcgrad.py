@@ -120,7 +120,7 @@ def test_pcgrad_with_a_single_task_sampler_fails_at_config_time(tmp_path, capsys
 
 
 def test_reduction_option_is_validated():
-    from tasks.errors import UserError
+    from bench.errors import UserError
     cls = registry.get("combiner", "pcgrad")
     with pytest.raises(UserError, match="reduction must be one of"):
         registry.make_options(cls, {"reduction": "avg"}, "test")

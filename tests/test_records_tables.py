@@ -4,7 +4,7 @@ import math
 import pytest
 
 from bench import records, tables
-from tasks.errors import UserError
+from bench.errors import UserError
 
 
 def record(recipe, index, seed, sst, sts, ex_s, cost=None):

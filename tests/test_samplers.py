@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from strategies import registry
-from tasks.errors import UserError
+from bench.errors import UserError
 
 BATCHES = {"sst": 3, "quora": 7, "sts": 2}
 SIZES = {"sst": 90, "quora": 210, "sts": 60}
@@ -150,5 +150,5 @@ def test_a_bad_schedule_in_a_suite_file_stops_the_run_naming_file_recipe_and_key
                         'sampler = { name = "scheduled", weights = { sts = "1 - 2 * t" } }\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert "s.toml recipe 'sched': sampler.weights.sts: '1 - 2 * t' is -0.002 < 0 at t = 0.501" in error
+    assert "s.toml recipes[0]: sampler.weights.sts: '1 - 2 * t' is -0.002 < 0 at t = 0.501" in error
     assert not (tmp_path / "out").exists()

@@ -111,7 +111,7 @@ def test_mlm_and_tagging_run_with_every_combiner_family_and_fgm(tmp_path, capsys
     suite = _suite(tmp_path, 'tasks = ["mlm", "entity", "ner"]', recipes)
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--jobs", "1", "--predictions"]) == 0
     for name in ("sum", "pcgrad", "mgda", "fgm"):
-        record = json.loads((out / f"{name}-seed0.json").read_text())
+        record = json.loads((out / f"suite.{name}-seed0.json").read_text())
         assert record["model"]["mlm_head"] == "checkpoint (mlm_head.safetensors)"
         for task in ("mlm", "entity", "ner"):
             test = record["test_at_best_dev"][task]
@@ -119,9 +119,9 @@ def test_mlm_and_tagging_run_with_every_combiner_family_and_fgm(tmp_path, capsys
             assert all(math.isfinite(v) for v in test.values())
         assert record["metrics"]["mlm"]["perplexity"] > 1 and 0 <= record["metrics"]["ner"]["f1"] <= 1
         assert record["config"]["tasks"]["ner"]["labels"][0] == "O"
-    predictions = (out / "predictions" / "sum-seed0" / "ner-test.tsv").read_text().splitlines()
+    predictions = (out / "predictions" / "suite.sum-seed0" / "ner-test.tsv").read_text().splitlines()
     assert predictions[0] == "id\tprediction" and len(predictions) == 33
-    names = set(json.loads((out / "sum-seed0.json").read_text())["config"]["tasks"]["ner"]["labels"])
+    names = set(json.loads((out / "suite.sum-seed0.json").read_text())["config"]["tasks"]["ner"]["labels"])
     tags = [line.split("\t")[1].split() for line in predictions[1:]]
     assert all(tag in names for sentence in tags for tag in sentence) and all(tags)
 
@@ -132,8 +132,8 @@ def test_mlm_masks_of_dev_are_the_same_for_every_run_and_training_masks_follow_t
                    '[[recipes]]\nname = "b"\nsampler = "joint"\n')
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--jobs", "1", "--seeds", "2"]) == 0
     runs = {p.stem: json.loads(p.read_text()) for p in out.glob("*-seed*.json")}
-    assert runs["a-seed0"]["metrics"] == runs["b-seed0"]["metrics"]  # same seed: same masks, same run
-    assert runs["a-seed0"]["history"][0]["train_loss"] != runs["a-seed1"]["history"][0]["train_loss"]
+    assert runs["suite.a-seed0"]["metrics"] == runs["suite.b-seed0"]["metrics"]  # same seed: same masks, same run
+    assert runs["suite.a-seed0"]["history"][0]["train_loss"] != runs["suite.a-seed1"]["history"][0]["train_loss"]
 
 
 def test_a_user_tsv_task_with_a_label_map_runs_end_to_end_with_test_at_best_dev(tmp_path):
@@ -148,12 +148,12 @@ def test_a_user_tsv_task_with_a_label_map_runs_end_to_end_with_test_at_best_dev(
     suite = _suite(tmp_path, "", '[[recipes]]\nname = "p"\nsampler = "proportional"\n', extra)
     out = tmp_path / "out"
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--jobs", "1", "--predictions"]) == 0
-    record = json.loads((out / "p-seed0.json").read_text())
+    record = json.loads((out / "suite.p-seed0.json").read_text())
     assert record["config"]["tasks"]["topic"]["labels"] == ["work", "person", "place", "object"]
     assert record["data"]["sources"] == {"topic": "files", "sst": "synthetic"}
     assert record["data"]["rows"]["topic"] == {"train": 80, "dev": 80, "test": 80}
     assert set(record["test_at_best_dev"]) == {"topic", "sst"}
-    rows = (out / "predictions" / "p-seed0" / "topic-test.tsv").read_text().splitlines()
+    rows = (out / "predictions" / "suite.p-seed0" / "topic-test.tsv").read_text().splitlines()
     assert len(rows) == 81 and rows[1].split("\t")[1] in {"work", "person", "place", "object"}
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.errors import UserError
 from strategies.base import Combiner
 from strategies.registry import nearest, register
-from tasks.errors import UserError
 
 
 @register("combiner", "weighted")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.errors import UserError
 from strategies.base import Sampler
 from strategies.registry import nearest, register
-from tasks.errors import UserError
 
 
 @register("sampler", "only")

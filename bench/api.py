@@ -1,0 +1,82 @@
+"""The Python API, installed as `mtlbench`: what the command line does, as functions.
+
+    import mtlbench
+    records = mtlbench.run("quick", epochs=1, recipes=["joint_sum", "joint_pcgrad"], out="runs/try")
+    print(mtlbench.markdown(records))
+
+A strategy registered in the notebook (`@mtlbench.register("combiner", "mine")`) can be named in a
+suite given as a dict; its runs train in this process (worker processes would not know it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from bench import config, gate, records, tables
+from bench.config import Suite
+from bench.errors import UserError
+from bench.records import RunRecord
+from strategies.registry import register
+
+__all__ = ["RunRecord", "Suite", "UserError", "check", "load_baseline", "load_records", "load_suite",
+           "markdown", "register", "run", "table"]
+
+
+def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
+    """A suite by name ("quick"), path to a .toml file, or dict shaped like one. `overrides`:
+    top-level keys (model, data, data_dir, seeds, test, baseline, ...) or [train] settings
+    (epochs, lr, batch_size, threads, ...)."""
+    if isinstance(suite, Suite):
+        if overrides:
+            raise UserError("overrides apply to a suite being loaded; change the Suite object's fields instead")
+        return suite
+    if isinstance(suite, dict):
+        return Suite.from_dict(suite, **overrides)
+    return config.load_suite(str(suite), overrides)
+
+
+def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, recipes: list[str] | None = None,
+        jobs: int | None = None, fresh: bool = False, progress: bool = False, predictions: bool = False,
+        log=None, **overrides) -> list[RunRecord]:
+    """Train every recipe x seed of `suite` (see `load_suite` for `overrides`) into `out` (default
+    runs/SUITE-TIME), and return every record there. As the CLI: finished runs with the same
+    settings are kept, unfinished ones resume from their last checkpoint (`fresh` starts over);
+    bad input raises UserError before anything trains."""
+    from bench.runner import Runner
+
+    loaded = load_suite(suite, **overrides)
+    if recipes:
+        config.select_recipes(loaded, list(recipes))
+    out = Path(out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    runner = Runner(loaded, out, progress=progress, log=log or (lambda message: None), predictions=predictions,
+                    fresh=fresh)
+    return runner.run(jobs)
+
+
+def load_records(directory: str | Path) -> list[RunRecord]:
+    """Every run record in `directory` (a UserError names a corrupted or incomplete one)."""
+    return records.load_records(Path(directory))
+
+
+def table(runs: list[RunRecord], select: str = "last") -> pd.DataFrame:
+    """Per (suite, recipe): mean, std, 95 % interval, seeds, Δm % and significance (bench.tables)."""
+    return tables.summary(runs, select)
+
+
+def markdown(runs: list[RunRecord], select: str = "last") -> str:
+    """The table the CLI prints."""
+    return tables.markdown(tables.summary(runs, select))
+
+
+def load_baseline(path: str | Path) -> dict:
+    return gate.load_baseline(Path(path))
+
+
+def check(runs: list[RunRecord], baseline: str | Path | dict) -> gate.CheckResult:
+    """Compare `runs` with a baseline (a file written by `mtlbench baseline`, or its dict);
+    `.failed` says whether the gate fails, `gate.markdown(result)` renders it."""
+    path = Path(baseline) if not isinstance(baseline, dict) else Path("<baseline>")
+    loaded = gate.load_baseline(path) if not isinstance(baseline, dict) else baseline
+    return gate.check(runs, loaded, path)

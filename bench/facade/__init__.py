@@ -1,0 +1,5 @@
+"""Installed as the `mtlbench` package (pyproject: package-dir): `import mtlbench`. Only names
+from bench.api, so importing this folder as `bench.facade` too gives the same objects."""
+
+from bench.api import *
+from bench.api import __all__  # noqa: F401
