@@ -45,8 +45,6 @@ def _run(args) -> int:
 
         config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    print(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on "
-          f"{suite.data} data, model {suite.model}; records -> {out}", file=sys.stderr)
     records = api.run(suite, out=out, jobs=args.jobs, fresh=args.fresh, progress=not args.no_progress,
                       predictions=args.predictions, log=lambda m: print(m, file=sys.stderr))
     print(tables.markdown(tables.summary(records)))

@@ -30,7 +30,7 @@ from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches, encoding_for, tokenize
 from bench.errors import UserError
 from bench.model import MultiTaskModel
-from bench.records import SCHEMA_VERSION, RunRecord, environment, load_records, write_json_atomic
+from bench.records import SCHEMA_VERSION, RunRecord, environment, load_records, status, write_json_atomic
 from bench.trainer import Diverged, Strategies, best_epoch, seed_everything, select_device, train
 from strategies import registry
 from tasks.sources import load_task
@@ -226,6 +226,21 @@ class _RunLock:
 
     def release(self) -> None:
         self.handle.close()  # closing drops the lock
+
+
+class _DirectoryLock:
+    """A blocking exclusive lock while tables and plots are rendered (two suites, one directory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.handle = open(self.path, "a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
 
 
 class Runner:
@@ -434,6 +449,9 @@ class Runner:
         validate(self.suite)
         check_output(self.out_dir)
         todo = self.plan()
+        suite = self.suite
+        self.log(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on {suite.data} data, "
+                 f"model {suite.model}; records -> {self.out_dir}")
         for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
             self.build(recipe, 0)
         total = len(self.suite.recipes) * len(self.suite.seeds)
@@ -451,7 +469,7 @@ class Runner:
             if jobs == 1 or len(todo) <= 1:
                 for n, (recipe, seed) in enumerate(todo, 1):
                     self.log(f"[{n}/{len(todo)}] {recipe.name} seed {seed}")
-                    self._landed(self.run_one(recipe, seed), len(todo))
+                    self._landed(self.run_one(recipe, seed), len(todo), head="     ")
             else:
                 self._run_in_workers(todo, jobs)
         except KeyboardInterrupt:
@@ -460,9 +478,14 @@ class Runner:
                                  "checkpoint") from None
         # Render over every record in the directory, so runs added to it (more seeds, another
         # recipe, another suite) extend the table instead of replacing it.
-        every_record = load_records(self.out_dir)
-        tables.write_tables(every_record, self.out_dir)
-        plots.write_plots(every_record, self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _DirectoryLock(self.out_dir / ".render.lock"):  # the last renderer sees every record
+            every_record = load_records(self.out_dir)
+            tables.write_tables(every_record, self.out_dir)
+            if any(status(r) == "finished" for r in every_record):
+                plots.write_plots(every_record, self.out_dir)
+            else:
+                self.log("no plots: every run diverged")
         return every_record
 
     def _run_in_workers(self, todo: list[tuple[Recipe, int]], jobs: int) -> None:
@@ -489,25 +512,28 @@ class Runner:
             if error is not None:
                 raise error
         except KeyboardInterrupt:
-            # Workers ignore SIGINT; they are stopped here. Their checkpoints are complete or absent.
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Workers ignore SIGINT; here queued runs are cancelled and SIGTERM stops the running ones
+            # (an interrupt in the worker: a checkpoint being written is removed, no record written).
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            pool.shutdown(wait=True)
             raise
         pool.shutdown(wait=True)
 
-    def _landed(self, record: RunRecord | None, total: int) -> None:
+    def _landed(self, record: RunRecord | None, total: int, head: str | None = None) -> None:
         if record is None:
             return
         self.finished += 1
-        head = f"[{self.finished}/{total}] {record['recipe_name']} seed {record['seed']}"
+        head = head or f"[{self.finished}/{total}] {record['recipe_name']} seed {record['seed']}:"
         if record.get("status") == "diverged":
-            self.log(f"{head}: diverged ({record['diverged']['what']} at epoch {record['diverged']['epoch']}, "
+            self.log(f"{head} diverged ({record['diverged']['what']} at epoch {record['diverged']['epoch']}, "
                      f"step {record['diverged']['step']})")
             return
         metrics = ", ".join(f"{t} {record['metrics'][t][m]:.3f}" for t, m in record["primary_metrics"].items())
         paired = f"; cost {record['cost']['ratio']:.2f}x {record['cost']['baseline']}" if record.get("cost") else ""
-        self.log(f"{head}: {metrics}; overall {record['overall']:.3f}; "
+        self.log(f"{head} {metrics}; overall {record['overall']:.3f}; "
                  f"{record['train']['examples_per_second']:.0f} train ex/s{paired}")
 
 
@@ -529,6 +555,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _start_worker(suite: Suite, parent: int, out_dir: Path, predictions_wanted: bool) -> None:
     """A worker process's runner: data, encoder and tokens from the cache the parent filled.
     `parent` comes from the parent itself: if it died while this worker started, getppid() here
@@ -537,6 +567,7 @@ def _start_worker(suite: Suite, parent: int, out_dir: Path, predictions_wanted: 
     global _worker
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
     _worker = Runner(suite, out_dir, progress=False, log=lambda message: None, predictions=predictions_wanted)
     _ = _worker.prepared
 

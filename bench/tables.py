@@ -66,7 +66,9 @@ def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
     for record in records:
         if status(record) != "finished":  # counted, never averaged: a diverged run has no metrics
             rows.append({"suite": record["suite"], "recipe": record["recipe_name"],
-                         "recipe_index": record["recipe_index"], "seed": record["seed"], "diverged": 1})
+                         "recipe_index": record["recipe_index"], "seed": record["seed"], "diverged": 1,
+                         **{column_name(t, m): np.nan for t, m in record["primary_metrics"].items()},
+                         **dict.fromkeys(("overall", "cost x", "train ex/s", "step ms", "peak MB"), np.nan)})
             continue
         if select == "test" and "test_at_best_dev" not in record:
             raise UserError(f"run {record['run_id']}: no test scores (its suite did not set test = true)")
@@ -133,7 +135,7 @@ def summary(records: list[dict], select: str = "last", significance: bool = True
         every_run.setdefault((record["suite"], record["recipe_name"]), []).append(record)
         if status(record) == "finished":
             by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
-    baselines = {suite: baseline_recipe([r for r in records if r["suite"] == suite]) for suite, _ in by_recipe}
+    baselines = {suite: baseline_recipe([r for r in records if r["suite"] == suite]) for suite, _ in every_run}
     base_of = {key: every_run.get((key[0], baselines[key[0]]), [None])[0] for key in every_run}
     table[("info", "family")] = [family(every_run[key][0], base_of[key]) for key in table.index]
     table[("info", "Δm %")] = _delta_m(table, records)

@@ -35,9 +35,10 @@ def _toml_table(name: str, values: dict) -> str:
     return f"[{name}]\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items()) + "\n"
 
 
-def write_suite(path: Path, recipes: str, extra: str = "", train: str = "epochs = 1\nbatch_size = 16\nlr = 2e-3") -> Path:
+def write_suite(path: Path, recipes: str, extra: str = "", train: str = "epochs = 1\nbatch_size = 16\nlr = 2e-3",
+                name: str = "tiny-test") -> Path:
     path.write_text(textwrap.dedent(f"""\
-        name = "tiny-test"
+        name = "{name}"
         description = "test suite"
         tasks = ["sst", "quora", "sts"]
         {extra}

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from strategies import registry
 from bench.errors import UserError
+from strategies import registry
 
 TASKS = ["a", "b"]
 

@@ -1,7 +1,7 @@
 import pytest
 
-from tasks import files
 from bench.errors import UserError
+from tasks import files
 from tasks.sources import load_task
 
 SST = (
