@@ -29,6 +29,9 @@ def decode(path: Path) -> str:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, expected a file") from None
+    if b"\x00" in data:  # text never holds NUL; a binary file or a broken export does
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: a NUL byte: not a text file (binary data or a broken export)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
