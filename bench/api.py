@@ -4,6 +4,8 @@
     records = mtlbench.run("quick", epochs=1, recipes=["joint_sum", "joint_pcgrad"], out="runs/try")
     print(mtlbench.markdown(records))
 
+(the README's "Python API" section has a complete example, run by tests/test_api.py).
+
 A strategy registered in the notebook (`@mtlbench.register("combiner", "mine")`) can be named in a
 suite given as a dict; its runs train in this process (worker processes would not know it)."""
 
@@ -21,7 +23,7 @@ from bench.records import RunRecord
 from strategies.registry import register
 
 __all__ = ["RunRecord", "Suite", "UserError", "check", "load_baseline", "load_records", "load_suite",
-           "markdown", "register", "run", "table"]
+           "make_baseline", "markdown", "register", "run", "table"]
 
 
 def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
@@ -68,6 +70,11 @@ def table(runs: list[RunRecord], select: str = "last") -> pd.DataFrame:
 def markdown(runs: list[RunRecord], select: str = "last") -> str:
     """The table the CLI prints."""
     return tables.markdown(tables.summary(runs, select))
+
+
+def make_baseline(runs: list[RunRecord], select: str = "last") -> dict:
+    """What `mtlbench baseline` writes (save it with json, or pass it to `check`)."""
+    return gate.make_baseline(runs, select)
 
 
 def load_baseline(path: str | Path) -> dict:
