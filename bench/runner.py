@@ -231,16 +231,16 @@ class _RunLock:
 class _DirectoryLock:
     """A blocking exclusive lock while tables and plots are rendered (two suites, one directory)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, directory: Path):
+        self.directory = directory
 
     def __enter__(self):
-        self.handle = open(self.path, "a")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        self.descriptor = os.open(self.directory, os.O_RDONLY)  # the folder itself: no lock file left
+        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        self.handle.close()
+        os.close(self.descriptor)
 
 
 class Runner:
@@ -479,7 +479,7 @@ class Runner:
         # Render over every record in the directory, so runs added to it (more seeds, another
         # recipe, another suite) extend the table instead of replacing it.
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with _DirectoryLock(self.out_dir / ".render.lock"):  # the last renderer sees every record
+        with _DirectoryLock(self.out_dir):  # the last renderer sees every record
             every_record = load_records(self.out_dir)
             tables.write_tables(every_record, self.out_dir)
             if any(status(r) == "finished" for r in every_record):

@@ -8,6 +8,8 @@ import mtlbench
 import pytest
 from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
 
+from strategies import registry
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -27,7 +29,10 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
                         **kwargs)
     monkeypatch.setattr(mtlbench, "run", small)
     namespace = {}
-    exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102 -- the README, on purpose
+    try:
+        exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102 -- the README, on purpose
+    finally:
+        registry._REGISTRY["combiner"].pop("halved_sts", None)  # other tests list the registered combiners
     records = namespace["records"]
     assert sorted(r["run_id"] for r in records) == ["notebook.halved_sts-seed0", "notebook.sum-seed0"]
     assert all(r["status"] == "finished" and len(r["history"]) == 2 for r in records)
