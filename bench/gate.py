@@ -40,7 +40,7 @@ def _suite_config(record: dict) -> dict:
     """The suite settings that decide results: without the seeds, the recipe list, the gate's own
     tolerances and where the file lay."""
     suite = dict(record.get("config", {}).get("suite", {}))
-    for key in ("seeds", "source", "check", "data_dir"):
+    for key in ("seeds", "source", "check", "data_dir", "checkpoints"):
         suite.pop(key, None)
     return suite
 
