@@ -53,6 +53,7 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
     assert record["eval"]["examples_per_second"] > 0 and record["peak_memory_mb"] > 0
     assert record["env"]["torch"] == torch.__version__
     assert record["config"]["suite"]["train"]["epochs"] == 1
+    assert record["model"]["max_length"] == 48  # the suite asks 128; the encoder has 48 positions: truncated
     primaries = [record["metrics"]["sst"]["accuracy"], record["metrics"]["quora"]["accuracy"],
                  record["metrics"]["sts"]["pearson"]]
     assert record["overall"] == pytest.approx(sum(primaries) / 3)
