@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from bench.records import umask as _umask
+
 DIRECTORY = "checkpoints"
 _PREFIX = "epoch-"
 
@@ -41,12 +43,6 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save(directory: Path, epoch: int, model: torch.nn.Module, state: dict) -> Path:

@@ -94,7 +94,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # as an ordinary file; mkstemp makes it 0600
+            os.fchmod(handle.fileno(), 0o666 & ~umask())  # as an ordinary file; mkstemp makes it 0600
         except BaseException:
             handle.close()
             Path(handle.name).unlink(missing_ok=True)
@@ -102,7 +102,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (reading it means setting it; set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

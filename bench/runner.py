@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench import backbone, checkpoint, cost, examples, plots, predictions, tables
+from bench import backbone, checkpoint, cost, examples, gate, plots, predictions, tables
 from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches, encoding_for, tokenize
 from bench.errors import UserError
@@ -138,10 +138,7 @@ def comparable_config(config: dict) -> dict:
 
 
 def config_hash(config: dict) -> str:
-    import hashlib
-
-    blob = json.dumps(comparable_config(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return gate.config_hash(comparable_config(config))
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:
