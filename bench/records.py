@@ -74,7 +74,7 @@ def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; null means "undefined" (e.g. correlation of a constant)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items() if k != "_dir"}  # _dir: set by load_records
+        return {str(k): _jsonable(v) for k, v in value.items() if k not in ("_dir", "_file")}  # load_records' own
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
@@ -109,7 +109,7 @@ def umask() -> int:
     return mask
 
 
-def load_records(directory: Path) -> list[RunRecord]:
+def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory of run records")
@@ -132,8 +132,9 @@ def load_records(directory: Path) -> list[RunRecord]:
                 raise UserError(f"{path}: not a complete run record: missing key '{missing[0]}'"
                                 + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
             record["_dir"] = str(directory)  # where its per-example file lies; not written back
+            record["_file"] = path.name
             records.append(record)
-    if not records:
+    if not records and not allow_empty:
         raise UserError(f"{directory}: no run records (*.json with a run_id) found")
     return records
 

@@ -8,6 +8,7 @@ or not at all; a diverged run gets a record with status "diverged"."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -206,38 +207,23 @@ def prepare(suite: Suite, log=print) -> Prepared:
                     time.perf_counter() - started)
 
 
-class _RunLock:
-    """An exclusive, non-blocking lock on one run, so that two processes writing into one output
-    directory never train the same run at once (the second skips it)."""
-
-    def __init__(self, path: Path):
+@contextlib.contextmanager
+def _exclusive(path: Path, wait: bool):
+    """An flock on `path` (a folder locks itself; a file is created), held inside the block: yields
+    whether it was taken (with `wait`, always). Used so that two processes writing into one output
+    directory never train the same run at once, and render tables one after the other."""
+    if not path.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a")  # noqa: SIM115 -- held for the run's lifetime
-
-    def acquire(self) -> bool:
+    descriptor = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
-
-    def release(self) -> None:
-        self.handle.close()  # closing drops the lock
-
-
-class _DirectoryLock:
-    """A blocking exclusive lock while tables and plots are rendered (two suites, one directory)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-
-    def __enter__(self):
-        self.descriptor = os.open(self.directory, os.O_RDONLY)  # the folder itself: no lock file left
-        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.descriptor)
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)  # closing drops the lock
 
 
 class Runner:
@@ -286,20 +272,16 @@ class Runner:
         """Train (or resume, or find finished) one run and write its record; None if another process
         holds it. Workers call this too: the record is written under the run's lock."""
         stem = run_stem(self.suite.name, recipe.name, seed)
-        lock = _RunLock(self.out_dir / checkpoint.DIRECTORY / f".{stem}.lock")
-        if not lock.acquire():
-            self.log(f"      {stem}: another process is training it; skipped")
-            lock.release()
-            return None
-        try:
+        with _exclusive(self.out_dir / checkpoint.DIRECTORY / f".{stem}.lock", wait=False) as taken:
+            if not taken:
+                self.log(f"      {stem}: another process is training it; skipped")
+                return None
             record_path = self.out_dir / f"{stem}.json"
             if record_path.exists():  # finished by another process since this one planned
                 return json.loads(record_path.read_text(encoding="utf-8"))
             record = self._train_run(recipe, seed, stem)
             write_json_atomic(record_path, record)
             return record
-        finally:
-            lock.release()
 
     def _train_run(self, recipe: Recipe, seed: int, stem: str) -> RunRecord:
         suite, prepared = self.suite, self.prepared
@@ -403,15 +385,10 @@ class Runner:
 
     def _existing(self) -> dict[tuple, tuple[Path, dict]]:
         """Records already in the output directory, by (suite, recipe, seed)."""
-        found = {}
-        for path in sorted(self.out_dir.glob("*.json")) if self.out_dir.is_dir() else []:
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise UserError(f"{path}: not a readable record ({error}); remove it, or use another --out") from None
-            if isinstance(record, dict) and "run_id" in record and "suite" in record:
-                found[record["suite"], record.get("recipe_name"), record.get("seed")] = (path, record)
-        return found
+        if not self.out_dir.is_dir():
+            return {}
+        return {(r["suite"], r["recipe_name"], r["seed"]): (Path(r["_dir"]) / r["_file"], r)
+                for r in load_records(self.out_dir, allow_empty=True)}
 
     def plan(self) -> list[tuple[Recipe, int]]:
         """The runs still to train. A finished run with the same settings is kept; one with other
@@ -476,7 +453,7 @@ class Runner:
         # Render over every record in the directory, so runs added to it (more seeds, another
         # recipe, another suite) extend the table instead of replacing it.
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with _DirectoryLock(self.out_dir):  # the last renderer sees every record
+        with _exclusive(self.out_dir, wait=True):  # the last renderer sees every record
             every_record = load_records(self.out_dir)
             tables.write_tables(every_record, self.out_dir)
             if any(status(r) == "finished" for r in every_record):

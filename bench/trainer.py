@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from bench import checkpoint
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
 from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep, with_gradient
@@ -464,8 +465,6 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
 def _training_state(model, optimizer, schedule, strategies: Strategies, train_sets, streams, outcome: TrainOutcome,
                     counters: dict) -> dict:
     """Everything but the weights that the rest of the run depends on (see `train`)."""
-    from bench import checkpoint
-
     return {
         "epoch": outcome.history[-1]["epoch"],
         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -506,7 +505,5 @@ def _restore(state: dict, model, optimizer, schedule, strategies: Strategies, tr
     outcome.dev_examples = {which: {t: tuple(pair) for t, pair in found.items()}
                             for which, found in kept["dev_examples"].items()}
     counters.update(state["counters"])
-    from bench import checkpoint
-
     checkpoint.set_global_rng_state(state["rng"])
     return int(state["epoch"])
