@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -20,6 +21,8 @@ from transformers import get_linear_schedule_with_warmup
 from bench import checkpoint
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
+from bench.parallel import SINGLE, Ranks
+from bench.precision import MIN_LOSS_SCALE, PRECISIONS, SkippedStep, StepPipeline, StepTimer
 from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep, with_gradient
 from tasks.metrics import score
 from tasks.spec import TaskSpec
@@ -42,6 +45,7 @@ class TrainSettings:
     # (measured: 30 steps with 1 vs 2 threads end 0.1 apart in some weight), so it is fixed, not
     # derived from the core count, and several runs go side by side instead (`--jobs`).
     threads: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forwards (bench.precision)
 
     def __post_init__(self):
         """Ranges, so that a bad value fails when the suite is read, not after training."""
@@ -59,6 +63,8 @@ class TrainSettings:
             raise ValueError(f"warmup_ratio is a fraction of the steps, from 0 to 1; got {self.warmup_ratio}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.device != "auto":
@@ -127,18 +133,28 @@ class PeakMemory:
 
 
 def split_predictions(model: MultiTaskModel, task: str, dataset, batch_size: int, pad_id: int,
-                      device: torch.device) -> tuple[list, list | None]:
-    """Per row of `dataset`, in its order: the prediction and the gold label (None if unlabelled)."""
+                      device: torch.device, ranks: Ranks = SINGLE, pipeline: StepPipeline | None = None
+                      ) -> tuple[list, list | None]:
+    """Per row of `dataset`, in its order: the prediction and the gold label (None if unlabelled).
+    Data parallel: each rank predicts a contiguous shard, and every rank gets all the rows."""
     spec = model.specs[task]
-    predictions, golds = [None] * len(dataset), [None] * len(dataset)
+    lo, hi = ranks.bounds(len(dataset))
+    shard = dataset.select(range(lo, hi)) if ranks.active else dataset
+    predictions, golds = [None] * len(shard), [None] * len(shard)
     labelled = True
-    for indices, batch in eval_batches(dataset, spec, batch_size, pad_id):
+    for indices, batch in eval_batches(shard, spec, batch_size, pad_id) if len(shard) else ():
         batch = {k: v.to(device) for k, v in batch.items()}
-        predicted, gold = model.predict(task, batch)
+        with pipeline.autocast() if pipeline else contextlib.nullcontext():
+            predicted, gold = model.predict(task, batch)
         labelled = labelled and gold is not None
         for position, i in enumerate(indices):
             predictions[i] = predicted[position]
             golds[i] = gold[position] if gold is not None else None
+    if ranks.active:
+        parts = ranks.gather((predictions, golds, labelled))
+        predictions = [p for part in parts for p in part[0]]
+        golds = [g for part in parts for g in part[1]]
+        labelled = all(part[2] for part in parts)
     if "label" in dataset.column_names:  # the stored labels, not their float32 tensor copies
         return predictions, list(dataset["label"])
     return predictions, golds if labelled else None
@@ -147,14 +163,16 @@ def split_predictions(model: MultiTaskModel, task: str, dataset, batch_size: int
 @torch.inference_mode()
 def evaluate(model: MultiTaskModel, datasets: dict, specs: dict[str, TaskSpec], batch_size: int, pad_id: int,
              device: torch.device, progress: bool = False, keep: dict | None = None,
-             unlabelled=frozenset(), golds: dict | None = None) -> tuple[dict, dict]:
+             unlabelled=frozenset(), golds: dict | None = None, ranks: Ranks = SINGLE,
+             pipeline: StepPipeline | None = None) -> tuple[dict, dict]:
     """Metrics per task (empty for an unlabelled split), and evaluation throughput. With `keep`, each
-    task's per-row predictions go into `keep[task]`; with `golds`, its gold labels into `golds[task]`."""
+    task's per-row predictions go into `keep[task]`; with `golds`, its gold labels into `golds[task]`.
+    Sharded over `ranks`, under the `pipeline`'s autocast."""
     model.eval()
     metrics, examples, start = {}, 0, time.perf_counter()
     for task, dataset in tqdm(datasets.items(), desc="eval", leave=False, disable=not progress or None):
         spec = specs[task]
-        predictions, gold = split_predictions(model, task, dataset, batch_size, pad_id, device)
+        predictions, gold = split_predictions(model, task, dataset, batch_size, pad_id, device, ranks, pipeline)
         metrics[task] = {} if gold is None or task in unlabelled else score(spec, predictions, gold)
         if keep is not None:
             keep[task] = predictions
@@ -221,9 +239,13 @@ class _CleanBackward:
     fused multiply (`with_gradient`)."""
 
     def __init__(self, loss: torch.Tensor, embeddings: torch.Tensor, parameters: list[torch.nn.Parameter],
-                 retain_graph: bool, weight: float | None = None):
+                 retain_graph: bool, weight: float | None = None, multiplier: float = 1.0):
         self.loss, self.embeddings, self.parameters = loss, embeddings, parameters
         self.retain_graph = retain_graph
+        # `multiplier` (the pipeline's: loss scale, rank share) goes into every backward and is
+        # taken out of the input gradient again, so that a perturbation never sees it.
+        self.multiplier = multiplier
+        weight = weight * multiplier if weight else None
         self.weight = weight if weight else None  # a zero weight would lose the input gradient
         self.input_grad, self.parameter_grads = None, None
 
@@ -234,10 +256,15 @@ class _CleanBackward:
             gradient = self.embeddings.grad
             self.input_grad = gradient if self.weight == 1.0 else gradient / self.weight
         elif self.input_grad is None:
-            grads = torch.autograd.grad(self.loss, [self.embeddings, *self.parameters],
+            grads = torch.autograd.grad(self._multiplied(self.loss), [self.embeddings, *self.parameters],
                                         retain_graph=self.retain_graph, allow_unused=True)
             self.input_grad, self.parameter_grads = grads[0], grads[1:]
+            if self.multiplier not in (0.0, 1.0):
+                self.input_grad = self.input_grad / self.multiplier
         return self.input_grad
+
+    def _multiplied(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.multiplier == 1.0 else self.multiplier * loss
 
     def _weighted(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.weight == 1.0 else self.weight * loss
@@ -253,21 +280,23 @@ class _CleanBackward:
         as a leaf of its own, which adds nothing when the combiner calls backward."""
         if self.in_grad:
             loss = self.loss.detach()
-        elif self.parameter_grads is None:
-            loss = self.loss
-        else:
-            loss = with_gradient(self.loss, self.parameters, self.parameter_grads)
-        for term in terms:
-            loss = loss + term
-        if self.in_grad:
+            for term in terms:
+                loss = loss + term
             if loss.requires_grad:
                 self._weighted(loss).backward()
-            loss = loss.detach().requires_grad_(True)
+            return loss.detach().requires_grad_(True)
+        if self.parameter_grads is None:
+            loss = self._multiplied(self.loss)
+        else:
+            loss = with_gradient(self._multiplied(self.loss), self.parameters, self.parameter_grads)
+        for term in terms:
+            loss = loss + self._multiplied(term)
         return loss
 
 
 def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], task: str,
-                      batch: dict, fixed_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      batch: dict, fixed_weight: float | None = None, multiplier: float = 1.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The task loss plus its regularisers' terms, and the task loss alone (detached). The clean
     forward starts from the word embeddings so that their gradient is available to the terms.
 
@@ -275,14 +304,16 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
     then asks for the input gradient, the clean backward puts w * grad L into `.grad`, and the rest,
     w * terms, is back-propagated here too; the loss is returned as a leaf of its own. One task's
     graphs are alive at a time, as in the textbook adversarial-training loop (measured on the joint
-    one-step attack: 2.04-2.22x -> 1.97-2.04x a summed step, peak tensor memory 20.2 -> 8.9 MiB)."""
+    one-step attack: 2.04-2.22x -> 1.97-2.04x a summed step, peak tensor memory 20.2 -> 8.9 MiB).
+    `multiplier`: the pipeline's factor for this task's loss (loss scale, rank share), in every
+    backward made here and in the returned loss."""
     embeddings = model.input_embeddings(batch["input_ids"])
     if not embeddings.requires_grad:  # frozen embeddings (a freezing schedule): an attack still needs dL/de
         embeddings.requires_grad_(True)
     output = model(task, batch, inputs_embeds=embeddings)
     parameters = [p for p in model.shared_parameters() + model.task_parameters()[task] if p.requires_grad]
     clean_graph_used = any(r.uses_clean_graph for r in regularizers)
-    clean = _CleanBackward(output.loss, embeddings, parameters, clean_graph_used, fixed_weight)
+    clean = _CleanBackward(output.loss, embeddings, parameters, clean_graph_used, fixed_weight, multiplier)
     if not clean_graph_used:  # the terms get their own lookup, so the clean graph can go after its backward
         embeddings = model.input_embeddings(batch["input_ids"])
     outputs = model.outputs_closure(task, batch)
@@ -296,35 +327,66 @@ def _regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], ta
 
 
 def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], optimizer,
-                  schedule=None, max_grad_norm: float | None = 1.0) -> dict[str, torch.Tensor]:
+                  schedule=None, max_grad_norm: float | None = 1.0, pipeline: StepPipeline | None = None,
+                  shares: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """One step of the contract: each task's loss plus its regulariser terms, the combiner's
-    backward, clipping (before the step), the optimizer step. Returns each task's own loss, detached."""
+    backward, clipping (before the step), the optimizer step. Returns each task's own loss, detached
+    (over the whole batch: data parallel, `batches` are this rank's shards, `shares` their fractions).
+
+    `pipeline` (default: fp32, one process) sets the precision and the ranks: every loss is
+    multiplied by its factor, and the gradients are unscaled and averaged before the combiner
+    reads them (per task) or after its plain backward. fp16: a step whose gradients overflow is
+    skipped (no update, no schedule step) and counted in the pipeline."""
+    pipeline = pipeline or StepPipeline()
+    pipeline.begin(shares or {})
+    combiner = strategies.combiner
+    combiner.pipeline = pipeline
     losses, task_losses = {}, {}
-    weights = strategies.combiner.fixed_loss_weights() if strategies.regularizers else None
-    for task, batch in batches.items():
-        if strategies.regularizers:
-            losses[task], task_losses[task] = _regularized_loss(model, strategies.regularizers, task, batch,
-                                                                weights[task] if weights else None)
-        else:
-            losses[task] = model(task, batch).loss
-            task_losses[task] = losses[task].detach()
-    _check_finite(losses, "loss")
-    strategies.combiner.backward(losses, model.shared_parameters(), model.task_parameters())
-    # The norm is needed anyway for clipping; an infinite limit measures without clipping.
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
-    if not torch.isfinite(norm):
+    weights = combiner.fixed_loss_weights() if strategies.regularizers else None
+    with pipeline.autocast():
+        for task, batch in batches.items():
+            multiplier = pipeline.multiplier(task)
+            if strategies.regularizers:
+                losses[task], task_losses[task] = _regularized_loss(model, strategies.regularizers, task, batch,
+                                                                    weights[task] if weights else None, multiplier)
+            else:
+                loss = model(task, batch).loss
+                task_losses[task] = loss.detach()
+                losses[task] = loss if multiplier == 1.0 else multiplier * loss
+    _check_finite(losses, "loss", pipeline.ranks)  # with the regularisers' terms
+    task_losses = pipeline.global_values(task_losses)
+    try:
+        combiner.backward(losses, model.shared_parameters(), model.task_parameters())
+        if pipeline.changes_gradients:
+            pipeline.reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
+        # The norm is needed anyway for clipping; an infinite limit measures without clipping.
+        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)))
+    except SkippedStep:
+        finite = False
+    if pipeline.overflowed(finite):
+        optimizer.zero_grad(set_to_none=True)
+        if pipeline.loss_scale() < MIN_LOSS_SCALE:
+            raise Diverged(f"non-finite gradient at every fp16 loss scale down to {pipeline.loss_scale()}", None, 0, 0)
+        return task_losses
+    if not finite:
         raise Diverged("non-finite gradient (after the combiner)", None, 0, 0)
     optimizer.step()
     if schedule is not None:
         schedule.step()
     optimizer.zero_grad(set_to_none=True)
-    strategies.combiner.after_step(task_losses, lambda: _losses_now(model, batches))
+
+    def losses_after() -> dict[str, torch.Tensor]:
+        with pipeline.autocast():
+            return pipeline.global_values(_losses_now(model, batches), keep=False)
+
+    combiner.after_step(task_losses, losses_after)
     return task_losses
 
 
-def _check_finite(losses: dict[str, torch.Tensor], what: str) -> None:
-    """One device read for all tasks (CUDA: one synchronisation, as the step timing makes anyway)."""
-    values = torch.stack([loss.detach().float() for loss in losses.values()])
+def _check_finite(losses: dict[str, torch.Tensor], what: str, ranks: Ranks = SINGLE) -> None:
+    """One device read for all tasks. Data parallel: summed over the ranks first (a non-finite value
+    anywhere makes the sum non-finite), so that every rank stops together."""
+    values = ranks.sum_(torch.stack([loss.detach().float() for loss in losses.values()]))
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         task = list(losses)[int((~finite).nonzero()[0])]
@@ -338,7 +400,8 @@ def _losses_now(model: MultiTaskModel, batches: dict[str, dict]) -> dict[str, to
 
 
 def _score_at_best(model: MultiTaskModel, outcome: TrainOutcome, dev_predictions: dict | None, test_sets: dict,
-                   unlabelled_test, settings: TrainSettings, pad_id: int, device: torch.device, keep: bool) -> None:
+                   unlabelled_test, settings: TrainSettings, pad_id: int, device: torch.device, keep: bool,
+                   ranks: Ranks = SINGLE, pipeline: StepPipeline | None = None) -> None:
     """After an epoch's dev scores: test (and predictions) for each task whose dev score is now its best."""
     epoch = outcome.history[-1]["epoch"]
     for task, spec in model.specs.items():
@@ -351,7 +414,7 @@ def _score_at_best(model: MultiTaskModel, outcome: TrainOutcome, dev_predictions
         if task in test_sets:
             found = {}
             test_metrics, _ = evaluate(model, {task: test_sets[task]}, model.specs, settings.eval_batch_size, pad_id,
-                                       device, keep=found, unlabelled=unlabelled_test)
+                                       device, keep=found, unlabelled=unlabelled_test, ranks=ranks, pipeline=pipeline)
             outcome.test_at_best_dev[task] = {"epoch": epoch, **test_metrics[task]}
             if keep:
                 outcome.predictions[task]["test"] = found[task]
@@ -370,8 +433,8 @@ def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
 def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, TaskBatches], dev_sets: dict,
           settings: TrainSettings, device: torch.device, pad_id: int, progress: bool = True,
           test_sets: dict | None = None, unlabelled_test=frozenset(), keep_predictions: bool = False,
-          resume: dict | None = None, on_epoch_end: Callable[[int, Callable[[], dict]], None] | None = None
-          ) -> TrainOutcome:
+          resume: dict | None = None, on_epoch_end: Callable[[int, Callable[[], dict]], None] | None = None,
+          ranks: Ranks = SINGLE) -> TrainOutcome:
     """Train for `settings.epochs`, scoring dev after each. With `test_sets`, each task's test split
     is scored with the weights of its best dev epoch: whenever a task's dev score reaches a new best,
     its test split is scored then (so no copy of the weights is kept), and the last such score stays.
@@ -380,9 +443,15 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     `on_epoch_end(epoch, state)` is called after each epoch's evaluation; `state()` gives everything
     but the weights that continuing needs, and `resume` (such a state, with the weights already in
     `model`) continues from there: the rest of the run is the same as if it had not stopped.
-    A non-finite loss or gradient raises `Diverged`, holding the outcome so far."""
+    A non-finite loss or gradient raises `Diverged`, holding the outcome so far.
+
+    `ranks` (bench.parallel): this process's shard of every batch and of evaluation; every rank
+    ends with the same weights and the same outcome. `settings.precision`: bench.precision."""
     outcome = TrainOutcome()
     model.to(device)
+    ranks.parameters_from_rank0(model)
+    pipeline = StepPipeline(settings.precision, device, ranks)
+    timer = StepTimer(device)
     freezing = strategies.freezing
     optimizer = make_optimizer(freezing.parameter_groups(settings.lr, settings.weight_decay)
                                + strategies.combiner.optimizer_groups(settings.lr, device))
@@ -396,6 +465,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     if resume is not None:
         first_epoch = _restore(resume, model, optimizer, schedule, strategies, train_sets, streams, outcome,
                                counters, device) + 1
+        pipeline.load_state_dict(resume.get("pipeline", {}))
+        timer.seconds = counters["step_seconds"]
 
     def note_trainable(epoch: int) -> None:  # the record says which parameters trained when
         if freezing.changes != counters["seen_changes"]:
@@ -417,26 +488,28 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
             for step_tasks in bar:
                 freezing.on_step(counters["step"])
                 note_trainable(epoch)
-                started = time.perf_counter()
-                batches = {task: {k: v.to(device, non_blocking=True) for k, v in next(streams[task]).items()}
-                           for task in step_tasks}
+                started = timer.start()
+                batches, shares = {}, {}
+                for task in step_tasks:
+                    batch = next(streams[task])
+                    counters["examples"] += batch["labels"].shape[0]  # the whole batch, over all ranks
+                    batch, shares[task] = ranks.shard(batch)
+                    batches[task] = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 try:
                     task_losses = training_step(model, strategies, batches, optimizer, schedule,
-                                                settings.max_grad_norm)
+                                                settings.max_grad_norm, pipeline, shares)
                 except Diverged as diverged:
                     diverged.epoch, diverged.step, diverged.outcome = epoch, counters["step"] + 1, outcome
                     raise
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                counters["step_seconds"].append(time.perf_counter() - started)
+                timer.stop(started)
                 counters["step"] += 1
                 for task, loss in task_losses.items():
                     loss_sums[task] = loss_sums.get(task, 0) + loss
                     loss_counts[task] += 1
-                    counters["examples"] += batches[task]["labels"].shape[0]
+            counters["step_seconds"] = timer.drain()
             dev_predictions, dev_golds = {}, {}
             metrics, eval_info = evaluate(model, dev_sets, specs, settings.eval_batch_size, pad_id, device, progress,
-                                          keep=dev_predictions, golds=dev_golds)
+                                          keep=dev_predictions, golds=dev_golds, ranks=ranks, pipeline=pipeline)
             outcome.dev_examples["last"] = {t: (dev_predictions[t], dev_golds[t]) for t in dev_golds
                                             if dev_golds[t] is not None}
             outcome.history.append({
@@ -445,10 +518,11 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
             })
             outcome.eval = eval_info
             _score_at_best(model, outcome, dev_predictions, test_sets or {}, unlabelled_test, settings, pad_id,
-                           device, keep_predictions)
+                           device, keep_predictions, ranks, pipeline)
             if on_epoch_end is not None:
-                on_epoch_end(epoch, lambda: _training_state(model, optimizer, schedule, strategies, train_sets,
-                                                            streams, outcome, counters))
+                on_epoch_end(epoch, lambda: {**_training_state(model, optimizer, schedule, strategies, train_sets,
+                                                               streams, outcome, counters),
+                                             "pipeline": pipeline.state_dict()})
     step_seconds = counters["step_seconds"]
     train_seconds = sum(step_seconds)  # steps include fetching their batches, exclude evaluation
     outcome.train = {
@@ -456,6 +530,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
         "seconds": train_seconds,
         "examples_per_second": counters["examples"] / train_seconds if train_seconds else float("nan"),
         "step_seconds_median": statistics.median(step_seconds) if step_seconds else float("nan"),
+        "step_timing": "cuda_events" if timer.cuda else "wall_clock",
+        **pipeline.summary(),
         **({"resumed_from_epoch": first_epoch - 1} if resume is not None else {}),
     }
     outcome.memory = memory.report()

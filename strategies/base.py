@@ -9,7 +9,9 @@ One training step:
    are shared (encoder) and which belong to one task (its head);
 5. the `FreezingSchedule` decides, at epoch and step boundaries, what is trainable and the
    optimizer's parameter groups.
-Regularisers act before the combiner, so any regulariser composes with any combiner.
+Regularisers act before the combiner, so any regulariser composes with any combiner. Mixed
+precision and data parallelism stay out of the strategies: the trainer hands the combiner a
+`GradientPipeline` that unscales and averages gradients before any method reads them.
 """
 
 from __future__ import annotations
@@ -105,10 +107,36 @@ class RandomTaskSampler(Sampler):
             yield (self.generator.choices(tasks, weights)[0],)
 
 
+class GradientPipeline:
+    """What the trainer does to gradients before a combiner reads them; this base is the identity
+    (fp32, one process), which is also what a combiner built outside the trainer gets.
+
+    The trainer's pipeline (bench.precision.StepPipeline) hands the combiner each task's loss times
+    a multiplier (fp16: the loss scale; data parallel: the rank's share of the batch). A combiner
+    that takes per-task gradients passes them through `per_task` - divided back, averaged over the
+    ranks in one collective, checked - before it forms the Gramian; then `.grad` is final. After a
+    combiner's plain backward the trainer does the same to `.grad` once. `loss_values` are the
+    tasks' loss values, unscaled and over the whole (global) batch: what loss-based weights use.
+    """
+
+    compute_eps: float = 0.0  # precision of the autocast dtype (bf16, fp16): rank decisions trust no more
+
+    def loss_scale(self) -> float:
+        return 1.0
+
+    def per_task(self, matrix: Tensor, heads: dict[str, list[Tensor | None]]
+                 ) -> tuple[Tensor, dict[str, list[Tensor | None]]]:
+        return matrix, heads
+
+    def loss_values(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {task: loss.detach() for task, loss in losses.items()}
+
+
 class Combiner(Strategy, ABC):
     """Turns per-task losses into gradients on the model's parameters (left in `.grad`)."""
 
     needs_several_tasks: ClassVar[bool] = False  # meaningless when a step holds one task
+    pipeline: GradientPipeline = GradientPipeline()  # the trainer sets the run's own
 
     def __init__(self, options, tasks: Sequence[str], generator: torch.Generator):
         super().__init__(options)

@@ -23,18 +23,21 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from strategies.base import Combiner
+from strategies.base import Combiner, GradientPipeline
 
 GRAMIAN_CHUNK = 1 << 20  # columns per float64 block: bounds the float64 copy, not the result
 
 
 def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
-                   task_specific: Mapping[str, Sequence[nn.Parameter]]
+                   task_specific: Mapping[str, Sequence[nn.Parameter]], pipeline: GradientPipeline | None = None
                    ) -> tuple[Tensor, dict[str, list[Tensor | None]]]:
     """Each task's gradient of the shared parameters as a T x n matrix (rows in `losses` order;
     zeros where a task does not reach a parameter, e.g. an unused pooler), and each task's
-    gradients of its own head parameters."""
-    shared = list(shared)
+    gradients of its own head parameters; through `pipeline` (unscaled, averaged over ranks)."""
+    return (pipeline or GradientPipeline()).per_task(*_raw_task_gradients(losses, list(shared), task_specific))
+
+
+def _raw_task_gradients(losses, shared, task_specific):
     heads = {}
     if not shared:  # e.g. a frozen backbone: only the heads train
         for task, loss in losses.items():
@@ -197,8 +200,9 @@ class GradientCombiner(Combiner):
         self.weight_trajectory = WindowMeans(self.tasks, TRAJECTORY_EVERY)
         self.cosine_trajectory = WindowMeans(self.pairs, TRAJECTORY_EVERY)
 
-    def objectives(self, losses: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        """The per-task scalars whose gradients the method combines (DB-MTL: log losses)."""
+    def objectives(self, losses: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The per-task scalars whose gradients the method combines (DB-MTL: log losses). `values`:
+        the tasks' loss values, unscaled, over the whole batch (the pipeline's `loss_values`)."""
         return losses
 
     @abstractmethod
@@ -208,10 +212,11 @@ class GradientCombiner(Combiner):
 
     def backward(self, losses, shared, task_specific):
         tasks = tuple(losses)
-        gradients, heads = task_gradients(self.objectives(losses), shared, task_specific)
+        values = self.pipeline.loss_values(losses)
+        gradients, heads = task_gradients(self.objectives(losses, values), shared, task_specific, self.pipeline)
         gramian = gramian64(gradients)  # once per step: the method and the statistics share it
-        values = torch.stack([loss.detach() for loss in losses.values()]).to("cpu", torch.float64)
-        step = StepInfo(tasks, values, torch.finfo(gradients.dtype).eps)
+        eps = max(torch.finfo(gradients.dtype).eps, self.pipeline.compute_eps)
+        step = StepInfo(tasks, torch.stack(list(values.values())).to("cpu", torch.float64), eps)
         update, weights = self.aggregate(gradients, gramian, step)
         if shared:
             write_shared_gradient(update, shared)
@@ -285,8 +290,9 @@ class LossWeightingCombiner(Combiner):
 
     @abstractmethod
     def loss_weights(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """T weights for this step's task losses (in `losses` order). They may carry the gradient of
-        the method's learned parameters (uncertainty weighting)."""
+        """T weights for this step's task losses (in `losses` order), from their values (detached,
+        unscaled, over the whole batch). They may carry the gradient of the method's learned
+        parameters (uncertainty weighting)."""
 
     def penalty(self, losses: Mapping[str, Tensor]) -> Tensor | None:
         """A term of the objective besides the weighted losses (uncertainty weighting's log sigma)."""
@@ -294,10 +300,13 @@ class LossWeightingCombiner(Combiner):
 
     def backward(self, losses, shared, task_specific):
         stacked = torch.stack(list(losses.values()))
-        weights = self.loss_weights(losses).to(stacked.device, stacked.dtype)
+        values = self.pipeline.loss_values(losses)
+        weights = self.loss_weights(values).to(stacked.device, stacked.dtype)
         objective = weights @ stacked
-        penalty = self.penalty(losses)
-        (objective if penalty is None else objective + penalty).backward()
+        penalty = self.penalty(values)
+        if penalty is not None:  # scaled like the losses: the pipeline divides every gradient back
+            objective = objective + self.pipeline.loss_scale() * penalty
+        objective.backward()
         self.weight_trajectory.add(dict(zip(losses, weights.detach().tolist())))
         self.steps += 1
 

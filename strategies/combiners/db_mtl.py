@@ -58,8 +58,13 @@ class DBMTL(GradientCombiner):
         self.step_count = 0
         self.scales = WindowMeans(self.tasks, TRAJECTORY_EVERY)
 
-    def objectives(self, losses):
-        return {task: torch.log(loss.clamp_min(torch.finfo(loss.dtype).tiny)) for task, loss in losses.items()}
+    def objectives(self, losses, values):
+        # d log L = dL / L with L the whole batch's loss: exact under a loss scale and when each
+        # data-parallel rank holds a shard (the log of a shard's loss would not average to it).
+        # A loss of exactly zero has no log gradient: factor 0, as the clamped log gave.
+        factors = {task: torch.where(value > torch.finfo(value.dtype).tiny, 1 / value, 0.0)
+                   for task, value in values.items()}
+        return {task: loss * factors[task].to(loss.dtype) for task, loss in losses.items()}
 
     def aggregate(self, gradients, gramian, step: StepInfo):
         if self.buffers is None:
