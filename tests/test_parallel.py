@@ -1,0 +1,111 @@
+"""Data parallelism (bench.parallel): two gloo processes on CPU, each holding a shard of every task's
+batch, end three steps with the parameters one process gets on the whole batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from bench import backbone
+from bench.data import Encoding, collate, tokenize
+from bench.model import MultiTaskModel
+from bench.parallel import SINGLE, Ranks
+from bench.precision import StepPipeline
+from bench.trainer import Strategies, make_optimizer, training_step
+from strategies import registry
+from tasks.builtin import QUORA, SST, STS
+from tasks.synthetic import SyntheticConfig, generate
+
+# (combiner, regularisers): the acceptance's sum, PCGrad, MGDA and FGM, and methods that read the
+# loss values (FAMO, after the step too) or transform them (DB-MTL's log loss).
+CASES = [("sum", ()), ("pcgrad", ()), ("mgda", ()), ("sum", ("fgm",)), ("pcgrad", ("fgm",)), ("famo", ()),
+         ("db_mtl", ())]
+# Rows per task batch in each of the three steps: 7 does not split evenly over two ranks.
+ROWS = {"sst": 7, "quora": 8, "sts": 6}
+STEPS = 3
+
+
+def _step_batches(tokenizer, cache) -> list[dict[str, dict]]:
+    config = SyntheticConfig(sst_train=STEPS * ROWS["sst"], quora_train=STEPS * ROWS["quora"],
+                             sts_train=STEPS * ROWS["sts"])
+    steps = [{} for _ in range(STEPS)]
+    for spec, mode in ((SST, "single"), (QUORA, "bi"), (STS, "bi")):
+        rows = tokenize(generate(spec.name, config).rows["train"], tokenizer, Encoding(mode, 32), Path(cache)).to_list()
+        n = ROWS[spec.name]
+        for step in range(STEPS):
+            steps[step][spec.name] = collate(rows[step * n:(step + 1) * n], spec, tokenizer.pad_token_id)
+    return steps
+
+
+def _parameters_after_steps(encoder_path: str, cache, ranks: Ranks) -> dict[str, dict[str, torch.Tensor]]:
+    """Per case: the named parameters after three steps, this process holding `ranks`' shards."""
+    torch.set_num_threads(1)
+    backbone.quiet_transformers()
+    tokenizer = backbone.load_tokenizer(encoder_path)
+    steps = _step_batches(tokenizer, cache)
+    tasks = ["sst", "quora", "sts"]
+    found = {}
+    for combiner_name, regularizer_names in CASES:
+        torch.manual_seed(0)
+        model = MultiTaskModel(backbone.load_encoder(encoder_path), [SST, QUORA, STS], "mean",
+                               "concat_product").eval()  # no dropout: the masks would differ
+        combiner = registry.build("combiner", combiner_name, {}, tasks, torch.Generator().manual_seed(0))
+        regularizers = [registry.build("regularizer", name, {"epsilon": 0.05}, torch.Generator().manual_seed(1))
+                        for name in regularizer_names]
+        freezing = registry.build("freezing", "none", {}, model)
+        strategies = Strategies(None, combiner, regularizers, freezing)
+        optimizer = make_optimizer(freezing.parameter_groups(1e-3, 0.01) + combiner.optimizer_groups(1e-3, "cpu"))
+        pipeline = StepPipeline("fp32", torch.device("cpu"), ranks)
+        for batches in steps:
+            local, shares = {}, {}
+            for task, batch in batches.items():
+                local[task], shares[task] = ranks.shard(batch)
+            training_step(model, strategies, local, optimizer, None, 1.0, pipeline, shares)
+        found[f"{combiner_name}+{'+'.join(regularizer_names)}"] = {
+            name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    return found
+
+
+def _rank(rank: int, world: int, init_file: str, encoder_path: str, cache: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        found = _parameters_after_steps(encoder_path, cache, Ranks(rank, world))
+        torch.save(found, f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_train_like_one_process_on_the_whole_batches(tiny_encoder_path, tmp_path):
+    cache = os.environ["MTLBENCH_CACHE"] + "/tokens"
+    out = str(tmp_path / "parameters")
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), tiny_encoder_path, cache, out), nprocs=2, join=True)
+    single = _parameters_after_steps(tiny_encoder_path, cache, SINGLE)
+    ranks = [torch.load(f"{out}.rank{r}") for r in range(2)]
+    torch.manual_seed(0)
+    start = MultiTaskModel(backbone.load_encoder(tiny_encoder_path), [SST, QUORA, STS], "mean", "concat_product")
+    for case, expected in single.items():
+        moved = max((expected[n] - p).abs().max().item() for n, p in start.named_parameters())
+        assert moved > 1e-4, case  # the steps changed the weights: the comparison means something
+        for name, value in expected.items():
+            for rank in ranks:
+                assert torch.allclose(rank[case][name], value, atol=1e-5, rtol=0), (case, name)
+        # every rank applied the same update
+        assert all(torch.equal(ranks[0][case][n], ranks[1][case][n]) for n in expected), case
+
+
+def test_a_shard_splits_both_sides_of_a_pair_batch_and_counts_its_rows():
+    batch = {"input_ids": torch.arange(10).view(10, 1), "labels": torch.arange(5)}
+    first, share0 = Ranks(0, 2).shard(batch)
+    second, share1 = Ranks(1, 2).shard(batch)
+    assert first["labels"].tolist() == [0, 1] and first["input_ids"].view(-1).tolist() == [0, 1, 5, 6]
+    assert second["labels"].tolist() == [2, 3, 4] and second["input_ids"].view(-1).tolist() == [2, 3, 4, 7, 8, 9]
+    assert (share0, share1) == (0.4, 0.6)
+    lonely, share = Ranks(0, 2).shard({"input_ids": torch.zeros(1, 3), "labels": torch.zeros(1)})
+    assert share == 0.0 and lonely["labels"].shape[0] == 1  # one row that counts for nothing
+    with pytest.raises(ValueError, match="batch\\['x'\\] has 3 rows for 5 examples"):
+        Ranks(0, 2).shard({**batch, "x": torch.zeros(3)})
