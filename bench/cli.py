@@ -38,7 +38,7 @@ def _run(args) -> int:
 
     _check_run_arguments(args)
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
-                 "epochs": args.epochs, "threads": args.threads}
+                 "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
         from bench import config
@@ -170,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, help="runs side by side in worker processes (default: on CPU, one per "
                      "`threads` cores; on an accelerator, 1); results do not depend on it")
     run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
+                     "part of the setting, recorded")
+    run.add_argument("--precision", help="fp32, bf16 or fp16 (default: the suite's [train] precision, fp32); "
                      "part of the setting, recorded")
     run.add_argument("--predictions", action="store_true", help="write each task's dev (and, with test = true, "
                      "test) predictions from its best dev epoch under OUT/predictions/RUN/")

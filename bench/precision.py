@@ -144,7 +144,7 @@ class StepPipeline(GradientPipeline):
         head_grads = [g for grads in heads.values() for g in grads if g is not None]
         self._unscale_and_average([matrix, *head_grads] if matrix.numel() else head_grads)
         self.reduced = True
-        if self.scaler is not None and not _all_finite([matrix, *head_grads]):
+        if self.scaler is not None and not all_finite([matrix, *head_grads]):
             raise SkippedStep
         return matrix, heads
 
@@ -183,7 +183,7 @@ class StepPipeline(GradientPipeline):
         return summary
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
+def all_finite(tensors: list[Tensor]) -> bool:
     """One device read for all tensors."""
     present = [t for t in tensors if t is not None and t.numel()]
     if not present:

@@ -22,7 +22,7 @@ from bench import checkpoint
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
 from bench.parallel import SINGLE, Ranks
-from bench.precision import MIN_LOSS_SCALE, PRECISIONS, SkippedStep, StepPipeline, StepTimer
+from bench.precision import MIN_LOSS_SCALE, PRECISIONS, SkippedStep, StepPipeline, StepTimer, all_finite
 from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep, with_gradient
 from tasks.metrics import score
 from tasks.spec import TaskSpec
@@ -353,15 +353,21 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
                 loss = model(task, batch).loss
                 task_losses[task] = loss.detach()
                 losses[task] = loss if multiplier == 1.0 else multiplier * loss
-    _check_finite(losses, "loss", pipeline.ranks)  # with the regularisers' terms
     task_losses = pipeline.global_values(task_losses)
     try:
+        _check_finite(losses, "loss", pipeline.ranks)  # with the regularisers' terms
         combiner.backward(losses, model.shared_parameters(), model.task_parameters())
         if pipeline.changes_gradients:
             pipeline.reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
         # The norm is needed anyway for clipping; an infinite limit measures without clipping.
         finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)))
     except SkippedStep:
+        finite = False
+    except Diverged:
+        # fp16: with the clean losses finite, a non-finite term is an overflow of the scaled backward
+        # that gave an attack its input gradient: the step is skipped like any overflow.
+        if pipeline.scaler is None or not all_finite(list(task_losses.values())):
+            raise
         finite = False
     if pipeline.overflowed(finite):
         optimizer.zero_grad(set_to_none=True)
