@@ -44,9 +44,14 @@ def _run(args) -> int:
         from bench import config
 
         config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("under torchrun / accelerate launch, give --out: every process must find the same "
+                        "directory (the default is named after the time)")
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
     records = api.run(suite, out=out, jobs=args.jobs, fresh=args.fresh, progress=not args.no_progress,
                       predictions=args.predictions, log=lambda m: print(m, file=sys.stderr))
+    if int(os.environ.get("RANK", "0")) != 0:  # data parallel: rank 0 reports
+        return 0
     print(tables.markdown(tables.summary(records)))
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)

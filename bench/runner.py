@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench import backbone, checkpoint, cost, examples, gate, plots, predictions, tables
+from bench import backbone, checkpoint, cost, examples, gate, parallel, plots, predictions, tables
 from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches, encoding_for, tokenize
 from bench.errors import UserError
@@ -232,11 +232,31 @@ class Runner:
         self.suite, self.out_dir, self.progress, self.log = suite, Path(out_dir), progress, log
         self.predictions = predictions  # write each task's per-split predictions (best dev epoch)
         self.fresh = fresh  # discard this suite's earlier records and checkpoints in out_dir
-        self.device = select_device(suite.train.device)
+        # Launched by torchrun / accelerate launch: every rank trains each run together (one shard
+        # of every batch); rank 0 alone plans, logs and writes (bench.parallel).
+        self.ranks = parallel.from_environment(select_device(suite.train.device).type)
+        self.device = parallel.local_device(self.ranks, select_device(suite.train.device))
+        if not self.ranks.writes:
+            self.log, self.progress = (lambda message: None), False
 
     @functools.cached_property
     def prepared(self) -> Prepared:
-        return prepare(self.suite, self.log)
+        """Data parallel: rank 0 first (it builds the encoder and fills the token cache), then the
+        others from the cache; rank 0's error stops every rank."""
+        if not self.ranks.active:
+            return prepare(self.suite, self.log)
+        found, error = None, None
+        if self.ranks.writes:
+            try:
+                found = prepare(self.suite, self.log)
+            except UserError as caught:
+                error = caught
+        message = self.ranks.broadcast(str(error) if error else None)
+        if error:
+            raise error
+        if message:
+            raise UserError(message)
+        return found or prepare(self.suite, self.log)
 
     def build(self, recipe: Recipe, seed: int):
         """The model, strategies and data of one run."""
@@ -272,14 +292,19 @@ class Runner:
         """Train (or resume, or find finished) one run and write its record; None if another process
         holds it. Workers call this too: the record is written under the run's lock."""
         stem = run_stem(self.suite.name, recipe.name, seed)
-        with _exclusive(self.out_dir / checkpoint.DIRECTORY / f".{stem}.lock", wait=False) as taken:
-            if not taken:
+        lock = self.out_dir / checkpoint.DIRECTORY / f".{stem}.lock"
+        record_path = self.out_dir / f"{stem}.json"
+        with _exclusive(lock, wait=False) if self.ranks.writes else contextlib.nullcontext(None) as taken:
+            # Data parallel: rank 0 decides for every rank, which then train together.
+            decision = self.ranks.broadcast("busy" if taken is False else "found" if record_path.exists() else "train")
+            if decision == "busy":
                 self.log(f"      {stem}: another process is training it; skipped")
                 return None
-            record_path = self.out_dir / f"{stem}.json"
-            if record_path.exists():  # finished by another process since this one planned
-                return json.loads(record_path.read_text(encoding="utf-8"))
+            if decision == "found":  # finished by another process since this one planned
+                return json.loads(record_path.read_text(encoding="utf-8")) if self.ranks.writes else None
             record = self._train_run(recipe, seed, stem)
+            if not self.ranks.writes:
+                return None
             write_json_atomic(record_path, record)
             return record
 
@@ -296,7 +321,10 @@ class Runner:
         settings = suite.checkpoints
         keep_best = suite.test if settings.keep_best is None else settings.keep_best
         resume = None
-        if settings.enabled and (last := checkpoint.latest(saves)) is not None:
+        last = checkpoint.latest(saves) if settings.enabled and self.ranks.writes else None
+        if self.ranks.active:  # every rank resumes from the checkpoint rank 0 found
+            last = self.ranks.broadcast(last)
+        if last is not None:
             resume = checkpoint.load(last, model)
             if resume.get("config_hash") != fingerprint:
                 raise UserError(f"{last}: a checkpoint of other settings; use --fresh to start over, "
@@ -307,7 +335,7 @@ class Runner:
             return {best_epoch(history, t, spec.primary_metric) for t, spec in specs.items()} if keep_best else set()
 
         def save(epoch: int, state, model=model) -> None:
-            if not settings.enabled:
+            if not settings.enabled or not self.ranks.writes:
                 return
             state = {**state(), "config_hash": fingerprint}
             checkpoint.save(saves, epoch, model, state)
@@ -326,7 +354,7 @@ class Runner:
         try:
             outcome = train(model, strategies, train_sets, dev_sets, suite.train, self.device, prepared.pad_id,
                             self.progress, test_sets, prepared.unlabelled_test, keep_predictions=self.predictions,
-                            resume=resume, on_epoch_end=save)
+                            resume=resume, on_epoch_end=save, ranks=self.ranks)
         except Diverged as diverged:
             self.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
             return {**base, "status": "diverged", "diverged": diverged.as_dict(),
@@ -336,6 +364,8 @@ class Runner:
         mlm_head_source = model.mlm_head_source
         del model, save  # before the cost measurement builds its own two
         last, best, overall, overall_best = _summarise(outcome.history, specs)
+        if not self.ranks.writes:  # rank 0 writes the files and measures the cost (in one process)
+            return {}
         if self.predictions:
             predictions.write(self.out_dir / "predictions" / stem, specs, prepared.data, outcome.predictions)
         examples_file = self.out_dir / f"{stem}{examples.SUFFIX}"
@@ -417,12 +447,30 @@ class Runner:
                             "use --fresh to replace them, or another --out")
         return todo
 
+    def _plan_on_rank0(self) -> list[tuple[Recipe, int]]:
+        """`plan()`; data parallel, rank 0's plan (it alone reads and removes files), or its error."""
+        if not self.ranks.active:
+            return self.plan()
+        planned = None
+        try:
+            if self.ranks.writes:
+                planned = [(recipe.position, seed) for recipe, seed in self.plan()]
+        except UserError as error:
+            self.ranks.broadcast(str(error))
+            raise
+        planned = self.ranks.broadcast(planned)
+        if isinstance(planned, str):
+            raise UserError(planned)
+        by_position = {recipe.position: recipe for recipe in self.suite.recipes}
+        return [(by_position[position], seed) for position, seed in planned]
+
     def run(self, jobs: int | None = None) -> list[RunRecord]:
         """Every recipe x seed not finished yet, `jobs` at a time in worker processes (default:
         `default_jobs`). A run's result does not depend on `jobs` or on being resumed."""
         validate(self.suite)
         check_output(self.out_dir)
-        todo = self.plan()
+        _ = self.prepared  # every rank, in the same order of collectives
+        todo = self._plan_on_rank0()
         suite = self.suite
         self.log(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on {suite.data} data, "
                  f"model {suite.model}; records -> {self.out_dir}")
@@ -433,6 +481,9 @@ class Runner:
             self.log(f"{total - len(todo)} of {total} runs already finished in {self.out_dir}; "
                      f"{len(todo)} to train (--fresh starts over)")
         local_strategies = self._registered_at_run_time()
+        if self.ranks.active and (jobs or 1) > 1:
+            raise UserError(f"--jobs {jobs}: under torchrun the {self.ranks.world} processes train one run at a "
+                            "time together; leave --jobs out")
         jobs = jobs or self.default_jobs(max(len(todo), 1), local_strategies)
         if jobs > 1 and local_strategies:
             raise UserError(f"--jobs {jobs}: {', '.join(local_strategies)} registered at run time, "
@@ -450,6 +501,8 @@ class Runner:
             raise RunInterrupted(f"{self.finished} of {len(todo)} runs finished this time, records in {self.out_dir}; "
                                  "run the same command again to resume the others from their last epoch "
                                  "checkpoint") from None
+        if not self.ranks.writes:
+            return []
         # Render over every record in the directory, so runs added to it (more seeds, another
         # recipe, another suite) extend the table instead of replacing it.
         self.out_dir.mkdir(parents=True, exist_ok=True)

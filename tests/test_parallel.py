@@ -3,7 +3,10 @@ batch, end three steps with the parameters one process gets on the whole batches
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bench import backbone
+from bench.cli import main
 from bench.data import Encoding, collate, tokenize
 from bench.model import MultiTaskModel
 from bench.parallel import SINGLE, Ranks
@@ -20,6 +24,7 @@ from bench.trainer import Strategies, make_optimizer, training_step
 from strategies import registry
 from tasks.builtin import QUORA, SST, STS
 from tasks.synthetic import SyntheticConfig, generate
+from tests.conftest import write_suite
 
 # (combiner, regularisers): the acceptance's sum, PCGrad, MGDA and FGM, and methods that read the
 # loss values (FAMO, after the step too) or transform them (DB-MTL's log loss).
@@ -109,3 +114,36 @@ def test_a_shard_splits_both_sides_of_a_pair_batch_and_counts_its_rows():
     assert share == 0.0 and lonely["labels"].shape[0] == 1  # one row that counts for nothing
     with pytest.raises(ValueError, match="batch\\['x'\\] has 3 rows for 5 examples"):
         Ranks(0, 2).shard({**batch, "x": torch.zeros(3)})
+
+
+def _torchrun(*args: str, env: dict) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "bench.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_torchrun_trains_one_run_on_two_processes_and_rank0_alone_writes(tmp_path):
+    """The CLI under torchrun: one record (written once, by rank 0) whose training matches a
+    one-process run of the same suite (dropout 0, so that the two see the same network)."""
+    suite = write_suite(tmp_path / "ddp.toml", name="ddp", recipes="[cost]\nenabled = false\n[[recipes]]\n"
+                        'name = "pc"\nsampler = "joint"\ncombiner = "pcgrad"\n',
+                        train="epochs = 2\nbatch_size = 15\nlr = 2e-3\ndropout = 0.0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    together = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", env=env)
+    assert together.returncode == 0, together.stderr[-3000:]
+    assert together.stdout.count("| pc (baseline)") == 1  # rank 0 alone prints the table
+    assert main(["run", str(suite), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "ddp").glob("*.json")]
+    single = json.loads((tmp_path / "one" / "ddp.pc-seed0.json").read_text())
+    assert record["train"]["processes"] == 2 and single["train"]["processes"] == 1
+    assert record["train"]["examples"] == single["train"]["examples"]  # every example counted once
+    for epoch, one in zip(record["history"], single["history"], strict=True):
+        for task, loss in one["train_loss"].items():
+            assert epoch["train_loss"][task] == pytest.approx(loss, rel=1e-4)
+        for task, metrics in one["dev"].items():
+            assert epoch["dev"][task] == pytest.approx(metrics, abs=1e-3)
+    assert not list((tmp_path / "ddp").rglob("*.tmp"))
+    assert (tmp_path / "ddp" / "table.md").exists()
+    # finished: a second launch finds the record and trains nothing
+    again = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", env=env)
+    assert again.returncode == 0 and "1 of 1 runs already finished" in again.stderr
