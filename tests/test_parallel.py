@@ -119,7 +119,7 @@ def test_a_shard_splits_both_sides_of_a_pair_batch_and_counts_its_rows():
 def _torchrun(*args: str, env: dict) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
     return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "bench.cli", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, check=False)
 
 
 def test_torchrun_trains_one_run_on_two_processes_and_rank0_alone_writes(tmp_path):
