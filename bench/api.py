@@ -41,11 +41,13 @@ def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
 
 def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, recipes: list[str] | None = None,
         jobs: int | None = None, fresh: bool = False, progress: bool = False, predictions: bool = False,
-        log=None, **overrides) -> list[RunRecord]:
+        log=None, executor: str = "local", address: str | None = None, shard: tuple[int, int] = (0, 1),
+        **overrides) -> list[RunRecord]:
     """Train every recipe x seed of `suite` (see `load_suite` for `overrides`) into `out` (default
     runs/SUITE-TIME), and return every record there. As the CLI: finished runs with the same
     settings are kept, unfinished ones resume from their last checkpoint (`fresh` starts over);
-    bad input raises UserError before anything trains."""
+    bad input raises UserError before anything trains. `executor="ray"` runs each recipe x seed as
+    a Ray task (on the cluster at `address`); `shard=(i, n)` trains the i-th of n shards of the grid."""
     from bench.runner import Runner
 
     loaded = load_suite(suite, **overrides)
@@ -53,8 +55,8 @@ def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, reci
         config.select_recipes(loaded, list(recipes))
     out = Path(out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}")
     runner = Runner(loaded, out, progress=progress, log=log or (lambda message: None), predictions=predictions,
-                    fresh=fresh)
-    return runner.run(jobs)
+                    fresh=fresh, shard=shard)
+    return runner.run(jobs, executor, address)
 
 
 def load_records(directory: str | Path) -> list[RunRecord]:

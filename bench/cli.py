@@ -33,6 +33,20 @@ def _check_run_arguments(args) -> None:
                             "weights, tokenizer files)")
 
 
+def _shard(value: str | None) -> tuple[int, int]:
+    """`--shard I/N` as (I, N)."""
+    if value is None:
+        return 0, 1
+    index, _, count = value.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise UserError(f"--shard {value}: expected I/N, e.g. 0/4 for the first of four shards") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise UserError(f"--shard {value}: need 0 <= I < N")
+    return shard
+
+
 def _run(args) -> int:
     from bench import api, tables
 
@@ -49,7 +63,8 @@ def _run(args) -> int:
                         "directory (the default is named after the time)")
     out = Path(args.out or Path("runs") / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}")
     records = api.run(suite, out=out, jobs=args.jobs, fresh=args.fresh, progress=not args.no_progress,
-                      predictions=args.predictions, log=lambda m: print(m, file=sys.stderr))
+                      predictions=args.predictions, log=lambda m: print(m, file=sys.stderr),
+                      executor=args.executor, address=args.address, shard=_shard(args.shard))
     if int(os.environ.get("RANK", "0")) != 0:  # data parallel: rank 0 reports
         return 0
     print(tables.markdown(tables.summary(records)))
@@ -90,11 +105,11 @@ def _list(args) -> int:
 def _table(args) -> int:
     from bench import records, tables
 
-    runs = records.load_records(Path(args.dir))
+    runs = records.load_directories([Path(d) for d in args.dirs])
     table = tables.summary(runs, args.select)
     print({"md": tables.markdown, "csv": tables.csv, "latex": tables.latex}[args.format](table))
     if args.write:
-        tables.write_tables(runs, Path(args.dir), args.select)
+        tables.write_tables(runs, Path(args.dirs[0]), args.select)
     return 0
 
 
@@ -178,6 +193,12 @@ def parser() -> argparse.ArgumentParser:
                      "part of the setting, recorded")
     run.add_argument("--precision", help="fp32, bf16 or fp16 (default: the suite's [train] precision, fp32); "
                      "part of the setting, recorded")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local worker processes (default), or each run as a Ray task (pip install 'mtlbench[ray]')")
+    run.add_argument("--address", help="with --executor ray: the cluster to join ('auto', or HOST:PORT; default: "
+                     "start a local Ray instance)")
+    run.add_argument("--shard", metavar="I/N", help="train shard I of N of the recipe x seed grid (a job array "
+                     "without Ray); `mtlbench table DIR...` merges the shards' directories")
     run.add_argument("--predictions", action="store_true", help="write each task's dev (and, with test = true, "
                      "test) predictions from its best dev epoch under OUT/predictions/RUN/")
     run.add_argument("--fresh", action="store_true", help="discard this suite's earlier records and checkpoints in "
@@ -188,12 +209,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
 
     table = sub.add_parser("table", help="re-render the comparison table from a directory of records")
-    table.add_argument("dir")
+    table.add_argument("dirs", nargs="+", metavar="DIR", help="directories of records (several: the shards "
+                       "of one suite, or suites to compare, merged into one table)")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     table.add_argument("--select", choices=("last", "best", "test"), default="last",
                        help="last epoch; each task's best dev epoch (optimistic: chosen on dev); or the test "
                        "scores at each task's best dev epoch (suites with test = true)")
-    table.add_argument("--write", action="store_true", help="also rewrite table.md/.csv/.tex in DIR")
+    table.add_argument("--write", action="store_true", help="also rewrite table.md/.csv/.tex in the first DIR")
     table.set_defaults(handler=_table)
 
     plot = sub.add_parser("plot", help="re-render the plots from a directory of records")

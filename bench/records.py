@@ -139,6 +139,21 @@ def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
     return records
 
 
+def load_directories(directories: list[Path]) -> list[RunRecord]:
+    """The records of several directories as one list (the shards of a suite, or several suites).
+    A run found in two directories is an error naming both files: which one counts is not clear."""
+    found, seen = [], {}
+    for directory in directories:
+        for record in load_records(directory):
+            key = (record["suite"], record["recipe_name"], record["seed"])
+            if key in seen:
+                raise UserError(f"{Path(record['_dir']) / record['_file']}: the same run as "
+                                f"{seen[key]}; give each run's directory once")
+            seen[key] = Path(record["_dir"]) / record["_file"]
+            found.append(record)
+    return found
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

@@ -38,6 +38,9 @@ from tasks.sources import load_task
 from tasks.spec import TaskKind
 
 
+EXECUTORS = ("local", "ray")
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM stopped the suite; the message says what was kept."""
 
@@ -228,8 +231,13 @@ def _exclusive(path: Path, wait: bool):
 
 class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True, log=print, predictions: bool = False,
-                 fresh: bool = False):
+                 fresh: bool = False, shard: tuple[int, int] = (0, 1)):
         self.suite, self.out_dir, self.progress, self.log = suite, Path(out_dir), progress, log
+        # (i, n): this process trains shard i of n of the recipe x seed grid (job arrays, `--shard`).
+        index, count = shard
+        if not 0 <= index < count:
+            raise UserError(f"--shard {index}/{count}: need 0 <= I < N")
+        self.shard = (index, count)
         self.predictions = predictions  # write each task's per-split predictions (best dev epoch)
         self.fresh = fresh  # discard this suite's earlier records and checkpoints in out_dir
         # Launched by torchrun / accelerate launch: every rank trains each run together (one shard
@@ -420,27 +428,36 @@ class Runner:
         return {(r["suite"], r["recipe_name"], r["seed"]): (Path(r["_dir"]) / r["_file"], r)
                 for r in load_records(self.out_dir, allow_empty=True)}
 
+    def grid(self) -> list[tuple[Recipe, int]]:
+        """This shard's recipe x seed runs: of the grid in suite order (recipes, then seeds), every
+        n-th from the i-th, so that each shard gets a mix of recipes."""
+        index, count = self.shard
+        every = [(recipe, seed) for recipe in self.suite.recipes for seed in self.suite.seeds]
+        return every[index::count]
+
     def plan(self) -> list[tuple[Recipe, int]]:
         """The runs still to train. A finished run with the same settings is kept; one with other
         settings is refused (or, with `fresh`, removed with its checkpoints)."""
         existing, todo, refused = self._existing(), [], []
-        for recipe in self.suite.recipes:
-            wanted = comparable_config(self.run_config(recipe))
-            for seed in self.suite.seeds:
-                stem = run_stem(self.suite.name, recipe.name, seed)
-                saves = checkpoint.run_directory(self.out_dir, stem)
-                found = existing.get((self.suite.name, recipe.name, seed))
-                if self.fresh:
-                    if found:
-                        found[0].unlink()
-                        (found[0].parent / f"{found[0].stem}{examples.SUFFIX}").unlink(missing_ok=True)
-                    shutil.rmtree(saves, ignore_errors=True)
-                    todo.append((recipe, seed))
-                elif found is None:
-                    todo.append((recipe, seed))
-                elif comparable_config(found[1].get("config", {})) != wanted:
-                    changes = _differences(comparable_config(found[1].get("config", {})), wanted)
-                    refused.append(f"{found[0].name} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})")
+        wanted_configs = {}
+        for recipe, seed in self.grid():
+            if recipe.position not in wanted_configs:
+                wanted_configs[recipe.position] = comparable_config(self.run_config(recipe))
+            wanted = wanted_configs[recipe.position]
+            stem = run_stem(self.suite.name, recipe.name, seed)
+            saves = checkpoint.run_directory(self.out_dir, stem)
+            found = existing.get((self.suite.name, recipe.name, seed))
+            if self.fresh:
+                if found:
+                    found[0].unlink()
+                    (found[0].parent / f"{found[0].stem}{examples.SUFFIX}").unlink(missing_ok=True)
+                shutil.rmtree(saves, ignore_errors=True)
+                todo.append((recipe, seed))
+            elif found is None:
+                todo.append((recipe, seed))
+            elif comparable_config(found[1].get("config", {})) != wanted:
+                changes = _differences(comparable_config(found[1].get("config", {})), wanted)
+                refused.append(f"{found[0].name} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})")
         if refused:
             raise UserError(f"{self.out_dir} holds runs made with other settings: {refused[0]}"
                             f"{f' and {len(refused) - 1} more' if len(refused) > 1 else ''}; "
@@ -464,9 +481,18 @@ class Runner:
         by_position = {recipe.position: recipe for recipe in self.suite.recipes}
         return [(by_position[position], seed) for position, seed in planned]
 
-    def run(self, jobs: int | None = None) -> list[RunRecord]:
-        """Every recipe x seed not finished yet, `jobs` at a time in worker processes (default:
-        `default_jobs`). A run's result does not depend on `jobs` or on being resumed."""
+    def run(self, jobs: int | None = None, executor: str = "local", address: str | None = None) -> list[RunRecord]:
+        """Every recipe x seed of this shard not finished yet: `jobs` at a time in worker processes
+        (default: `default_jobs`), or, with `executor="ray"`, each as a Ray task on the cluster at
+        `address` (default: a local instance; bench.ray_executor). A run's result does not depend
+        on `jobs`, the executor or on being resumed."""
+        if executor not in EXECUTORS:
+            raise UserError(f"--executor: unknown executor '{executor}'; executors: {', '.join(EXECUTORS)}")
+        if address is not None and executor != "ray":
+            raise UserError("--address: the address of a Ray cluster, for --executor ray")
+        if executor == "ray" and (jobs or self.ranks.active):
+            raise UserError("--executor ray schedules runs by their resource requests: leave out --jobs, "
+                            "and do not start it under torchrun")
         validate(self.suite)
         check_output(self.out_dir)
         _ = self.prepared  # every rank, in the same order of collectives
@@ -476,7 +502,9 @@ class Runner:
                  f"model {suite.model}; records -> {self.out_dir}")
         for recipe in self.suite.recipes:  # every strategy built once, so a bad option fails before any record
             self.build(recipe, 0)
-        total = len(self.suite.recipes) * len(self.suite.seeds)
+        total = len(self.grid())
+        if self.shard[1] > 1:
+            self.log(f"shard {self.shard[0]}/{self.shard[1]}: {total} of the {len(suite.recipes) * len(suite.seeds)} runs")
         if len(todo) < total:
             self.log(f"{total - len(todo)} of {total} runs already finished in {self.out_dir}; "
                      f"{len(todo)} to train (--fresh starts over)")
@@ -484,14 +512,18 @@ class Runner:
         if self.ranks.active and (jobs or 1) > 1:
             raise UserError(f"--jobs {jobs}: under torchrun the {self.ranks.world} processes train one run at a "
                             "time together; leave --jobs out")
-        jobs = jobs or self.default_jobs(max(len(todo), 1), local_strategies)
-        if jobs > 1 and local_strategies:
-            raise UserError(f"--jobs {jobs}: {', '.join(local_strategies)} registered at run time, "
-                            "so worker processes cannot find it; use --jobs 1, or put it in a module of "
-                            "strategies/ or an entry point")
+        jobs = 0 if executor == "ray" else jobs or self.default_jobs(max(len(todo), 1), local_strategies)
+        if (jobs > 1 or executor == "ray") and local_strategies:
+            raise UserError(f"{'--jobs ' + str(jobs) if jobs else '--executor ray'}: {', '.join(local_strategies)} "
+                            "registered at run time, so worker processes cannot find it; use --jobs 1, or put it "
+                            "in a module of strategies/ or an entry point")
         self.finished = 0
         try:
-            if jobs == 1 or len(todo) <= 1:
+            if executor == "ray":
+                from bench import ray_executor
+
+                ray_executor.run(self, todo, address)
+            elif jobs == 1 or len(todo) <= 1:
                 for n, (recipe, seed) in enumerate(todo, 1):
                     self.log(f"[{n}/{len(todo)}] {recipe.name} seed {seed}")
                     self._landed(self.run_one(recipe, seed), len(todo), head="     ")
@@ -507,7 +539,9 @@ class Runner:
         # recipe, another suite) extend the table instead of replacing it.
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.out_dir, wait=True):  # the last renderer sees every record
-            every_record = load_records(self.out_dir)
+            every_record = load_records(self.out_dir, allow_empty=True)
+            if not every_record:  # a shard with no runs of its own, into an empty directory
+                return every_record
             tables.write_tables(every_record, self.out_dir)
             if any(status(r) == "finished" for r in every_record):
                 plots.write_plots(every_record, self.out_dir)

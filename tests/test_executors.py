@@ -1,0 +1,97 @@
+"""Where a suite's runs execute: local worker processes, Ray tasks, or shards of a job array. The
+records must not depend on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from tests.conftest import write_suite
+
+RECIPES = ("[cost]\nenabled = false\n"
+           '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
+           '[[recipes]]\nname = "pc"\nsampler = "joint"\ncombiner = "pcgrad"\n')
+
+
+@pytest.fixture(scope="module")
+def grid_suite(tmp_path_factory):
+    """A 2 recipes x 2 seeds suite, and its records from a plain local run."""
+    folder = tmp_path_factory.mktemp("grid")
+    suite = write_suite(folder / "grid.toml", name="grid", recipes=RECIPES)
+    assert main(["run", str(suite), "--out", str(folder / "local"), "--seeds", "2", "--no-progress"]) == 0
+    return suite, _records(folder / "local")
+
+
+def _records(directory) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(directory.glob("grid.*.json"))}
+
+
+def _quality_columns(markdown: str) -> list[list[str]]:
+    """The recipe and metric columns of a printed table (up to `overall`)."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("|")]
+    end = rows[0].index("overall") + 1
+    return [row[:end] for row in rows]
+
+
+def _same_results(found: dict, expected: dict) -> None:
+    assert sorted(found) == sorted(expected)
+    for run_id, record in found.items():
+        assert record["metrics"] == expected[run_id]["metrics"], run_id
+        assert record["history"] == expected[run_id]["history"], run_id
+        assert record["config_hash"] == expected[run_id]["config_hash"], run_id
+
+
+def test_two_shards_together_are_the_whole_grid_and_table_merges_them(grid_suite, tmp_path, capsys):
+    suite, whole = grid_suite
+    for index in (0, 1):
+        assert main(["run", str(suite), "--out", str(tmp_path / f"shard{index}"), "--seeds", "2", "--no-progress",
+                     "--shard", f"{index}/2"]) == 0
+    first, second = _records(tmp_path / "shard0"), _records(tmp_path / "shard1")
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+    assert {r["recipe_name"] for r in first.values()} == {"rr", "pc"}  # every n-th: a mix of recipes
+    _same_results({**first, **second}, whole)
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "shard0"), str(tmp_path / "shard1")]) == 0
+    merged = _quality_columns(capsys.readouterr().out)
+    assert main(["table", str(suite.parent / "local")]) == 0
+    assert merged == _quality_columns(capsys.readouterr().out)  # cost and speed columns differ run to run
+    # a shard run again finds its runs finished
+    assert main(["run", str(suite), "--out", str(tmp_path / "shard1"), "--seeds", "2", "--no-progress",
+                 "--shard", "1/2"]) == 0
+    assert "2 of 2 runs already finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--shard", "2/2"], "--shard 2/2: need 0 <= I < N"),
+    (["--shard", "half"], "--shard half: expected I/N"),
+    (["--address", "auto"], "--address: the address of a Ray cluster, for --executor ray"),
+    (["--executor", "ray", "--jobs", "2"], "--executor ray schedules runs by their resource requests"),
+])
+def test_bad_executor_arguments_are_named(arguments, message, grid_suite, tmp_path, capsys):
+    assert main(["run", str(grid_suite[0]), "--out", str(tmp_path / "out"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_found_in_two_directories_is_an_error_naming_both(grid_suite, tmp_path, capsys):
+    local = grid_suite[0].parent / "local"
+    assert main(["table", str(local), str(local)]) == 2
+    assert "the same run as" in capsys.readouterr().err
+
+
+def test_the_ray_executor_gives_the_records_of_a_local_run(grid_suite, tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtlbench[ray]'")
+    suite, whole = grid_suite
+    out = tmp_path / "ray"
+    assert main(["run", str(suite), "--out", str(out), "--seeds", "2", "--no-progress", "--executor", "ray"]) == 0
+    err = capsys.readouterr().err
+    assert "4 runs as Ray tasks (1 CPU each)" in err
+    _same_results(_records(out), whole)
+    assert (out / "table.md").exists() and not list(out.rglob("*.tmp"))
+    # resumes like a local run: one record removed, one run trained again
+    (out / "grid.pc-seed1.json").unlink()
+    assert main(["run", str(suite), "--out", str(out), "--seeds", "2", "--no-progress", "--executor", "ray"]) == 0
+    assert "3 of 4 runs already finished" in capsys.readouterr().err
+    _same_results(_records(out), whole)
