@@ -37,7 +37,6 @@ from strategies import registry
 from tasks.sources import load_task
 from tasks.spec import TaskKind
 
-
 EXECUTORS = ("local", "ray")
 
 
