@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -133,3 +134,21 @@ def test_bf16_gradients_carry_bf16_precision_into_the_rank_decisions():
     pipeline = StepPipeline("bf16")
     assert pipeline.compute_eps == torch.finfo(torch.bfloat16).eps and pipeline.loss_scale() == 1.0
     assert not pipeline.changes_gradients
+
+
+def test_an_fp16_run_resumed_from_its_epoch_1_checkpoint_ends_as_if_never_stopped(tmp_path, capsys):
+    """The loss scale and the skip count are part of the checkpoint."""
+    suite = write_suite(tmp_path / "resume.toml", name="resume",
+                        recipes=NO_COST + "[checkpoints]\nkeep = 2\n[[recipes]]\nname = \"pc\"\nsampler = \"joint\"\n"
+                        "combiner = \"pcgrad\"\n", train="epochs = 2\nbatch_size = 16\nlr = 2e-3\nprecision = \"fp16\"")
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    whole = json.loads((out / "resume.pc-seed0.json").read_text())
+    (out / "resume.pc-seed0.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "resume.pc-seed0" / "epoch-0002")
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().err
+    resumed = json.loads((out / "resume.pc-seed0.json").read_text())
+    assert resumed["history"] == whole["history"] and resumed["train"]["resumed_from_epoch"] == 1
+    for key in ("skipped_steps", "loss_scale", "steps", "examples"):
+        assert resumed["train"][key] == whole["train"][key], key
