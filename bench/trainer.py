@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from bench import checkpoint
+from bench import checkpoint, flops
 from bench.data import TaskBatches, eval_batches
 from bench.model import MultiTaskModel
 from bench.parallel import SINGLE, Ranks
@@ -465,7 +465,8 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
     total_steps = steps_per_epoch * settings.epochs
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     streams = {task: batches.stream() for task, batches in train_sets.items()}
-    counters = {"step": 0, "examples": 0, "step_seconds": [], "seen_changes": -1}
+    counters = {"step": 0, "examples": 0, "step_seconds": [], "seen_changes": -1, "model_flops": 0.0}
+    flop_costs = flops.per_token(model)
     specs = model.specs
     first_epoch = 1
     if resume is not None:
@@ -499,6 +500,7 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
                 for task in step_tasks:
                     batch = next(streams[task])
                     counters["examples"] += batch["labels"].shape[0]  # the whole batch, over all ranks
+                    counters["model_flops"] += flops.batch_flops(flop_costs, batch["input_ids"])
                     batch, shares[task] = ranks.shard(batch)
                     batches[task] = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 try:
@@ -537,6 +539,7 @@ def train(model: MultiTaskModel, strategies: Strategies, train_sets: dict[str, T
         "examples_per_second": counters["examples"] / train_seconds if train_seconds else float("nan"),
         "step_seconds_median": statistics.median(step_seconds) if step_seconds else float("nan"),
         "step_timing": "cuda_events" if timer.cuda else "wall_clock",
+        **flops.summary(counters["model_flops"], train_seconds, device, settings.precision),
         **pipeline.summary(),
         **({"resumed_from_epoch": first_epoch - 1} if resume is not None else {}),
     }
