@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from bench.precision import StepPipeline
 from bench.trainer import make_optimizer, training_step
 
 METHOD = ("median over rounds of (seconds per training example of the recipe / of the baseline recipe), "
@@ -48,6 +49,7 @@ class _Stepper:
                      for t in train_sets if needed[t]}
         self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches)
         self.step = 0
+        self.pipeline = StepPipeline(runner.suite.train.precision, device)  # the run's precision
 
     def block(self, round_index: int) -> float:
         """Seconds per training example over one block; the freezing stage and the combiner's
@@ -65,7 +67,7 @@ class _Stepper:
             for t in tasks:
                 batches[t] = self.pool[t][used[t]]
                 used[t] += 1
-            training_step(self.model, self.strategies, batches, self.optimizer)
+            training_step(self.model, self.strategies, batches, self.optimizer, pipeline=self.pipeline)
             self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
