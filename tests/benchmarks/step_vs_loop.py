@@ -23,7 +23,6 @@ ideal loop's throughput; PCGrad <= 1.15x sum's step; FGM <= 2.1x; PCGrad's peak 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
