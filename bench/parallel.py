@@ -104,6 +104,8 @@ def from_environment(device_type: str = "cpu") -> Ranks:
     if world <= 1:
         return SINGLE
     if not dist.is_initialized():
+        if device_type == "cuda":  # NCCL's collectives run on the current device: this rank's own
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size())
 

@@ -47,8 +47,10 @@ def _step_batches(tokenizer, cache) -> list[dict[str, dict]]:
     return steps
 
 
-def _parameters_after_steps(encoder_path: str, cache, ranks: Ranks) -> dict[str, dict[str, torch.Tensor]]:
-    """Per case: the named parameters after three steps, this process holding `ranks`' shards."""
+def _parameters_after_steps(encoder_path: str, cache, ranks: Ranks, reduced: list | None = None
+                            ) -> dict[str, dict[str, torch.Tensor]]:
+    """Per case: the named parameters after three steps, this process holding `ranks`' shards; with
+    `reduced` (the sizes of the all-reduces made so far), also how many values each step reduced."""
     torch.set_num_threads(1)
     backbone.quiet_transformers()
     tokenizer = backbone.load_tokenizer(encoder_path)
@@ -66,20 +68,30 @@ def _parameters_after_steps(encoder_path: str, cache, ranks: Ranks) -> dict[str,
         strategies = Strategies(None, combiner, regularizers, freezing)
         optimizer = make_optimizer(freezing.parameter_groups(1e-3, 0.01) + combiner.optimizer_groups(1e-3, "cpu"))
         pipeline = StepPipeline("fp32", torch.device("cpu"), ranks)
+        per_step = []
         for batches in steps:
             local, shares = {}, {}
             for task, batch in batches.items():
                 local[task], shares[task] = ranks.shard(batch)
+            before = len(reduced) if reduced is not None else 0
             training_step(model, strategies, local, optimizer, None, 1.0, pipeline, shares)
+            per_step.append(reduced[before:] if reduced is not None else [])
         found[f"{combiner_name}+{'+'.join(regularizer_names)}"] = {
-            name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+            "_reduced": per_step, **{name: parameter.detach().clone() for name, parameter in model.named_parameters()}}
     return found
 
 
 def _rank(rank: int, world: int, init_file: str, encoder_path: str, cache: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    reduced = []
+    all_reduce = dist.all_reduce
+
+    def counting_all_reduce(tensor, *args, **kwargs):
+        reduced.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+    dist.all_reduce = counting_all_reduce
     try:
-        found = _parameters_after_steps(encoder_path, cache, Ranks(rank, world))
+        found = _parameters_after_steps(encoder_path, cache, Ranks(rank, world), reduced)
         torch.save(found, f"{out}.rank{rank}")
     finally:
         dist.destroy_process_group()
@@ -93,7 +105,16 @@ def test_two_gloo_processes_train_like_one_process_on_the_whole_batches(tiny_enc
     ranks = [torch.load(f"{out}.rank{r}") for r in range(2)]
     torch.manual_seed(0)
     start = MultiTaskModel(backbone.load_encoder(tiny_encoder_path), [SST, QUORA, STS], "mean", "concat_product")
+    reached = sum(p.numel() for name, p in start.named_parameters() if ".pooler." not in name)  # no task uses it
+    heads = sum(p.numel() for group in start.task_parameters().values() for p in group)
+    shared = sum(p.numel() for p in start.shared_parameters())
     for case, expected in single.items():
+        # Gradients cross the ranks once a step, in one collective: the per-task rows (T x shared
+        # parameters) and the heads for a per-task combiner, the summed gradient otherwise - never both.
+        gradient_sized = [[n for n in step if n > 100] for step in ranks[0][case].pop("_reduced")]
+        expected.pop("_reduced")
+        per_task = 3 * shared + heads if case.split("+")[0] in ("pcgrad", "mgda", "db_mtl") else reached
+        assert gradient_sized == [[per_task]] * STEPS, case
         moved = max((expected[n] - p).abs().max().item() for n, p in start.named_parameters())
         assert moved > 1e-4, case  # the steps changed the weights: the comparison means something
         for name, value in expected.items():
