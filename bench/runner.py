@@ -511,7 +511,12 @@ class Runner:
         if self.ranks.active and (jobs or 1) > 1:
             raise UserError(f"--jobs {jobs}: under torchrun the {self.ranks.world} processes train one run at a "
                             "time together; leave --jobs out")
-        jobs = 0 if executor == "ray" else jobs or self.default_jobs(max(len(todo), 1), local_strategies)
+        if executor == "ray":
+            jobs = 0
+        elif self.ranks.active:  # the ranks train each run together, one run at a time
+            jobs = 1
+        else:
+            jobs = jobs or self.default_jobs(max(len(todo), 1), local_strategies)
         if (jobs > 1 or executor == "ray") and local_strategies:
             raise UserError(f"{'--jobs ' + str(jobs) if jobs else '--executor ray'}: {', '.join(local_strategies)} "
                             "registered at run time, so worker processes cannot find it; use --jobs 1, or put it "

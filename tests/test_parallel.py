@@ -150,21 +150,23 @@ def test_torchrun_trains_one_run_on_two_processes_and_rank0_alone_writes(tmp_pat
                         'name = "pc"\nsampler = "joint"\ncombiner = "pcgrad"\n',
                         train="epochs = 2\nbatch_size = 15\nlr = 2e-3\ndropout = 0.0")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    together = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", env=env)
+    together = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", "--seeds", "2", env=env)
     assert together.returncode == 0, together.stderr[-3000:]
     assert together.stdout.count("| pc (baseline)") == 1  # rank 0 alone prints the table
-    assert main(["run", str(suite), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
-    [record] = [json.loads(p.read_text()) for p in (tmp_path / "ddp").glob("*.json")]
-    single = json.loads((tmp_path / "one" / "ddp.pc-seed0.json").read_text())
-    assert record["train"]["processes"] == 2 and single["train"]["processes"] == 1
-    assert record["train"]["examples"] == single["train"]["examples"]  # every example counted once
-    for epoch, one in zip(record["history"], single["history"], strict=True):
-        for task, loss in one["train_loss"].items():
-            assert epoch["train_loss"][task] == pytest.approx(loss, rel=1e-4)
-        for task, metrics in one["dev"].items():
-            assert epoch["dev"][task] == pytest.approx(metrics, abs=1e-3)
+    assert main(["run", str(suite), "--out", str(tmp_path / "one"), "--no-progress", "--seeds", "2"]) == 0
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "ddp").glob("*.json")}
+    assert sorted(records) == ["ddp.pc-seed0.json", "ddp.pc-seed1.json"]  # one run after the other
+    for name, record in records.items():
+        single = json.loads((tmp_path / "one" / name).read_text())
+        assert record["train"]["processes"] == 2 and single["train"]["processes"] == 1
+        assert record["train"]["examples"] == single["train"]["examples"]  # every example counted once
+        for epoch, one in zip(record["history"], single["history"], strict=True):
+            for task, loss in one["train_loss"].items():
+                assert epoch["train_loss"][task] == pytest.approx(loss, rel=1e-4)
+            for task, metrics in one["dev"].items():
+                assert epoch["dev"][task] == pytest.approx(metrics, abs=1e-3)
     assert not list((tmp_path / "ddp").rglob("*.tmp"))
     assert (tmp_path / "ddp" / "table.md").exists()
     # finished: a second launch finds the record and trains nothing
-    again = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", env=env)
-    assert again.returncode == 0 and "1 of 1 runs already finished" in again.stderr
+    again = _torchrun("run", str(suite), "--out", str(tmp_path / "ddp"), "--no-progress", "--seeds", "2", env=env)
+    assert again.returncode == 0 and "2 of 2 runs already finished" in again.stderr
