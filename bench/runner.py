@@ -241,8 +241,9 @@ class Runner:
         self.fresh = fresh  # discard this suite's earlier records and checkpoints in out_dir
         # Launched by torchrun / accelerate launch: every rank trains each run together (one shard
         # of every batch); rank 0 alone plans, logs and writes (bench.parallel).
-        self.ranks = parallel.from_environment(select_device(suite.train.device).type)
-        self.device = parallel.local_device(self.ranks, select_device(suite.train.device))
+        device = select_device(suite.train.device)
+        self.ranks = parallel.from_environment(device.type)
+        self.device = parallel.local_device(self.ranks, device)
         if not self.ranks.writes:
             self.log, self.progress = (lambda message: None), False
 

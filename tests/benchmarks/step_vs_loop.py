@@ -26,7 +26,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from transformers import BertConfig, BertModel
 from bench import flops
 from bench.data import collate
 from bench.model import MultiTaskModel
-from bench.precision import StepPipeline
+from bench.precision import StepPipeline, StepTimer
 from bench.records import write_json_atomic
 from bench.trainer import Strategies, make_optimizer, training_step
 from strategies import registry
@@ -73,23 +72,12 @@ def make_batches(vocab: int, batch: int, length: int, count: int, seed: int = 0)
     return steps
 
 
-class Timer:
+def timed(timer: StepTimer, block) -> float:
     """Seconds of a block: CUDA events on a GPU (one synchronisation per block), else the clock."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, block) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            block()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1000
-        started = time.perf_counter()
-        block()
-        return time.perf_counter() - started
+    started = timer.start()
+    block()
+    timer.stop(started)
+    return timer.drain()[-1]
 
 
 class Stepper:
@@ -145,7 +133,7 @@ def measure(size: str, length: int, batch: int, rounds: int, steps: int, device:
             precision: str, names: list[str]) -> dict:
     config = BertConfig(**SIZES[size], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     batches = make_batches(config.vocab_size, batch, length, steps)
-    timer = Timer(device)
+    timer = StepTimer(device)
     steppers = {name: Stepper(name, config, batches, device, precision) for name in names}
     peaks = {}
     for stepper in steppers.values():  # warm-up: kernels, the allocator, the optimizer's state
@@ -155,7 +143,7 @@ def measure(size: str, length: int, batch: int, rounds: int, steps: int, device:
     for r in range(rounds):
         order = list(steppers) if r % 2 == 0 else list(reversed(steppers))
         for name in order:
-            seconds[name].append(timer(steppers[name].block) / steps)
+            seconds[name].append(timed(timer, steppers[name].block) / steps)
     model = steppers[names[0]].model
     step_flops = sum(flops.batch_flops(flops.per_token(model), b["input_ids"]) for b in batches[0].values())
     examples = batch * len(SPECS)
