@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import config, gate, records, tables
+from bench import config, executors, gate, records, tables
 from bench.config import Suite
-from bench.errors import UserError
 from bench.records import RunRecord
 from strategies.registry import register
+from tasks.errors import UserError
 
 __all__ = ["RunRecord", "Suite", "UserError", "check", "load_baseline", "load_records", "load_suite",
            "make_baseline", "markdown", "register", "run", "table"]
@@ -32,7 +32,8 @@ def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
     (epochs, lr, batch_size, threads, ...)."""
     if isinstance(suite, Suite):
         if overrides:
-            raise UserError("overrides apply to a suite being loaded; change the Suite object's fields instead")
+            raise UserError("overrides apply to a suite being loaded; make a changed Suite with "
+                            "dataclasses.replace(suite, ...) instead")
         return suite
     if isinstance(suite, dict):
         return Suite.from_dict(suite, **overrides)
@@ -41,18 +42,19 @@ def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
 
 def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, recipes: list[str] | None = None,
         jobs: int | None = None, fresh: bool = False, progress: bool = False, predictions: bool = False,
-        log=None, executor: str = "local", address: str | None = None, shard: tuple[int, int] = (0, 1),
+        log=None, executor: str = executors.LOCAL, address: str | None = None, shard: tuple[int, int] = (0, 1),
         **overrides) -> list[RunRecord]:
     """Train every recipe x seed of `suite` (see `load_suite` for `overrides`) into `out` (default
     runs/SUITE-TIME), and return every record there. As the CLI: finished runs with the same
     settings are kept, unfinished ones resume from their last checkpoint (`fresh` starts over);
-    bad input raises UserError before anything trains. `executor="ray"` runs each recipe x seed as
-    a Ray task (on the cluster at `address`); `shard=(i, n)` trains the i-th of n shards of the grid."""
+    bad input raises UserError before anything trains. `executor`: one of `executors.CHOICES`
+    (`"ray"` runs each recipe x seed as a Ray task on the cluster at `address`); `shard=(i, n)`
+    trains the i-th of n shards of the grid."""
     from bench.runner import Runner
 
     loaded = load_suite(suite, **overrides)
     if recipes:
-        config.select_recipes(loaded, list(recipes))
+        loaded = loaded.with_recipes(list(recipes))
     out = Path(out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}")
     runner = Runner(loaded, out, progress=progress, log=log or (lambda message: None), predictions=predictions,
                     fresh=fresh, shard=shard)

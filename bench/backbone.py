@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import UserError
 from tasks import synthetic
+from tasks.errors import UserError
 
 TINY = "tiny"
 _TINY_VERSION = 2  # bump when the build below changes what it produces (2: the MLM head is kept)
@@ -89,18 +89,23 @@ def tiny_key(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig, target: Path, log) -> None:
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+def _tiny_bert_config(config: TinyEncoderConfig, tokenizer):
+    from transformers import BertConfig
 
-    torch.manual_seed(config.seed)
-    tokenizer = _tokenizer(synthetic.vocabulary())
-    bert_config = BertConfig(
+    return BertConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_positions, pad_token_id=tokenizer.pad_token_id,
         hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
     )
-    model = BertForMaskedLM(bert_config)
+
+
+def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig, target: Path, log) -> None:
+    from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
+
+    torch.manual_seed(config.seed)
+    tokenizer = _tokenizer(synthetic.vocabulary())
+    model = BertForMaskedLM(_tiny_bert_config(config, tokenizer))
     encoded = tokenizer(_corpus(data_config), truncation=True, max_length=config.max_positions)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mask_probability, seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
@@ -207,3 +212,17 @@ def load_encoder(path: str):
     from transformers import AutoModel
 
     return _load(AutoModel, path, "encoder")
+
+
+def encoder_outline(model: str, tiny_config: TinyEncoderConfig):
+    """The encoder's modules on the meta device, from its config alone: every parameter's name and
+    shape, with no weights built, read or allocated (what validating a recipe needs). The tiny
+    encoder's config is the one its build uses; another model's is read from its folder or cache."""
+    from transformers import AutoConfig, AutoModel
+
+    if model == TINY:
+        config = _tiny_bert_config(tiny_config, _tokenizer(synthetic.vocabulary()))
+    else:
+        config = _load(AutoConfig, model, "config")
+    with torch.device("meta"):
+        return AutoModel.from_config(config)

@@ -10,27 +10,16 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from bench.records import umask as _umask
+from bench.files import umask as _umask
 
 DIRECTORY = "checkpoints"
 _PREFIX = "epoch-"
-
-
-@dataclass
-class CheckpointSettings:
-    """`[checkpoints]` of a suite: save at the end of every epoch; keep the last `keep` epochs, plus
-    each task's best dev epoch when `keep_best` (default: when the suite scores test = true)."""
-
-    enabled: bool = True
-    keep: int = 1
-    keep_best: bool | None = None
 
 
 def run_directory(out_dir: Path, stem: str) -> Path:

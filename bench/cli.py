@@ -8,13 +8,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bench.errors import UserError
+from bench import executors
+from tasks.errors import UserError, nearest
+from tasks.source_types import SOURCES
 
 
 def _check_run_arguments(args) -> None:
     """Command-line values, blamed on their option rather than on the suite file."""
-    from bench.errors import nearest
-    from tasks.sources import SOURCES
 
     for option in ("seeds", "epochs", "jobs", "threads"):
         value = getattr(args, option)
@@ -52,9 +52,7 @@ def _run(args) -> int:
                  "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
-        from bench import config
-
-        config.select_recipes(suite, [r.strip() for r in args.recipes.split(",") if r.strip()])
+        suite = suite.with_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("under torchrun / accelerate launch, give --out: every process must find the same "
                         "directory (the default is named after the time)")
@@ -120,7 +118,7 @@ def _plot(args) -> int:
 
 def _baseline(args) -> int:
     from bench import gate, records
-    from bench.records import write_json_atomic
+    from bench.files import write_json_atomic
 
     baseline = gate.make_baseline(records.load_records(Path(args.results)), args.select)
     write_json_atomic(Path(args.output), baseline)
@@ -133,7 +131,7 @@ def _check(args) -> int:
     import os
 
     from bench import gate, records
-    from bench.records import write_text_atomic
+    from bench.files import write_text_atomic
 
     baseline_path = Path(args.baseline)
     baseline = gate.load_baseline(baseline_path)
@@ -181,7 +179,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     run.add_argument("--out", help="directory for records, tables and plots (default: runs/SUITE-TIME)")
     run.add_argument("--model", help="'tiny' (embedded) or a Hugging Face model name / local path")
-    run.add_argument("--data", help="which of each task's sources: synthetic, cs224n, hf, files")
+    run.add_argument("--data", help="which of each task's sources: " + "; ".join(
+        f"{name} ({source.summary})" for name, source in SOURCES.items()))
     run.add_argument("--data-dir", help="directory of the cs224n files, or of saved hf datasets")
     run.add_argument("--epochs", type=int, help="override the suite's epochs")
     run.add_argument("--jobs", type=int, help="runs side by side in worker processes (default: on CPU, one per "
@@ -190,8 +189,9 @@ def parser() -> argparse.ArgumentParser:
                      "part of the setting, recorded")
     run.add_argument("--precision", help="fp32, bf16 or fp16 (default: the suite's [train] precision, fp32); "
                      "part of the setting, recorded")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="local worker processes (default), or each run as a Ray task (pip install 'mtlbench[ray]')")
+    run.add_argument("--executor", choices=executors.CHOICES, default=executors.LOCAL,
+                     help="where the runs execute: " + "; ".join(f"{name}: {summary}"
+                                                                for name, summary in executors.describe().items()))
     run.add_argument("--address", help="with --executor ray: the cluster to join ('auto', or HOST:PORT; default: "
                      "start a local Ray instance)")
     run.add_argument("--shard", metavar="I/N", help="train shard I of N of the recipe x seed grid (a job array "
@@ -235,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     gate_check.set_defaults(handler=_check)
 
     data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
-    data.add_argument("--data", default="synthetic", help="which source: synthetic, cs224n, hf, files")
+    data.add_argument("--data", default="synthetic", help=f"which source: {', '.join(SOURCES)}")
     data.add_argument("--data-dir")
     data.add_argument("--tasks", help="comma-separated task names or task .toml paths (default: every built-in "
                       "task with that source)")

@@ -1,51 +1,52 @@
-"""Suites (TOML) and recipes: parsed, validated and fully resolved before anything trains.
+"""Suites (TOML) and recipes: parsed, validated and fully resolved before anything trains; a `Suite`
+is immutable once loaded.
 
 A suite file:
 
     name = "quick"
     tasks = ["sst", "quora", "sts"]   # registry names or task .toml paths; or [tasks.NAME] tables
-    data = "synthetic"          # which of each task's sources: "synthetic", "cs224n", "hf", "files"
+    data = "synthetic"          # which of each task's sources (tasks.source_types)
     data_dir = "..."            # where relative data paths resolve (relative to this file)
     test = false                # score each task's test split at its best dev epoch
     model = "tiny"              # or any Hugging Face name / local path
     seeds = 1
-    [train]      epochs, lr, batch_size, ...            (bench.trainer.TrainSettings)
+    [train]      epochs, lr, batch_size, ...            (bench.settings.TrainSettings)
     [synthetic]  sizes and noise of the embedded data   (tasks.synthetic.SyntheticConfig)
     [tiny_encoder]                                      (bench.backbone.TinyEncoderConfig)
     [defaults]   recipe fields shared by every recipe
     baseline = "joint_sum"      # the recipe costs and significance are measured against (default: the first)
     [cost]       rounds and block size of the paired step-cost measurement  (CostSettings)
     [check]      tolerances of `mtlbench check`, [check.tasks.NAME] per task (CheckSettings)
-    [checkpoints] enabled, keep, keep_best               (bench.checkpoint.CheckpointSettings)
+    [checkpoints] enabled, keep, keep_best               (CheckpointSettings)
     [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head, tasks
                  (tasks: a subset the recipe trains and scores alone; one task = a single-task baseline)
 
-A strategy is a name or a table `{ name = "...", option = value }`.
+A strategy is a name or a table `{ name = "...", option = value }`; its options are validated
+once, here, into the strategy's typed `Options`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import strategies
 from bench.backbone import TINY, TinyEncoderConfig
-from bench.checkpoint import CheckpointSettings
-from bench.errors import UserError, nearest
 from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
-from bench.trainer import TrainSettings
+from bench.settings import CheckpointSettings, CheckSettings, CheckTolerances, CostSettings, TrainSettings
 from strategies import registry
 from tasks import registry as task_registry
+from tasks.errors import UserError, check_keys, nearest
 from tasks.sources import choose_source
 from tasks.spec import TaskSpec
 from tasks.synthetic import SyntheticConfig
+from tasks.typed import from_table
 
 # The report calls the pair heads options 1-3.
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
@@ -54,97 +55,73 @@ RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooli
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
               "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check",
               "checkpoints")
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
 
-@dataclass
-class CostSettings:
-    """The paired step-cost measurement after each run (bench.cost): `rounds` rounds, each one
-    block of this recipe's steps and one of the baseline recipe's on the same batches; a block
-    holds `block_batches` task batches (a joint step over 3 tasks holds 3)."""
-
-    rounds: int = 10
-    block_batches: int = 9
-    enabled: bool = True
-
-
-@dataclass
-class CheckTolerances:
-    """When `mtlbench check` fails a value: a primary metric's mean over seeds falls by more than
-    max(metric_tolerance, std_factor x the baseline's std over seeds); a paired cost ratio rises
-    by more than cost_tolerance (relative)."""
-
-    metric_tolerance: float = 0.02
-    std_factor: float = 3.0
-    cost_tolerance: float = 0.25
-
-
-@dataclass
-class CheckSettings:
-    tolerances: CheckTolerances = field(default_factory=CheckTolerances)
-    tasks: dict[str, CheckTolerances] = field(default_factory=dict)  # per-task overrides
-    allow_missing: bool = False  # a recipe, task or seed of the baseline absent from the results
-
-    def for_task(self, task: str) -> CheckTolerances:
-        return self.tasks.get(task, self.tolerances)
-
-    def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self.tolerances), "allow_missing": self.allow_missing,
-                "tasks": {t: dataclasses.asdict(v) for t, v in self.tasks.items()}}
-
-
-@dataclass
+@dataclass(frozen=True)
 class StrategySpec:
     name: str
-    options: dict[str, Any] = field(default_factory=dict)  # resolved: every option, defaults filled in
+    options: Any  # the strategy's Options instance: validated, every default filled in
+
+    @classmethod
+    def make(cls, axis: str, name: str, options: dict | None = None, where: str | None = None) -> StrategySpec:
+        """A strategy by name with its options validated (a UserError naming `where` if not)."""
+        where = where or f"{axis} '{name}'"
+        return cls(name, registry.make_options(registry.get(axis, name, where), options or {}, where))
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "options": self.options}
+        return {"name": self.name, "options": dataclasses.asdict(self.options)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
     name: str
     sampler: StrategySpec
     combiner: StrategySpec
-    regularizers: list[StrategySpec]
+    regularizers: tuple[StrategySpec, ...]
     freezing: StrategySpec
     pooling: str
     pair_head: str
     position: int = 0  # place in the suite file; kept when --recipes selects a subset
-    tasks: list[str] | None = None  # None: every task of the suite
+    tasks: tuple[str, ...] | None = None  # None: every task of the suite
 
     @property
     def single_task(self) -> str | None:
         """The task of a single-task baseline recipe, else None."""
         return self.tasks[0] if self.tasks is not None and len(self.tasks) == 1 else None
 
+    def strategies(self) -> list[tuple[str, StrategySpec]]:
+        """(axis, spec) of every strategy the recipe names."""
+        return ([("sampler", self.sampler), ("combiner", self.combiner), ("freezing", self.freezing)]
+                + [("regularizer", r) for r in self.regularizers])
+
     def names(self) -> dict:
         return {"sampler": self.sampler.name, "combiner": self.combiner.name,
                 "regularizers": [r.name for r in self.regularizers], "freezing": self.freezing.name,
                 "pooling": self.pooling, "pair_head": self.pair_head,
-                **({"tasks": self.tasks} if self.tasks is not None else {})}
+                **({"tasks": list(self.tasks)} if self.tasks is not None else {})}
 
     def resolved(self) -> dict:
         return {"name": self.name, "sampler": self.sampler.as_dict(), "combiner": self.combiner.as_dict(),
                 "regularizers": [r.as_dict() for r in self.regularizers], "freezing": self.freezing.as_dict(),
-                "pooling": self.pooling, "pair_head": self.pair_head, "tasks": self.tasks}
+                "pooling": self.pooling, "pair_head": self.pair_head,
+                "tasks": list(self.tasks) if self.tasks is not None else None}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
-    tasks: list[str]
+    specs: dict[str, TaskSpec]  # task name -> its definition as declared, in the suite's order
     data: str
     data_dir: str | None
     model: str
-    seeds: list[int]
+    seeds: tuple[int, ...]
     train: TrainSettings
     synthetic: SyntheticConfig
     tiny_encoder: TinyEncoderConfig
-    recipes: list[Recipe]
+    recipes: tuple[Recipe, ...]
     source: str  # the file it came from
-    specs: dict[str, TaskSpec] = field(default_factory=dict)  # task name -> its definition
     test: bool = False  # score the test split at each task's best dev epoch
     baseline: Recipe | None = None  # costs and significance are relative to it; kept when --recipes selects
     cost: CostSettings = field(default_factory=CostSettings)
@@ -159,12 +136,25 @@ class Suite:
         named = table if not isinstance(table, dict) or "name" in table else {"name": "python", **table}
         return suite_from_dict(named, Path(directory or Path.cwd()) / source, overrides)
 
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.specs)
+
     def tasks_of(self, recipe: Recipe) -> list[str]:
-        return recipe.tasks if recipe.tasks is not None else self.tasks
+        return list(recipe.tasks) if recipe.tasks is not None else self.tasks
+
+    def with_recipes(self, names: list[str]) -> Suite:
+        """The same suite with only the recipes named (each keeps its position and the baseline)."""
+        known = [r.name for r in self.recipes]
+        for name in names:
+            if name not in known:
+                raise UserError(f"unknown recipe '{name}'{nearest(name, known)}; suite '{self.name}' has: "
+                                f"{', '.join(known)}")
+        return dataclasses.replace(self, recipes=tuple(r for r in self.recipes if r.name in names))
 
     def resolved(self) -> dict:
         return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir, "test": self.test,
-                "model": self.model, "seeds": self.seeds, "train": dataclasses.asdict(self.train),
+                "model": self.model, "seeds": list(self.seeds), "train": dataclasses.asdict(self.train),
                 "baseline": self.baseline.name if self.baseline else None, "cost": dataclasses.asdict(self.cost),
                 "check": self.check.as_dict(), "checkpoints": dataclasses.asdict(self.checkpoints),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
@@ -181,113 +171,6 @@ def check_name(name: Any, where: str) -> str:
         raise UserError(f"{where}: {name!r} is not a valid name: letters, digits and _ . + = , @ -, "
                         "not starting with . or -, at most 120 characters (it becomes a file name)")
     return name
-
-
-def _check_keys(table: dict, allowed, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise UserError(f"{where}: unknown key '{key}'{nearest(key, allowed)}")
-
-
-def _dataclass_from(cls, table: dict, where: str):
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table, got {table!r}")
-    fields = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(table, fields, where)
-    hints = get_type_hints(cls)
-    for key, value in table.items():
-        expected = hints[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            table[key] = float(value)
-        elif expected in (int, float, str, bool) and (not isinstance(value, expected) or
-                                                      (expected is int and isinstance(value, bool))):
-            raise UserError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-        if isinstance(table[key], float) and not math.isfinite(table[key]):
-            raise UserError(f"{where}.{key}: expected a finite number, got {value!r}")
-    try:
-        return cls(**table)
-    except ValueError as error:  # a range check in the settings' __post_init__
-        raise UserError(f"{where}: {error}") from None
-
-
-def _strategy(axis: str, value: Any, where: str) -> StrategySpec:
-    if isinstance(value, str):
-        name, options = value, {}
-    elif isinstance(value, dict) and isinstance(value.get("name"), str):
-        name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
-    else:
-        raise UserError(f"{where}: expected a {axis} name or a table with 'name', got {value!r}")
-    cls = registry.get(axis, name, where)
-    resolved = registry.make_options(cls, options, where)
-    return StrategySpec(name, dataclasses.asdict(resolved))
-
-
-def _choice(value: Any, choices, where: str, aliases=None) -> str:
-    value = (aliases or {}).get(value, value)
-    if value not in choices:
-        raise UserError(f"{where}: unknown value '{value}'{nearest(str(value), choices)}; choose from {', '.join(choices)}")
-    return value
-
-
-def _recipe_tasks(value: Any, suite_tasks: list[str], where: str) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
-        raise UserError(f"{where}.tasks: expected a non-empty list of the suite's task names, got {value!r}")
-    for task in value:
-        if task not in suite_tasks:
-            raise UserError(f"{where}.tasks: '{task}' is not a task of the suite{nearest(task, suite_tasks)}; "
-                            f"its tasks: {', '.join(suite_tasks)}")
-    if len(set(value)) != len(value):
-        raise UserError(f"{where}.tasks: a task is named twice in {value!r}")
-    return [t for t in suite_tasks if t in value]  # the suite's order
-
-
-def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str]) -> Recipe:
-    merged = {**strategies.DEFAULT_RECIPE, **MODEL_DEFAULTS, **defaults, **entry}
-    _check_keys(merged, RECIPE_KEYS, where)
-    regularizers = merged["regularizers"]
-    if not isinstance(regularizers, list):
-        raise UserError(f"{where}.regularizers: expected a list, got {regularizers!r}")
-    sampler = _strategy("sampler", merged["sampler"], f"{where}.sampler")
-    combiner = _strategy("combiner", merged["combiner"], f"{where}.combiner")
-    name = merged.get("name") or "+".join([sampler.name, combiner.name] +
-                                          [r if isinstance(r, str) else r.get("name", "?") for r in regularizers])
-    check_name(name, f"{where}.name")
-    return Recipe(
-        name=name, sampler=sampler, combiner=combiner,
-        regularizers=[_strategy("regularizer", r, f"{where}.regularizers[{i}]") for i, r in enumerate(regularizers)],
-        freezing=_strategy("freezing", merged["freezing"], f"{where}.freezing"),
-        pooling=_choice(merged["pooling"], POOLINGS, f"{where}.pooling"),
-        pair_head=_choice(merged["pair_head"], PAIR_HEADS, f"{where}.pair_head", PAIR_HEAD_ALIASES),
-        tasks=_recipe_tasks(merged.get("tasks"), suite_tasks, where),
-    )
-
-
-def _check_settings(table: Any, tasks: list[str], where: str) -> CheckSettings:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table, got {table!r}")
-    table = dict(table)
-    per_task = table.pop("tasks", {})
-    allow_missing = table.pop("allow_missing", False)
-    if not isinstance(allow_missing, bool):
-        raise UserError(f"{where}.allow_missing: expected true or false, got {allow_missing!r}")
-    tolerances = _dataclass_from(CheckTolerances, table, where)
-    if not isinstance(per_task, dict):
-        raise UserError(f"{where}.tasks: expected [check.tasks.NAME] tables, got {per_task!r}")
-    overrides = {}
-    for task, values in per_task.items():
-        if task not in tasks:
-            raise UserError(f"{where}.tasks.{task}: not a task of the suite{nearest(task, tasks)}")
-        if not isinstance(values, dict):
-            raise UserError(f"{where}.tasks.{task}: expected a table, got {values!r}")
-        overrides[task] = _dataclass_from(CheckTolerances, {**dataclasses.asdict(tolerances), **values},
-                                          f"{where}.tasks.{task}")
-    for name, value in [*dataclasses.asdict(tolerances).items()] + [
-            (f"tasks.{t}.{k}", v) for t, o in overrides.items() for k, v in dataclasses.asdict(o).items()]:
-        if value < 0:
-            raise UserError(f"{where}.{name}: must be at least 0, got {value!r}")
-    return CheckSettings(tolerances, overrides, allow_missing)
 
 
 def suite_names() -> list[str]:
@@ -318,19 +201,38 @@ def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     return suite_from_dict(raw, path, overrides)
 
 
-TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
-
-
 def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Suite:
     """A suite from its table (a parsed file, or a dict in Python). `path` names it in errors and
     anchors relative paths (its folder). `overrides` replace top-level keys; the names of [train]
-    settings (epochs, lr, threads, ...) replace those."""
+    settings (epochs, lr, threads, ...) replace those. One reader per section below."""
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a table of suite settings, got {raw!r}")
-    raw = copy.deepcopy(raw)
+    raw = _with_overrides(copy.deepcopy(raw), path, overrides or {})
+    where = str(path)
+    check_keys(raw, SUITE_KEYS, where)
+    specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
+    data, test, seeds, train = _data(raw, specs, where), _flag(raw, "test", where), _seeds(raw, where), _train(raw, where)
+    recipes = _recipes(raw, list(specs), where)
+    baseline = _baseline(raw, recipes, where)
+    cost = from_table(CostSettings, raw.get("cost", {}), f"{where} [cost]")
+    checkpoints = from_table(CheckpointSettings, raw.get("checkpoints", {}), f"{where} [checkpoints]")
+    return Suite(
+        name=check_name(raw.get("name", path.stem), f"{where}: name"), description=raw.get("description", ""),
+        specs=specs, data=data, data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds,
+        train=train, synthetic=from_table(SyntheticConfig, raw.get("synthetic", {}), f"{where} [synthetic]"),
+        tiny_encoder=from_table(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
+        recipes=recipes, source=str(path), test=test, baseline=baseline, cost=cost,
+        check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
+    )
+
+
+# --- the sections ---------------------------------------------------------------------------------
+
+def _with_overrides(raw: dict, path: Path, overrides: dict) -> dict:
+    """`raw` with data_dir anchored at the suite's folder and the overrides applied."""
     if isinstance(raw.get("data_dir"), str):  # relative to the suite file; a --data-dir to the working directory
         raw["data_dir"] = str(path.parent / raw["data_dir"])
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if value is None:
             continue
         if key in TRAIN_KEYS and key not in SUITE_KEYS:
@@ -344,17 +246,26 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         else:
             raise UserError(f"override '{key}': not a suite key or [train] setting"
                             f"{nearest(key, SUITE_KEYS + TRAIN_KEYS)}")
-    where = str(path)
-    _check_keys(raw, SUITE_KEYS, where)
-    specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
+    return raw
+
+
+def _data(raw: dict, specs: dict[str, TaskSpec], where: str) -> str:
     data = raw.get("data", "synthetic")
     if not isinstance(data, str):
         raise UserError(f"{where}: data: expected a source name, got {data!r}")
     for spec in specs.values():
         choose_source(spec, data)
-    test = raw.get("test", False)
-    if not isinstance(test, bool):
-        raise UserError(f"{where}: test: expected true or false, got {test!r}")
+    return data
+
+
+def _flag(raw: dict, key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
+    return value
+
+
+def _seeds(raw: dict, where: str) -> tuple[int, ...]:
     seeds = raw.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if (not isinstance(seeds, list) or not seeds
@@ -362,57 +273,132 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         raise UserError(f"{where}: seeds must be a positive count or a list of integers >= 0, got {raw.get('seeds')!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{where}: seeds lists a seed twice: {seeds!r} (the same seed gives the same run)")
-    # [pretrained_train] overrides [train] when the model is a real checkpoint, not the tiny encoder:
-    # one suite then holds both the offline settings and those of its paper (e.g. lr 1e-5 for BERT).
+    return tuple(seeds)
+
+
+def _train(raw: dict, where: str) -> TrainSettings:
+    """[train], with [pretrained_train] over it when the model is a real checkpoint, not the tiny
+    encoder: one suite then holds both the offline settings and those of its paper (e.g. lr 1e-5)."""
     pretrained = raw.get("pretrained_train", {})
     if not isinstance(pretrained, dict):
         raise UserError(f"{where} [pretrained_train]: expected a table, got {pretrained!r}")
     if not isinstance(raw.get("train", {}), dict):
         raise UserError(f"{where} [train]: expected a table, got {raw['train']!r}")
-    _check_keys(pretrained, [f.name for f in dataclasses.fields(TrainSettings)], f"{where} [pretrained_train]")
-    train_raw = {**raw.get("train", {}), **(pretrained if raw.get("model", TINY) != TINY else {})}
-    train = _dataclass_from(TrainSettings, train_raw, f"{where} [train]")
-    train.single_head = _choice(train.single_head, SINGLE_HEADS, f"{where} [train].single_head")
+    check_keys(pretrained, TRAIN_KEYS, f"{where} [pretrained_train]")
+    table = {**raw.get("train", {}), **(pretrained if raw.get("model", TINY) != TINY else {})}
+    train = from_table(TrainSettings, table, f"{where} [train]")
+    _choice(train.single_head, SINGLE_HEADS, f"{where} [train].single_head")
+    return train
+
+
+def _recipes(raw: dict, suite_tasks: list[str], where: str) -> tuple[Recipe, ...]:
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UserError(f"{where} [defaults]: expected a table, got {defaults!r}")
-    _check_keys(defaults, RECIPE_KEYS[1:], f"{where} [defaults]")
+    check_keys(defaults, RECIPE_KEYS[1:], f"{where} [defaults]")
     entries = raw.get("recipes") or []
     if not entries:
         raise UserError(f"{where}: no [[recipes]]")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise UserError(f"{where}: recipes: expected [[recipes]] tables, got {entries!r}")
-    recipes = [_recipe(e, defaults, f"{where} recipes[{i}]", list(specs)) for i, e in enumerate(entries)]
-    for position, recipe in enumerate(recipes):
-        recipe.position = position
+    recipes = tuple(_recipe(e, defaults, f"{where} recipes[{i}]", suite_tasks, i) for i, e in enumerate(entries))
     seen = set()
     for recipe in recipes:
         if recipe.name in seen:
             raise UserError(f"{where}: two recipes named '{recipe.name}'")
         seen.add(recipe.name)
-    baseline_name = raw.get("baseline", recipes[0].name)
-    baseline = next((r for r in recipes if r.name == baseline_name), None)
+    return recipes
+
+
+def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str], position: int) -> Recipe:
+    merged = {**strategies.DEFAULT_RECIPE, **MODEL_DEFAULTS, **defaults, **entry}
+    check_keys(merged, RECIPE_KEYS, where)
+    regularizers = merged["regularizers"]
+    if not isinstance(regularizers, list):
+        raise UserError(f"{where}.regularizers: expected a list, got {regularizers!r}")
+    sampler = _strategy("sampler", merged["sampler"], f"{where}.sampler")
+    combiner = _strategy("combiner", merged["combiner"], f"{where}.combiner")
+    name = merged.get("name") or "+".join([sampler.name, combiner.name] +
+                                          [r if isinstance(r, str) else r.get("name", "?") for r in regularizers])
+    check_name(name, f"{where}.name")
+    return Recipe(
+        name=name, sampler=sampler, combiner=combiner,
+        regularizers=tuple(_strategy("regularizer", r, f"{where}.regularizers[{i}]")
+                           for i, r in enumerate(regularizers)),
+        freezing=_strategy("freezing", merged["freezing"], f"{where}.freezing"),
+        pooling=_choice(merged["pooling"], POOLINGS, f"{where}.pooling"),
+        pair_head=_choice(merged["pair_head"], PAIR_HEADS, f"{where}.pair_head", PAIR_HEAD_ALIASES),
+        position=position, tasks=_recipe_tasks(merged.get("tasks"), suite_tasks, where),
+    )
+
+
+def _strategy(axis: str, value: Any, where: str) -> StrategySpec:
+    if isinstance(value, str):
+        name, options = value, {}
+    elif isinstance(value, dict) and isinstance(value.get("name"), str):
+        name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
+    else:
+        raise UserError(f"{where}: expected a {axis} name or a table with 'name', got {value!r}")
+    return StrategySpec.make(axis, name, options, where)
+
+
+def _choice(value: Any, choices, where: str, aliases=None) -> str:
+    value = (aliases or {}).get(value, value)
+    if value not in choices:
+        raise UserError(f"{where}: unknown value '{value}'{nearest(str(value), choices)}; choose from {', '.join(choices)}")
+    return value
+
+
+def _recipe_tasks(value: Any, suite_tasks: list[str], where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise UserError(f"{where}.tasks: expected a non-empty list of the suite's task names, got {value!r}")
+    for task in value:
+        if task not in suite_tasks:
+            raise UserError(f"{where}.tasks: '{task}' is not a task of the suite{nearest(task, suite_tasks)}; "
+                            f"its tasks: {', '.join(suite_tasks)}")
+    if len(set(value)) != len(value):
+        raise UserError(f"{where}.tasks: a task is named twice in {value!r}")
+    return tuple(t for t in suite_tasks if t in value)  # the suite's order
+
+
+def _baseline(raw: dict, recipes: tuple[Recipe, ...], where: str) -> Recipe:
+    name = raw.get("baseline", recipes[0].name)
+    baseline = next((r for r in recipes if r.name == name), None)
     if baseline is None:
-        names = [r.name for r in recipes]
-        raise UserError(f"{where}: baseline = {baseline_name!r} is not a recipe of the suite"
-                        f"{nearest(str(baseline_name), names)}")
+        raise UserError(f"{where}: baseline = {name!r} is not a recipe of the suite"
+                        f"{nearest(str(name), [r.name for r in recipes])}")
     if baseline.tasks is not None:
         raise UserError(f"{where}: baseline recipe '{baseline.name}' trains a subset of the tasks; "
                         "costs and significance need a baseline that trains them all")
-    cost = _dataclass_from(CostSettings, raw.get("cost", {}), f"{where} [cost]")
-    if cost.rounds < 1 or cost.block_batches < 1:
-        raise UserError(f"{where} [cost]: rounds and block_batches must be at least 1")
-    checkpoints = _dataclass_from(CheckpointSettings, raw.get("checkpoints", {}), f"{where} [checkpoints]")
-    if checkpoints.keep < 0 or not isinstance(checkpoints.keep_best, (bool, type(None))):
-        raise UserError(f"{where} [checkpoints]: keep must be >= 0 and keep_best true or false")
-    return Suite(
-        name=check_name(raw.get("name", path.stem), f"{where}: name"), description=raw.get("description", ""), tasks=list(specs), data=data,
-        data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds, train=train,
-        synthetic=_dataclass_from(SyntheticConfig, raw.get("synthetic", {}), f"{where} [synthetic]"),
-        tiny_encoder=_dataclass_from(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
-        recipes=recipes, source=str(path), specs=specs, test=test, baseline=baseline, cost=cost,
-        check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
-    )
+    return baseline
+
+
+def _check_settings(table: Any, tasks: list[str], where: str) -> CheckSettings:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    table = dict(table)
+    per_task = table.pop("tasks", {})
+    allow_missing = table.pop("allow_missing", False)
+    if not isinstance(allow_missing, bool):
+        raise UserError(f"{where}.allow_missing: expected true or false, got {allow_missing!r}")
+    tolerances = from_table(CheckTolerances, table, where)
+    if not isinstance(per_task, dict):
+        raise UserError(f"{where}.tasks: expected [check.tasks.NAME] tables, got {per_task!r}")
+    overrides = {}
+    for task, values in per_task.items():
+        if task not in tasks:
+            raise UserError(f"{where}.tasks.{task}: not a task of the suite{nearest(task, tasks)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{where}.tasks.{task}: expected a table, got {values!r}")
+        overrides[task] = from_table(CheckTolerances, {**dataclasses.asdict(tolerances), **values},
+                                     f"{where}.tasks.{task}")
+    for name, value in [*dataclasses.asdict(tolerances).items()] + [
+            (f"tasks.{t}.{k}", v) for t, o in overrides.items() for k, v in dataclasses.asdict(o).items()]:
+        if value < 0:
+            raise UserError(f"{where}.{name}: must be at least 0, got {value!r}")
+    return CheckSettings(tolerances, overrides, allow_missing)
 
 
 def suite_tasks(value: Any, path: Path) -> dict[str, TaskSpec]:
@@ -443,11 +429,3 @@ def suite_tasks(value: Any, path: Path) -> dict[str, TaskSpec]:
     if not entries:
         raise UserError(f"{where}: no tasks")
     return entries
-
-
-def select_recipes(suite: Suite, names: list[str]) -> None:
-    known = [r.name for r in suite.recipes]
-    for name in names:
-        if name not in known:
-            raise UserError(f"unknown recipe '{name}'{nearest(name, known)}; suite '{suite.name}' has: {', '.join(known)}")
-    suite.recipes = [r for r in suite.recipes if r.name in names]

@@ -17,8 +17,10 @@ import time
 import numpy as np
 import torch
 
+from bench.config import Recipe
+from bench.context import SuiteContext
 from bench.precision import StepPipeline
-from bench.trainer import make_optimizer, training_step
+from bench.step import make_optimizer, training_step
 
 METHOD = ("median over rounds of (seconds per training example of the recipe / of the baseline recipe), "
           "one block of each per round in one process, the same batches, fresh models")
@@ -27,13 +29,13 @@ METHOD = ("median over rounds of (seconds per training example of the recipe / o
 class _Stepper:
     """One recipe's training steps on a fixed pool of batches, in the order its sampler asks for tasks."""
 
-    def __init__(self, runner, recipe, seed: int, block_batches: int, epochs: int):
-        model, strategies, train_sets, _ = runner.build(recipe, seed)
-        device = runner.device
+    def __init__(self, context: SuiteContext, recipe: Recipe, seed: int, block_batches: int, epochs: int):
+        parts = context.build(recipe, seed)  # a fresh model: the trained run's state stays as it was
+        model, strategies, train_sets, device = parts.model, parts.strategies, parts.train_sets, context.device
         self.model, self.strategies, self.device, self.epochs = model.to(device), strategies, device, epochs
-        self.optimizer = make_optimizer(strategies.freezing.parameter_groups(runner.suite.train.lr,
-                                                                             runner.suite.train.weight_decay)
-                                        + strategies.combiner.optimizer_groups(runner.suite.train.lr, device))
+        train = context.suite.train
+        self.optimizer = make_optimizer(strategies.freezing.parameter_groups(train.lr, train.weight_decay)
+                                        + strategies.combiner.optimizer_groups(train.lr, device))
         # The task sets of the sampler's first steps, repeated until a block holds `block_batches`
         # task batches; each task's batches drawn once, so both recipes see the same rows.
         plan, batches = [], 0
@@ -49,7 +51,7 @@ class _Stepper:
                      for t in train_sets if needed[t]}
         self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches)
         self.step = 0
-        self.pipeline = StepPipeline(runner.suite.train.precision, device)  # the run's precision
+        self.pipeline = StepPipeline(train.precision, device)  # the run's precision
 
     def block(self, round_index: int) -> float:
         """Seconds per training example over one block; the freezing stage and the combiner's
@@ -74,15 +76,15 @@ class _Stepper:
         return (time.perf_counter() - started) / self.examples
 
 
-def paired_step_cost(runner, recipe, seed: int) -> dict:
+def paired_step_cost(context: SuiteContext, recipe: Recipe, seed: int) -> dict:
     """The recipe's step cost over the suite baseline's (see the module docstring); the spread is
     the interquartile range of the per-round ratios. Random streams are restored afterwards."""
-    settings, baseline = runner.suite.cost, runner.suite.baseline
-    epochs = runner.suite.train.epochs
+    settings, baseline = context.suite.cost, context.suite.baseline
+    epochs = context.suite.train.epochs
     python_state, numpy_state = random.getstate(), np.random.get_state()  # building a model reseeds them
-    with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
-        steppers = {"recipe": _Stepper(runner, recipe, seed, settings.block_batches, epochs),
-                    "baseline": _Stepper(runner, baseline, seed, settings.block_batches, epochs)}
+    with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
+        steppers = {"recipe": _Stepper(context, recipe, seed, settings.block_batches, epochs),
+                    "baseline": _Stepper(context, baseline, seed, settings.block_batches, epochs)}
         for stepper in steppers.values():  # warm-up: allocator, kernels, the optimizer's state
             stepper.block(0)
         seconds = {name: [] for name in steppers}

@@ -26,7 +26,6 @@ import numpy as np
 from tasks.spec import TaskKind, TaskSpec
 
 SUFFIX = ".examples.safetensors"
-LOWER_IS_BETTER = frozenset({"perplexity"})
 
 
 def path_for(record_path: Path) -> Path:

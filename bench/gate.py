@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from bench.errors import UserError
-from bench.examples import LOWER_IS_BETTER
-from bench.records import status
+from bench.records import RunRecord
+from bench.settings import CheckTolerances
+from tasks.errors import UserError
+from tasks.metrics import lower_is_better
 
 KIND = "mtlbench-baseline"
 VERSION = 1
@@ -36,10 +37,10 @@ def config_hash(value) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _suite_config(record: dict) -> dict:
+def _suite_config(record: RunRecord) -> dict:
     """The suite settings that decide results: without the seeds, the recipe list, the gate's own
     tolerances and where the file lay."""
-    suite = dict(record.get("config", {}).get("suite", {}))
+    suite = dict(record.config.get("suite", {}))
     for key in ("seeds", "source", "check", "data_dir", "checkpoints"):
         suite.pop(key, None)
     return suite
@@ -52,29 +53,29 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def _select(record: dict, select: str) -> dict:
-    return record[{"last": "metrics", "best": "best"}[select]]
+def _select(record: RunRecord, select: str) -> dict:
+    return {"last": record.metrics, "best": record.best}[select]
 
 
-def summarise(records: list[dict], select: str = "last") -> dict:
+def summarise(records: list[RunRecord], select: str = "last") -> dict:
     """Per recipe: seeds, config hash, primary metric values with mean and std, paired cost ratio."""
-    suites = sorted({r["suite"] for r in records})
+    suites = sorted({r.suite for r in records})
     if len(suites) > 1:
         raise UserError(f"the results hold records of several suites ({', '.join(suites)}); "
                         "a baseline and a check cover one suite")
     recipes: dict[str, dict] = {}
-    for record in sorted(records, key=lambda r: (r["recipe_index"], r["seed"])):
-        entry = recipes.setdefault(record["recipe_name"], {
-            "seeds": [], "config_hash": config_hash(record.get("config", {}).get("recipe")), "metrics": {},
+    for record in sorted(records, key=lambda r: (r.recipe_index, r.seed)):
+        entry = recipes.setdefault(record.recipe_name, {
+            "seeds": [], "config_hash": config_hash(record.config.get("recipe")), "metrics": {},
             "cost": {"values": []}})
-        entry["seeds"].append(record["seed"])
-        if status(record) != "finished":
-            entry.setdefault("diverged", []).append(record["seed"])
-        metrics = _select(record, select) if status(record) == "finished" else {}  # None: fails the check
-        for task, metric in record["primary_metrics"].items():
+        entry["seeds"].append(record.seed)
+        if not record.finished:
+            entry.setdefault("diverged", []).append(record.seed)
+        metrics = _select(record, select) if record.finished else {}  # None: fails the check
+        for task, metric in record.primary_metrics.items():
             entry["metrics"].setdefault(task, {"metric": metric, "values": []})["values"].append(
                 metrics.get(task, {}).get(metric))
-        entry["cost"]["values"].append((record.get("cost") or {}).get("ratio"))
+        entry["cost"]["values"].append((record.cost or {}).get("ratio"))
     for entry in recipes.values():
         for values in entry["metrics"].values():
             values["mean"], values["std"] = _mean_std(values["values"])
@@ -84,14 +85,14 @@ def summarise(records: list[dict], select: str = "last") -> dict:
         else:
             entry["cost"]["mean"], entry["cost"]["std"] = _mean_std(costs)
     first = records[0]
-    return {"suite": first["suite"], "select": select, "config_hash": config_hash(_suite_config(first)),
-            "recipes": recipes, "check": first.get("config", {}).get("suite", {}).get("check")}
+    return {"suite": first.suite, "select": select, "config_hash": config_hash(_suite_config(first)),
+            "recipes": recipes, "check": first.config.get("suite", {}).get("check")}
 
 
-def make_baseline(records: list[dict], select: str = "last") -> dict:
+def make_baseline(records: list[RunRecord], select: str = "last") -> dict:
     summary = summarise(records, select)
     summary.pop("check")
-    env = records[0].get("env", {})
+    env = records[0].env or {}
     return {"kind": KIND, "version": VERSION, **summary,
             "environment": {k: env.get(k) for k in ("python", "torch", "transformers", "device", "device_name",
                                                     "torch_threads", "platform", "git_commit")},
@@ -163,8 +164,6 @@ class CheckResult:
 
 
 def _tolerances(check: dict | None, task: str | None) -> dict:
-    from bench.config import CheckTolerances
-
     defaults = {**CheckTolerances().__dict__, "allow_missing": False}
     check = check or {}
     merged = {**defaults, **{k: v for k, v in check.items() if k != "tasks"}}
@@ -173,7 +172,7 @@ def _tolerances(check: dict | None, task: str | None) -> dict:
     return merged
 
 
-def check(records: list[dict], baseline: dict, baseline_path: Path, allow_missing: bool | None = None) -> CheckResult:
+def check(records: list[RunRecord], baseline: dict, baseline_path: Path, allow_missing: bool | None = None) -> CheckResult:
     now = summarise(records, baseline["select"])
     if now["suite"] != baseline["suite"]:
         raise UserError(f"{baseline_path}: a baseline of suite '{baseline['suite']}', "
@@ -205,7 +204,7 @@ def check(records: list[dict], baseline: dict, baseline_path: Path, allow_missin
                 continue
             tolerance = _tolerances(check_settings, task)
             margin = max(tolerance["metric_tolerance"], tolerance["std_factor"] * (values["std"] or 0.0))
-            lower_better = values["metric"] in LOWER_IS_BETTER
+            lower_better = lower_is_better(values["metric"])
             limit = values["mean"] + margin if lower_better else values["mean"] - margin
             now_mean = got["mean"]
             if now_mean is None or not math.isfinite(now_mean):

@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
 
-from bench.errors import UserError
-from bench.examples import LOWER_IS_BETTER
-from bench.records import status
+from bench.records import RunRecord
 from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
+from tasks.errors import UserError
+from tasks.metrics import HIGHER_IS_BETTER, lower_is_better
 
 FAMILY_COLORS = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
 
@@ -54,9 +54,9 @@ def _label(table, key) -> str:
     return name + (" (baseline)" if table.loc[key, ("info", "baseline")] else "")
 
 
-def write_plots(records: list[dict], out_dir: Path, select: str = "last") -> list[Path]:
+def write_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -> list[Path]:
     """The plots of the finished runs (diverged runs have no metrics to plot; the table lists them)."""
-    records = [r for r in records if status(r) == "finished"]
+    records = [r for r in records if r.finished]
     if not records:
         raise UserError(f"{out_dir}: no finished runs to plot (every run diverged)")
     table = summary(records, select)
@@ -75,7 +75,7 @@ def _heatmap(table, records, out_dir: Path, select: str) -> Path:
     for j, column in enumerate(columns):
         finite = np.isfinite(values[:, j])
         if finite.sum() > 1:
-            lower_better = any(column.endswith(" " + SHORT.get(m, m)) for m in LOWER_IS_BETTER)
+            lower_better = any(column.endswith(" " + SHORT.get(m, m)) for m in HIGHER_IS_BETTER if lower_is_better(m))
             col = -values[finite, j] if lower_better else values[finite, j]
             low, high = col.min(), col.max()
             shade[finite, j] = (col - low) / (high - low) if high > low else 0.5
@@ -96,7 +96,7 @@ def _heatmap(table, records, out_dir: Path, select: str) -> Path:
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), [_label(table, k) for k in rows], fontsize=8)
     seeds = sorted(set(table[("n", "seeds")]))
-    fig.suptitle(f"{records[0]['suite']}: dev {select}-epoch primary metrics, mean [95 % interval] over "
+    fig.suptitle(f"{records[0].suite}: dev {select}-epoch primary metrics, mean [95 % interval] over "
                  f"{'/'.join(map(str, seeds))} seed(s); colour: worst to best in each column; "
                  "\u25b2/\u25bc significantly better/worse than the baseline", fontsize=8, y=0.995)
     fig.tight_layout()
@@ -136,7 +136,7 @@ def _dots(table, records, out_dir: Path, select: str) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     axes[0][0].set_yticks(y, [_label(table, k) for k in rows], fontsize=8)
     axes[0][0].invert_yaxis()
-    fig.suptitle(f"{records[0]['suite']}: per-task dev metrics ({select} epoch), mean and 95 % interval over seeds; "
+    fig.suptitle(f"{records[0].suite}: per-task dev metrics ({select} epoch), mean and 95 % interval over seeds; "
                  "dashed: the baseline recipe", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.88, 1))  # room on the right for the legend, off the points
     _family_legend(fig, set(families), loc="center right")
@@ -172,24 +172,24 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     else:
         ax.set_xlabel("training throughput (examples/s; records without a paired cost)")
     ax.set_ylabel("overall (mean primary dev metric)")
-    ax.set_title(f"{records[0]['suite']}: quality vs cost, mean \u00b1 std over seeds", fontsize=10)
+    ax.set_title(f"{records[0].suite}: quality vs cost, mean \u00b1 std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     _family_legend(ax, set(families))
     fig.tight_layout()
     return _save(fig, out_dir / "quality_vs_cost.png")
 
 
-def _by_recipe(records: list[dict], key: str) -> dict[str, list[dict]]:
+def _by_recipe(records: list[RunRecord], key: str) -> dict[str, list[dict]]:
     """Combiner summaries holding `key`, grouped by recipe in the suite's order."""
     grouped: dict[str, list[dict]] = {}
-    for record in sorted(records, key=lambda r: (r.get("recipe_index", 0), r["seed"])):
-        summary = record.get("strategies", {}).get("combiner", {})
+    for record in sorted(records, key=lambda r: (r.recipe_index, r.seed)):
+        summary = (record.strategies or {}).get("combiner", {})
         if key in summary:
-            grouped.setdefault(record["recipe_name"], []).append(summary)
+            grouped.setdefault(record.recipe_name, []).append(summary)
     return grouped
 
 
-def _conflict_plots(records: list[dict], out_dir: Path) -> list[Path]:
+def _conflict_plots(records: list[RunRecord], out_dir: Path) -> list[Path]:
     written = []
     conflicts = _by_recipe(records, "conflicts")
     if conflicts:

@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from bench.parallel import SINGLE, Ranks
+from bench.settings import PRECISIONS
 from strategies.base import GradientPipeline
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.records import write_text_atomic
+from bench.files import write_text_atomic
 from tasks.spec import TaskKind
 
 

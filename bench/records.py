@@ -1,36 +1,32 @@
-"""One JSON record per run, written atomically; loading with clear errors. `RunRecord` is its schema."""
+"""One JSON record per run: `RunRecord`, the typed object every reader (tables, gate, plots, the
+API) gets, written atomically and loaded with clear errors.
+
+The JSON schema is the record's fields in declaration order, by status: a finished run has every
+key but `diverged` (`test_at_best_dev` only when its suite scores test); a diverged one has the
+identity keys, `status`, `diverged`, `history` (the epochs before), `env` and `created`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import os
 import platform
 import subprocess
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, ClassVar, Literal
 
-from bench.errors import UserError
+from bench.files import write_json_atomic
+from tasks.errors import UserError
 
 SCHEMA_VERSION = 1
 
 
-class Diverged(TypedDict):
-    what: str  # "non-finite loss (nan)", "non-finite gradient (after the combiner)"
-    task: str | None
-    epoch: int
-    step: int  # 1-based count of training steps, the failing one included
-
-
-class RunRecord(TypedDict, total=False):
-    """One run (recipe x seed) as written to OUT/SUITE.RECIPE-seedN.json. A finished run has every
-    key but `diverged`; a diverged one has the identity keys, `status`, `diverged`, `history` (the
-    epochs before), `config`, `env` and `created`, and no metrics."""
+@dataclass
+class RunRecord:
+    """One run (recipe x seed), as written to OUT/SUITE.RECIPE-seedN.json."""
 
     schema: int
     run_id: str
-    status: Literal["finished", "diverged"]  # absent in records before checkpoints: finished
     suite: str
     recipe_name: str
     recipe_index: int
@@ -40,73 +36,83 @@ class RunRecord(TypedDict, total=False):
     config: dict[str, Any]  # resolved suite settings, recipe with every option, task definitions
     config_hash: str
     primary_metrics: dict[str, str]  # task -> metric
-    metrics: dict[str, dict[str, float | None]]  # last epoch's dev metrics per task
-    best: dict[str, dict[str, float | None]]  # each task's best dev epoch: {"epoch", metrics...}
-    overall: float | None
-    overall_best: float | None
-    history: list[dict[str, Any]]  # per epoch: epoch, step, dev metrics, train_loss
-    train: dict[str, Any]  # examples, steps, seconds, examples_per_second, step_seconds_median
-    eval: dict[str, Any]
-    cost: dict[str, Any] | None  # paired step cost against the baseline recipe (bench.cost)
-    examples_file: str
-    peak_memory_mb: float
-    memory: dict[str, Any]
-    model: dict[str, Any]
-    data: dict[str, Any]
-    strategies: dict[str, Any]
-    test_at_best_dev: dict[str, dict[str, Any]]
-    diverged: Diverged
-    env: dict[str, Any]
-    created: str
+    data: dict[str, Any] | None = None  # source, rows and skipped rows per task and split
+    status: Literal["finished", "diverged"] = "finished"  # absent in records before checkpoints: finished
+    diverged: dict[str, Any] | None = None  # bench.step.Diverged.place(): what, task, epoch, step
+    model: dict[str, Any] | None = None
+    metrics: dict[str, dict[str, float | None]] | None = None  # last epoch's dev metrics per task
+    best: dict[str, dict[str, float | None]] | None = None  # each task's best dev epoch: {"epoch", metrics...}
+    overall: float | None = None
+    overall_best: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: epoch, step, dev metrics, train_loss
+    train: dict[str, Any] | None = None  # examples, steps, seconds, examples_per_second, step_seconds_median
+    eval: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None  # paired step cost against the baseline recipe (bench.cost)
+    examples_file: str | None = None
+    peak_memory_mb: float | None = None
+    memory: dict[str, Any] | None = None
+    strategies: dict[str, Any] | None = None
+    env: dict[str, Any] | None = None
+    created: str | None = None
+    test_at_best_dev: dict[str, dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer schema, kept as they were
+    path: Path | None = None  # the file it was loaded from; not written
 
+    IDENTITY: ClassVar[tuple[str, ...]] = ("schema", "run_id", "suite", "recipe_name", "recipe_index", "recipe",
+                                          "seed", "tasks", "config", "config_hash", "primary_metrics", "data")
+    KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "finished": IDENTITY + ("status", "model", "metrics", "best", "overall", "overall_best", "history", "train",
+                                "eval", "cost", "examples_file", "peak_memory_mb", "memory", "strategies", "env",
+                                "created", "test_at_best_dev"),
+        "diverged": IDENTITY + ("status", "diverged", "history", "env", "created"),
+    }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"test_at_best_dev"})  # written only when present
+    # What tables, plots and the gate read, by status: a record without one of these is refused.
+    REQUIRED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "finished": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "metrics",
+                     "best", "overall", "overall_best", "train", "peak_memory_mb"),
+        "diverged": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "diverged"),
+    }
 
-# What tables, plots and the gate read, by status.
-REQUIRED = {"finished": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "metrics",
-                         "best", "overall", "overall_best", "train", "peak_memory_mb"),
-            "diverged": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "diverged")}
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
 
+    @property
+    def examples_path(self) -> Path | None:
+        """The per-example dev predictions beside the record, if they are there."""
+        if not self.examples_file or self.path is None:
+            return None
+        found = self.path.parent / self.examples_file
+        return found if found.is_file() else None
 
-def status(record: dict) -> str:
-    return record.get("status", "finished")
+    def to_dict(self) -> dict[str, Any]:
+        """Today's JSON schema: the status's keys in order, then any kept newer keys."""
+        keys = [k for k in self.KEYS[self.status] if k not in self.OPTIONAL or getattr(self, k) is not None]
+        return {**{k: getattr(self, k) for k in keys}, **self.extra}
 
+    @classmethod
+    def from_dict(cls, values: dict, path: Path | None = None) -> RunRecord:
+        """A record from its JSON object; a UserError names `path` and the first missing key."""
+        where = path if path is not None else "run record"
+        status = values.get("status", "finished")
+        if status not in cls.REQUIRED:
+            raise UserError(f"{where}: unknown status {status!r} (expected 'finished' or 'diverged')")
+        missing = [key for key in cls.REQUIRED[status] if key not in values]
+        if missing:
+            raise UserError(f"{where}: not a complete run record: missing key '{missing[0]}'"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "path"}
+        fields = {k: v for k, v in values.items() if k in known}
+        fields.setdefault("schema", 0)
+        for key in ("recipe", "config", "primary_metrics"):
+            fields.setdefault(key, {})
+        fields.setdefault("config_hash", "")
+        fields.setdefault("tasks", list(values.get("primary_metrics", {})))
+        return cls(**fields, extra={k: v for k, v in values.items() if k not in known}, path=path)
 
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; null means "undefined" (e.g. correlation of a constant)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items() if k not in ("_dir", "_file")}  # load_records' own
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
-    write_text_atomic(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temporary file beside `path`, fsync, rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8") as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), 0o666 & ~umask())  # as an ordinary file; mkstemp makes it 0600
-        except BaseException:
-            handle.close()
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-    os.replace(handle.name, path)
-
-
-def umask() -> int:
-    """The process's umask (reading it means setting it; set back at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.to_dict())
 
 
 def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
@@ -116,24 +122,15 @@ def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
     records = []
     for path in sorted(directory.glob("*.json")):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            values = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
         except UnicodeDecodeError:
             raise UserError(f"{path}: not UTF-8 text, so not a run record") from None
         except OSError as error:
             raise UserError(f"{path}: cannot read ({error.strerror})") from None
-        if isinstance(record, dict) and "run_id" in record:
-            kind = status(record)
-            if kind not in REQUIRED:
-                raise UserError(f"{path}: unknown status {kind!r} (expected 'finished' or 'diverged')")
-            missing = [key for key in REQUIRED[kind] if key not in record]
-            if missing:
-                raise UserError(f"{path}: not a complete run record: missing key '{missing[0]}'"
-                                + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-            record["_dir"] = str(directory)  # where its per-example file lies; not written back
-            record["_file"] = path.name
-            records.append(record)
+        if isinstance(values, dict) and "run_id" in values:
+            records.append(RunRecord.from_dict(values, path))
     if not records and not allow_empty:
         raise UserError(f"{directory}: no run records (*.json with a run_id) found")
     return records
@@ -145,11 +142,10 @@ def load_directories(directories: list[Path]) -> list[RunRecord]:
     found, seen = [], {}
     for directory in directories:
         for record in load_records(directory):
-            key = (record["suite"], record["recipe_name"], record["seed"])
+            key = (record.suite, record.recipe_name, record.seed)
             if key in seen:
-                raise UserError(f"{Path(record['_dir']) / record['_file']}: the same run as "
-                                f"{seen[key]}; give each run's directory once")
-            seen[key] = Path(record["_dir"]) / record["_file"]
+                raise UserError(f"{record.path}: the same run as {seen[key]}; give each run's directory once")
+            seen[key] = record.path
             found.append(record)
     return found
 

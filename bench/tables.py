@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.errors import UserError
-from bench.records import status, write_text_atomic
+from bench.files import write_text_atomic
+from bench.records import RunRecord
+from tasks.errors import UserError
+from tasks.metrics import HIGHER_IS_BETTER, lower_is_better
 
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
@@ -30,21 +32,21 @@ def column_name(task: str, metric: str) -> str:
     return f"{task} {SHORT.get(metric, metric)}"
 
 
-def record_tasks(record: dict) -> list[str]:
-    return record.get("tasks") or list(record["primary_metrics"])
+def record_tasks(record: RunRecord) -> list[str]:
+    return record.tasks or list(record.primary_metrics)
 
 
-def suite_tasks(record: dict) -> list[str]:
-    return record.get("config", {}).get("suite", {}).get("tasks") or list(record["primary_metrics"])
+def suite_tasks(record: RunRecord) -> list[str]:
+    return record.config.get("suite", {}).get("tasks") or list(record.primary_metrics)
 
 
-def family(record: dict, baseline: dict | None) -> str:
+def family(record: RunRecord, baseline: RunRecord | None) -> str:
     """The axis on which a recipe differs from the suite's baseline recipe (`baseline`: its record),
     for colours and grouping; the first that differs in the order regulariser, freezing, combiner,
     sampler."""
     if len(record_tasks(record)) < len(suite_tasks(record)):
         return "single task"
-    names, base = record.get("recipe", {}), (baseline or {}).get("recipe", {})
+    names, base = record.recipe, baseline.recipe if baseline is not None else {}
     for axis, label in (("regularizers", "regulariser"), ("freezing", "freezing"), ("combiner", "combiner"),
                         ("sampler", "sampler")):
         if names.get(axis) != base.get(axis):
@@ -52,29 +54,29 @@ def family(record: dict, baseline: dict | None) -> str:
     return "baseline"
 
 
-def baseline_recipe(records: list[dict]) -> str:
+def baseline_recipe(records: list[RunRecord]) -> str:
     """The suite's baseline recipe (its `baseline` key; the first recipe for older records)."""
-    named = records[0].get("config", {}).get("suite", {}).get("baseline")
+    named = records[0].config.get("suite", {}).get("baseline")
     if named:
         return named
-    return min(records, key=lambda r: r["recipe_index"])["recipe_name"]
+    return min(records, key=lambda r: r.recipe_index).recipe_name
 
 
-def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
+def runs_frame(records: list[RunRecord], select: str = "last") -> pd.DataFrame:
     """One row per run: recipe, seed, each task metric, overall and cost."""
     rows = []
     for record in records:
-        if status(record) != "finished":  # counted, never averaged: a diverged run has no metrics
-            rows.append({"suite": record["suite"], "recipe": record["recipe_name"],
-                         "recipe_index": record["recipe_index"], "seed": record["seed"], "diverged": 1,
-                         **{column_name(t, m): np.nan for t, m in record["primary_metrics"].items()},
+        if not record.finished:  # counted, never averaged: a diverged run has no metrics
+            rows.append({"suite": record.suite, "recipe": record.recipe_name,
+                         "recipe_index": record.recipe_index, "seed": record.seed, "diverged": 1,
+                         **{column_name(t, m): np.nan for t, m in record.primary_metrics.items()},
                          **dict.fromkeys(("overall", "cost x", "train ex/s", "step ms", "peak MB"), np.nan)})
             continue
-        if select == "test" and "test_at_best_dev" not in record:
-            raise UserError(f"run {record['run_id']}: no test scores (its suite did not set test = true)")
-        metrics = record[{"last": "metrics", "best": "best", "test": "test_at_best_dev"}[select]]
-        row = {"suite": record["suite"], "recipe": record["recipe_name"], "recipe_index": record["recipe_index"],
-               "seed": record["seed"], "diverged": 0}
+        if select == "test" and record.test_at_best_dev is None:
+            raise UserError(f"run {record.run_id}: no test scores (its suite did not set test = true)")
+        metrics = {"last": record.metrics, "best": record.best, "test": record.test_at_best_dev}[select]
+        row = {"suite": record.suite, "recipe": record.recipe_name, "recipe_index": record.recipe_index,
+               "seed": record.seed, "diverged": 0}
         for task, values in metrics.items():
             for metric, value in values.items():
                 if metric != "epoch":
@@ -83,17 +85,17 @@ def runs_frame(records: list[dict], select: str = "last") -> pd.DataFrame:
         if partial:
             row["overall"] = np.nan  # a mean over some of the tasks is not comparable with the others'
         elif select == "test":
-            primary = record["primary_metrics"]
+            primary = record.primary_metrics
             scores = [metrics[t].get(primary[t]) for t in primary]
             row["overall"] = np.nan if None in scores else sum(scores) / len(scores)
         else:
-            row["overall"] = record["overall" if select == "last" else "overall_best"]
+            row["overall"] = record.overall if select == "last" else record.overall_best
         row["overall"] = np.nan if row["overall"] is None else row["overall"]
-        cost = record.get("cost") or {}
+        cost = record.cost or {}
         row["cost x"] = cost.get("ratio", np.nan)
-        row["train ex/s"] = record["train"]["examples_per_second"]
-        row["step ms"] = record["train"]["step_seconds_median"] * 1000
-        row["peak MB"] = record["peak_memory_mb"]
+        row["train ex/s"] = record.train["examples_per_second"]
+        row["step ms"] = record.train["step_seconds_median"] * 1000
+        row["peak MB"] = record.peak_memory_mb
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -104,17 +106,17 @@ def _interval(std: pd.DataFrame, n: pd.Series) -> pd.DataFrame:
     return std.mul(factor, axis=0)
 
 
-def primary_columns(records: list[dict]) -> list[str]:
+def primary_columns(records: list[RunRecord]) -> list[str]:
     """Each task's primary-metric column, in the suite's task order."""
     seen = {}
     for record in sorted(records, key=lambda r: len(record_tasks(r)), reverse=True):
-        for task, metric in record["primary_metrics"].items():
+        for task, metric in record.primary_metrics.items():
             seen.setdefault(task, column_name(task, metric))
     order = suite_tasks(records[0])
     return [seen[t] for t in sorted(seen, key=lambda t: order.index(t) if t in order else len(order))]
 
 
-def summary(records: list[dict], select: str = "last", significance: bool = True) -> pd.DataFrame:
+def summary(records: list[RunRecord], select: str = "last", significance: bool = True) -> pd.DataFrame:
     """Per recipe (suite order): mean, std and 95 % interval over seeds of every column; family,
     Δm % and significance against the baseline recipe (the columns 'info' and 'p')."""
     runs = runs_frame(records, select)
@@ -132,10 +134,10 @@ def summary(records: list[dict], select: str = "last", significance: bool = True
     table[("n", "diverged")] = runs.groupby(keys, sort=False)["diverged"].sum().loc[order.index]
     by_recipe, every_run = {}, {}
     for record in records:
-        every_run.setdefault((record["suite"], record["recipe_name"]), []).append(record)
-        if status(record) == "finished":
-            by_recipe.setdefault((record["suite"], record["recipe_name"]), []).append(record)
-    baselines = {suite: baseline_recipe([r for r in records if r["suite"] == suite]) for suite, _ in every_run}
+        every_run.setdefault((record.suite, record.recipe_name), []).append(record)
+        if record.finished:
+            by_recipe.setdefault((record.suite, record.recipe_name), []).append(record)
+    baselines = {suite: baseline_recipe([r for r in records if r.suite == suite]) for suite, _ in every_run}
     base_of = {key: every_run.get((key[0], baselines[key[0]]), [None])[0] for key in every_run}
     table[("info", "family")] = [family(every_run[key][0], base_of[key]) for key in table.index]
     table[("info", "Δm %")] = _delta_m(table, records)
@@ -148,21 +150,19 @@ def summary(records: list[dict], select: str = "last", significance: bool = True
     return table
 
 
-def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
+def _delta_m(table: pd.DataFrame, records: list[RunRecord]) -> list[float]:
     # single-task recipes: those that train one task of several
     """Δm % = 100/T Σ_t s_t (M_t - B_t) / |B_t|, B_t the single-task recipe's mean on task t, s_t = -1
     where lower is better; for recipes that train every task, when every task has a single-task row."""
-    from bench.examples import LOWER_IS_BETTER
-
     out = []
     for suite, recipe in table.index:
-        suite_records = [r for r in records if r["suite"] == suite]
+        suite_records = [r for r in records if r.suite == suite]
         single = {}
         for r in suite_records:
-            if len(record_tasks(r)) == 1 < len(suite_tasks(r)) and status(r) == "finished":
-                single.setdefault(record_tasks(r)[0], r["recipe_name"])
-        mine = next(r for r in suite_records if r["recipe_name"] == recipe)
-        if status(mine) != "finished":
+            if len(record_tasks(r)) == 1 < len(suite_tasks(r)) and r.finished:
+                single.setdefault(record_tasks(r)[0], r.recipe_name)
+        mine = next(r for r in suite_records if r.recipe_name == recipe)
+        if not mine.finished:
             out.append(np.nan)
             continue
         tasks = record_tasks(mine)
@@ -171,10 +171,10 @@ def _delta_m(table: pd.DataFrame, records: list[dict]) -> list[float]:
             continue
         changes = []
         for task in tasks:
-            metric = mine["primary_metrics"][task]
+            metric = mine.primary_metrics[task]
             column = column_name(task, metric)
             now, base = table.loc[(suite, recipe), ("mean", column)], table.loc[(suite, single[task]), ("mean", column)]
-            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            sign = -1.0 if lower_is_better(metric) else 1.0
             changes.append(sign * (now - base) / abs(base) if base else np.nan)
         out.append(100.0 * float(np.mean(changes)))
     return out
@@ -194,20 +194,20 @@ def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
         if not runs:
             continue
         base_name = baselines[suite]
-        base_runs = {r["seed"]: r for r in by_recipe.get((suite, base_name), [])}
+        base_runs = {r.seed: r for r in by_recipe.get((suite, base_name), [])}
         if recipe == base_name or not base_runs:
             continue
-        pairs = [(r, base_runs[r["seed"]]) for r in runs if r["seed"] in base_runs]
-        files = [(examples_path(a), examples_path(b)) for a, b in pairs]
+        pairs = [(r, base_runs[r.seed]) for r in runs if r.seed in base_runs]
+        files = [(a.examples_path, b.examples_path) for a, b in pairs]
         if not pairs or any(a is None or b is None for a, b in files):
             continue
         loaded = [(examples.load(a, select), examples.load(b, select)) for a, b in files]
-        for task, metric in runs[0]["primary_metrics"].items():
-            if task not in base_runs[pairs[0][1]["seed"]]["primary_metrics"]:
+        for task, metric in runs[0].primary_metrics.items():
+            if task not in base_runs[pairs[0][1].seed].primary_metrics:
                 continue
             if not all(task in a and task in b for a, b in loaded):
                 continue
-            definition = runs[0].get("config", {}).get("tasks", {}).get(task)
+            definition = runs[0].config.get("tasks", {}).get(task)
             if definition is None:
                 continue
             spec = SimpleNamespace(name=task, kind=TaskKind(definition["kind"]), labels=definition["labels"])
@@ -219,16 +219,7 @@ def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
     return p_values
 
 
-def examples_path(record: dict) -> Path | None:
-    name, directory = record.get("examples_file"), record.get("_dir")
-    if not name or not directory or not (Path(directory) / name).is_file():
-        return None
-    return Path(directory) / name
-
-
 def marker(table: pd.DataFrame, key, column: str) -> str:
-    from bench.examples import LOWER_IS_BETTER
-
     if ("p", column) not in table.columns:
         return ""
     p = table.loc[key, ("p", column)]
@@ -238,7 +229,7 @@ def marker(table: pd.DataFrame, key, column: str) -> str:
     if not base:
         return ""
     better = table.loc[key, ("mean", column)] > table.loc[base[0], ("mean", column)]
-    if any(column.endswith(" " + SHORT.get(m, m)) for m in LOWER_IS_BETTER):
+    if any(column.endswith(" " + SHORT.get(m, m)) for m in HIGHER_IS_BETTER if lower_is_better(m)):
         better = not better
     return " ▲" if better else " ▼"
 
@@ -316,7 +307,7 @@ def csv(table: pd.DataFrame) -> str:
     return flat.reset_index().to_csv(index=False, float_format="%.6g")
 
 
-def write_tables(records: list[dict], out_dir: Path, select: str = "last") -> dict[str, Path]:
+def write_tables(records: list[RunRecord], out_dir: Path, select: str = "last") -> dict[str, Path]:
     table = summary(records, select)
     written = {}
     for name, text in (("table.md", markdown(table) + "\n"), ("table.csv", csv(table)), ("table.tex", latex(table))):

@@ -10,8 +10,9 @@ One training step:
 5. the `FreezingSchedule` decides, at epoch and step boundaries, what is trainable and the
    optimizer's parameter groups.
 Regularisers act before the combiner, so any regulariser composes with any combiner. Mixed
-precision and data parallelism stay out of the strategies: the trainer hands the combiner a
-`GradientPipeline` that unscales and averages gradients before any method reads them.
+precision and data parallelism stay out of the strategies: the trainer passes the combiner's
+`backward` the step's `GradientPipeline`, which unscales and averages gradients before any method
+reads them.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class RandomTaskSampler(Sampler):
 
 class GradientPipeline:
     """What the trainer does to gradients before a combiner reads them; this base is the identity
-    (fp32, one process), which is also what a combiner built outside the trainer gets.
+    (fp32, one process: `IDENTITY_PIPELINE`), for a combiner stepped outside the trainer.
 
     The trainer's pipeline (bench.precision.StepPipeline) hands the combiner each task's loss times
     a multiplier (fp16: the loss scale; data parallel: the rank's share of the batch). A combiner
@@ -132,11 +133,13 @@ class GradientPipeline:
         return {task: loss.detach() for task, loss in losses.items()}
 
 
+IDENTITY_PIPELINE = GradientPipeline()  # fp32 losses of one process: gradients as they are
+
+
 class Combiner(Strategy, ABC):
     """Turns per-task losses into gradients on the model's parameters (left in `.grad`)."""
 
     needs_several_tasks: ClassVar[bool] = False  # meaningless when a step holds one task
-    pipeline: GradientPipeline = GradientPipeline()  # the trainer sets the run's own
 
     def __init__(self, options, tasks: Sequence[str], generator: torch.Generator):
         super().__init__(options)
@@ -145,8 +148,11 @@ class Combiner(Strategy, ABC):
 
     @abstractmethod
     def backward(self, losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
-                 task_specific: Mapping[str, Sequence[nn.Parameter]]) -> None:
-        ...
+                 task_specific: Mapping[str, Sequence[nn.Parameter]], pipeline: GradientPipeline) -> None:
+        """Leave the step's gradients in `.grad`. `losses` are each task's loss times
+        `pipeline`'s multiplier: take per-task gradients through `pipeline.per_task` (as
+        strategies.gradients.task_gradients does) and loss values from `pipeline.loss_values`; after
+        a plain backward of a weighted sum, the trainer reduces `.grad` itself."""
 
     def task_rows(self, tasks: Sequence[str]) -> list[int]:
         """Each task's index in the run's task list: where a method keeps its per-task state."""

@@ -29,12 +29,12 @@ GRAMIAN_CHUNK = 1 << 20  # columns per float64 block: bounds the float64 copy, n
 
 
 def task_gradients(losses: Mapping[str, Tensor], shared: Sequence[nn.Parameter],
-                   task_specific: Mapping[str, Sequence[nn.Parameter]], pipeline: GradientPipeline | None = None
+                   task_specific: Mapping[str, Sequence[nn.Parameter]], pipeline: GradientPipeline
                    ) -> tuple[Tensor, dict[str, list[Tensor | None]]]:
     """Each task's gradient of the shared parameters as a T x n matrix (rows in `losses` order;
     zeros where a task does not reach a parameter, e.g. an unused pooler), and each task's
     gradients of its own head parameters; through `pipeline` (unscaled, averaged over ranks)."""
-    return (pipeline or GradientPipeline()).per_task(*_raw_task_gradients(losses, list(shared), task_specific))
+    return pipeline.per_task(*_raw_task_gradients(losses, list(shared), task_specific))
 
 
 def _raw_task_gradients(losses, shared, task_specific):
@@ -210,12 +210,12 @@ class GradientCombiner(Combiner):
         """The update (n-vector) from the T x n task gradients and their float64 Gramian, and the
         task weights w if the update is `w @ gradients` (None otherwise)."""
 
-    def backward(self, losses, shared, task_specific):
+    def backward(self, losses, shared, task_specific, pipeline):
         tasks = tuple(losses)
-        values = self.pipeline.loss_values(losses)
-        gradients, heads = task_gradients(self.objectives(losses, values), shared, task_specific, self.pipeline)
+        values = pipeline.loss_values(losses)
+        gradients, heads = task_gradients(self.objectives(losses, values), shared, task_specific, pipeline)
         gramian = gramian64(gradients)  # once per step: the method and the statistics share it
-        eps = max(torch.finfo(gradients.dtype).eps, self.pipeline.compute_eps)
+        eps = max(torch.finfo(gradients.dtype).eps, pipeline.compute_eps)
         step = StepInfo(tasks, torch.stack(list(values.values())).to("cpu", torch.float64), eps)
         update, weights = self.aggregate(gradients, gramian, step)
         if shared:
@@ -298,14 +298,14 @@ class LossWeightingCombiner(Combiner):
         """A term of the objective besides the weighted losses (uncertainty weighting's log sigma)."""
         return None
 
-    def backward(self, losses, shared, task_specific):
+    def backward(self, losses, shared, task_specific, pipeline):
         stacked = torch.stack(list(losses.values()))
-        values = self.pipeline.loss_values(losses)
+        values = pipeline.loss_values(losses)
         weights = self.loss_weights(values).to(stacked.device, stacked.dtype)
         objective = weights @ stacked
         penalty = self.penalty(values)
         if penalty is not None:  # scaled like the losses: the pipeline divides every gradient back
-            objective = objective + self.pipeline.loss_scale() * penalty
+            objective = objective + pipeline.loss_scale() * penalty
         objective.backward()
         self.weight_trajectory.add(dict(zip(losses, weights.detach().tolist())))
         self.steps += 1

@@ -1,21 +1,21 @@
 """Strategy registry: `@register(axis, name)` for in-tree plugins, the entry-point group
 `mtlbench.strategies` for external packages.
 
-A strategy class carries a typed `Options` dataclass; `build` validates a user's options against it
-(unknown key -> nearest valid name) so a typo never silently falls back to a default.
+A strategy class carries a typed `Options` dataclass; `make_options` validates a user's options
+against it once (tasks.typed: unknown key -> nearest valid name, types, the Options' own ranges), so
+a typo never silently falls back to a default, and `build` constructs the class from the result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any
 
-from bench import errors
-from bench.errors import UserError
+from tasks.errors import UserError, nearest
+from tasks.typed import from_table
 
 AXES = ("sampler", "combiner", "regularizer", "freezing")
 # In-tree plugins live one module each in these packages and are discovered, not listed.
@@ -67,14 +67,6 @@ def discoverable(cls: type) -> bool:
     return cls.__module__ in _DISCOVERED_MODULES
 
 
-OPTION_SYNONYMS = {"eps": "epsilon", "radius": "epsilon", "temp": "temperature", "tau": "temperature"}
-
-
-def nearest(name: str, choices) -> str:
-    synonym = OPTION_SYNONYMS.get(str(name).lower())
-    return f" (did you mean '{synonym}'?)" if synonym in choices else errors.nearest(name, choices)
-
-
 def available(axis: str) -> dict[str, type]:
     _load_all()
     return dict(sorted(_REGISTRY[axis].items()))
@@ -88,15 +80,17 @@ def get(axis: str, name: str, where: str | None = None) -> type:
     return registered[name]
 
 
-def build(axis: str, name: str, options: dict[str, Any], *args, where: str | None = None, **kwargs):
-    """The one way a strategy is made: its options validated (`make_options`), then the class
-    constructed with `args`; a ValueError the constructor raises about its options (a task name the
-    run does not have) becomes a UserError naming `where`."""
+def build(axis: str, name: str, options, *args, where: str | None = None, **kwargs):
+    """The one way a strategy is made: the class constructed with its validated `options` (the
+    Options instance `make_options` gave, or a dict, validated here) and `args`; a ValueError the
+    constructor raises about its options (a task name the run does not have) becomes a UserError
+    naming `where`."""
     where = where or f"{axis} '{name}'"
     cls = get(axis, name, where)
-    validated = make_options(cls, options, where)
+    if not isinstance(options, cls.Options):
+        options = make_options(cls, options, where)
     try:
-        return cls(validated, *args, **kwargs)
+        return cls(options, *args, **kwargs)
     except ValueError as error:
         raise UserError(f"{where}: {error}") from None
     except UserError as error:  # strategies name their option as "axis.option": keep one axis in the path
@@ -105,43 +99,12 @@ def build(axis: str, name: str, options: dict[str, Any], *args, where: str | Non
         raise UserError(f"{head}: {text}") from None
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    if get_origin(annotation) is Literal:  # a closed set of choices, declared once in the Options type
-        choices = get_args(annotation)
-        if value not in choices:
-            name = where.rsplit(".", 1)[-1]
-            raise UserError(f"{where}: {name} must be one of {choices}, got {value!r}"
-                            f"{nearest(str(value), [str(c) for c in choices])}")
-        return value
-    origin = get_origin(annotation)
-    if origin in (dict, list, tuple) and not isinstance(value, list if origin is tuple else origin):
-        kind = {dict: "a table", list: "a list", tuple: "a list"}[origin]
-        raise UserError(f"{where}: expected {kind}, got {value!r}")
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{where}: expected a finite number, got {value!r}")
-    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
-        raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
-    if annotation is int and isinstance(value, bool):
-        raise UserError(f"{where}: expected int, got {value!r}")
-    return value
-
-
 def make_options(cls: type, options: dict[str, Any], where: str):
     """Validate `options` against `cls.Options`; returns the Options instance."""
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-    hints = get_type_hints(cls.Options)
-    values = {}
-    for key, value in options.items():
-        if key not in fields:
-            raise UserError(f"{where}: unknown option '{key}'{nearest(key, fields)} for {cls.axis} '{cls.name}'"
-                            + (f"; options: {', '.join(fields)}" if fields else "; it takes no options"))
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return cls.Options(**values)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{where}: {error}") from None
+    def unknown(key: str, fields: list[str]) -> str:
+        return (f"{where}: unknown option '{key}'{nearest(key, fields)} for {cls.axis} '{cls.name}'"
+                + (f"; options: {', '.join(fields)}" if fields else "; it takes no options"))
+    return from_table(cls.Options, options, where, unknown)
 
 
 def describe(cls: type) -> str:

@@ -16,7 +16,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from bench.errors import UserError, nearest
+from tasks.errors import UserError, nearest
+from tasks.reading import RawSplit
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
 QUOTING = ("csv", "none")
@@ -113,8 +114,6 @@ def read_file(path: Path, spec, options: dict, labelled: bool, quoting: str = "c
 
 
 def read(spec, options: dict, context):
-    from tasks.sources import RawSplit
-
     quoting = options.get("quoting", "csv")
     if quoting not in QUOTING:
         raise UserError(f"{spec.origin}.sources.files.quoting: '{quoting}'; choose from {', '.join(QUOTING)}")
@@ -150,8 +149,6 @@ def read_cs224n(spec, options: dict, context):
     """Tab-separated, a header whose first column is an unnamed index, inconsistent quoting (read
     literally, then unquoted), and a few unparsable labels that are skipped and counted. The test
     file ('test-student') has no labels: its rows are for predictions only."""
-    from tasks.sources import RawSplit
-
     if context.data_dir is None:
         raise UserError("the cs224n source needs --data-dir DIR holding the CS224N csv files")
     pattern = options["file"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from bench.errors import UserError
+from tasks.errors import UserError
+from tasks.reading import RawSplit
 
 DEFAULT_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 DEFAULT_COLUMNS = {"tags": "ner_tags"}  # CoNLL-2003's layout
@@ -52,8 +53,6 @@ def open_dataset(spec, options: dict, context):
 
 
 def read(spec, options: dict, context):
-    from tasks.sources import RawSplit
-
     dataset_dict, origin = open_dataset(spec, options, context)
     columns = {name: options.get("columns", {}).get(name, DEFAULT_COLUMNS.get(name, name))
                for name in ("id",) + spec.kind.info.fields}

@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+# scikit-learn, SciPy and seqeval are imported where they score: reading a task definition (which
+# asks HIGHER_IS_BETTER) stays light.
 
 
 def classification(predictions, labels) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
     y_pred, y_true = np.asarray(predictions), np.asarray(labels)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -26,6 +29,8 @@ def classification(predictions, labels) -> dict[str, float]:
 
 
 def regression(predictions, labels) -> dict[str, float]:
+    from scipy import stats
+
     y_pred, y_true = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
     if len(y_true) < 2 or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
         # Correlation is undefined for constant input; report NaN rather than a fake 0.
@@ -56,6 +61,8 @@ def iob_tagging(predictions, labels, names) -> dict[str, float]:
 
 
 def binary_tagging(predictions, labels) -> dict[str, float]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     y_pred = [p for sentence in predictions for p in sentence]
     y_true = [g for sentence in labels for g in sentence]
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", pos_label=1,
@@ -81,6 +88,19 @@ SCORERS = {  # kind -> scorer(predictions, labels, spec)
     "token_binary": lambda p, g, spec: binary_tagging(p, g),
     "mlm": lambda p, g, spec: masked_lm(p, g),
 }
+
+
+# Every metric a kind reports, and whether more is better: tables mark ▲/▼, Δm % takes its sign and
+# the gate its direction from here. A task's primary metric must be higher-is-better (the overall
+# column averages them).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True, "f1_macro": True, "pearson": True, "spearman": True, "f1": True, "precision": True,
+    "recall": True, "perplexity": False,
+}
+
+
+def lower_is_better(metric: str) -> bool:
+    return not HIGHER_IS_BETTER.get(metric, True)
 
 
 def score(spec, predictions, labels) -> dict[str, float]:

@@ -27,18 +27,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError, nearest
 from tasks import files
+from tasks.errors import UserError, check_keys, nearest
+from tasks.metrics import lower_is_better
+from tasks.source_types import SOURCES
 from tasks.spec import KINDS, TaskKind, TaskSpec
 
 DEFINITION_KEYS = ("name", "kind", "description", "metric", "labels", "label_range", "max_train", "max_dev",
                    "max_test", "sources", "source", "from")
-SOURCE_KEYS = {
-    "synthetic": ("generator",),
-    "files": ("train", "dev", "test", "format", "columns", "quoting", "on_bad_row"),
-    "cs224n": ("file", "columns", "predictions"),
-    "hf": ("path", "name", "disk", "splits", "columns", "on_bad_row"),
-}
 COLUMN_FIELDS = ("id", "text", "text_a", "text_b", "label", "tokens", "tags")
 
 
@@ -55,14 +51,6 @@ def read_toml(path: Path) -> dict:
         return tomllib.loads(files.decode(path))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: {error}") from None
-
-
-def _check_keys(table: dict, allowed, where: str) -> None:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table, got {table!r}")
-    for key in table:
-        if key not in allowed:
-            raise UserError(f"{where}: unknown key '{key}'{nearest(key, allowed)}")
 
 
 def find(reference: str, base: Path | None = None, _seen: tuple = ()) -> TaskSpec:
@@ -94,24 +82,24 @@ def _sources(table: dict, where: str, folder: Path) -> dict[str, dict]:
     if "source" in table:
         single = table["source"]
         if not isinstance(single, dict) or not isinstance(single.get("type"), str):
-            raise UserError(f"{where}.source: expected a table with 'type' ({', '.join(SOURCE_KEYS)})")
+            raise UserError(f"{where}.source: expected a table with 'type' ({', '.join(SOURCES)})")
         raw = {single["type"]: {k: v for k, v in single.items() if k != "type"}}
     else:
         raw = table.get("sources")
         if not isinstance(raw, dict) or not raw:
-            raise UserError(f"{where}: no data source; add a [sources.TYPE] table ({', '.join(SOURCE_KEYS)})")
+            raise UserError(f"{where}: no data source; add a [sources.TYPE] table ({', '.join(SOURCES)})")
     sources = {}
     for name, options in raw.items():
         if not isinstance(options, dict):
             raise UserError(f"{where}.sources.{name}: expected a table, got {options!r}")
         source_type = options.get("type", name)
-        if source_type not in SOURCE_KEYS:
+        if source_type not in SOURCES:
             raise UserError(f"{where}.sources.{name}: unknown source type '{source_type}'"
-                            f"{nearest(source_type, SOURCE_KEYS)}; types: {', '.join(SOURCE_KEYS)}")
-        _check_keys({k: v for k, v in options.items() if k not in ("type", "base")}, SOURCE_KEYS[source_type],
+                            f"{nearest(source_type, SOURCES)}; types: {', '.join(SOURCES)}")
+        check_keys({k: v for k, v in options.items() if k not in ("type", "base")}, SOURCES[source_type].keys,
                     f"{where}.sources.{name}")
         columns = options.get("columns", {})
-        _check_keys(columns, COLUMN_FIELDS, f"{where}.sources.{name}.columns")
+        check_keys(columns, COLUMN_FIELDS, f"{where}.sources.{name}.columns")
         for column, value in columns.items():
             if not isinstance(value, str):
                 raise UserError(f"{where}.sources.{name}.columns.{column}: expected a column name, got {value!r}")
@@ -124,7 +112,7 @@ def _sources(table: dict, where: str, folder: Path) -> dict[str, dict]:
 def parse(table: dict, default_name: str, origin: str, folder: Path, _seen: tuple = ()) -> TaskSpec:
     """Validate one definition table; every error names `origin` and the key."""
     where = origin
-    _check_keys(table, DEFINITION_KEYS, where)
+    check_keys(table, DEFINITION_KEYS, where)
     if "from" in table:
         base_ref = table["from"]
         if not isinstance(base_ref, str):
@@ -152,9 +140,10 @@ def parse(table: dict, default_name: str, origin: str, folder: Path, _seen: tupl
     if metric not in info.metrics:
         raise UserError(f"{where}.metric: '{metric}' is not a metric of kind '{kind.value}' "
                         f"({', '.join(info.metrics)})")
-    if metric == "perplexity":
-        raise UserError(f"{where}.metric: perplexity is lower-is-better; the primary metric must be "
-                        "higher-is-better (use 'accuracy')")
+    if lower_is_better(metric):
+        better = [m for m in info.metrics if not lower_is_better(m)]
+        raise UserError(f"{where}.metric: {metric} is lower-is-better; the primary metric must be "
+                        f"higher-is-better (use '{better[0]}')")
     labels, label_origin = _labels(table.get("labels"), info.labels, where, folder)
     label_range = table.get("label_range")
     if info.labels == "range":

@@ -1,6 +1,6 @@
 """Data sources behind one interface.
 
-A reader (one per source type: synthetic, files, cs224n, hf) turns its source into raw examples per
+A reader (one per source type, tasks/source_types.py) turns its source into raw examples per
 split: `(where, fields)` with the row fields of the task's kind under mtlbench's names and labels as
 the source wrote them. `load_task` then maps labels to indices against the task's label set,
 checks every row (an error names the file and line, or the row is skipped and counted, as the
@@ -12,44 +12,13 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.errors import UserError, nearest
-from tasks import files, hf, registry, synthetic
+from tasks import registry, synthetic
+from tasks.errors import UserError, nearest
+from tasks.reading import RawSplit, ReadContext
+from tasks.source_types import SOURCES
 from tasks.spec import SPLITS, TaskData, TaskKind, TaskSpec
-
-
-@dataclass
-class RawSplit:
-    """What a reader found in one split."""
-
-    examples: list[tuple[str, dict]] = field(default_factory=list)  # (where, fields)
-    skipped: Counter = field(default_factory=Counter)
-    labelled: bool = True
-    skip_bad: bool | None = None  # a preset's rule for bad rows; None: the source's on_bad_row
-
-
-@dataclass
-class Context:
-    data_dir: Path | None = None
-    synthetic: synthetic.SyntheticConfig = field(default_factory=synthetic.SyntheticConfig)
-
-    def path(self, value: str, options: dict) -> Path:
-        """A path from a task definition: absolute, else under data_dir, else beside the definition."""
-        path = Path(value)
-        if path.is_absolute():
-            return path
-        return (self.data_dir if self.data_dir is not None else Path(options["base"])) / path
-
-
-READERS = {
-    "synthetic": synthetic.read,
-    "files": files.read,
-    "cs224n": files.read_cs224n,
-    "hf": hf.read,
-}
-SOURCES = tuple(READERS)
 
 
 def resolve(task: str | TaskSpec) -> TaskSpec:
@@ -71,9 +40,9 @@ def load_task(data: str | None, task: str | TaskSpec, data_dir=None, synthetic_c
     spec = resolve(task)
     name = choose_source(spec, data)
     options = spec.sources[name]
-    context = Context(Path(data_dir) if data_dir is not None else None,
-                      synthetic_config or synthetic.SyntheticConfig())
-    raw, source_labels = READERS[options["type"]](spec, options, context)
+    context = ReadContext(Path(data_dir) if data_dir is not None else None,
+                          synthetic_config or synthetic.SyntheticConfig())
+    raw, source_labels = SOURCES[options["type"]].read(spec, options, context)
     labels, origin = _label_set(spec, options, context, raw, source_labels)
     result = TaskData(rows={}, labels=labels, label_origin=origin, source=name)
     to_row = _row_maker(spec, labels)
@@ -152,7 +121,7 @@ def _sort_key(kind: TaskKind):
     return key
 
 
-def _label_set(spec: TaskSpec, options: dict, context: Context, raw: dict[str, RawSplit],
+def _label_set(spec: TaskSpec, options: dict, context: ReadContext, raw: dict[str, RawSplit],
                source_labels: tuple[str, ...] | None) -> tuple[tuple[str, ...] | None, str]:
     scheme = spec.kind.info.labels
     if scheme in ("range", "none"):

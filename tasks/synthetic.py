@@ -25,6 +25,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from tasks.errors import UserError, nearest
+from tasks.reading import RawSplit
 from tasks.spec import SPLITS, TaskData
 
 # Each inner tuple is one meaning; its members are interchangeable surface forms.
@@ -339,9 +341,6 @@ def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData
 
 def read(spec, options: dict, context):
     """The source interface (tasks.sources): the generator's rows, labels as the generator writes them."""
-    from bench.errors import UserError, nearest
-    from tasks.sources import RawSplit
-
     generator = options.get("generator")
     if generator not in GENERATORS:
         raise UserError(f"{spec.origin}.sources.synthetic.generator: unknown generator '{generator}'"

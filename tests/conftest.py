@@ -130,6 +130,8 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     it, with the last task's 0.99 (for methods that watch the decrease)."""
     import torch
 
+    from strategies.base import IDENTITY_PIPELINE
+
     tasks = [f"t{i}" for i in range(len(jacobians[0]))]
     combiner = build_combiner(name, task_order or tasks, seed, **(options or {}))
     combiner.optimizer_groups(1e-3, torch.device("cpu"))
@@ -137,7 +139,7 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     for epoch, (jacobian, value) in enumerate(zip(jacobians, values), 1):
         combiner.on_epoch_start(epoch)
         theta = torch.nn.Parameter(torch.zeros(jacobian.shape[1], dtype=jacobian.dtype))
-        combiner.backward(linear_losses(jacobian, value, theta, order), [theta], {})
+        combiner.backward(linear_losses(jacobian, value, theta, order), [theta], {}, IDENTITY_PIPELINE)
         updates.append(theta.grad.detach().clone())
         decrease = torch.full_like(value, 0.9)
         decrease[-1] = 0.99

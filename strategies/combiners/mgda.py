@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.errors import UserError
 from strategies.gradients import GramianWeighting, StepInfo, normalized
 from strategies.registry import register
+from tasks.errors import UserError
 
 MAX_TASKS = 12  # 2^T supports, each a (|S|+1)-square solve
 # Tolerances of the exact solver, on the trace-normalised problem (entries <= 1): a unit scale.

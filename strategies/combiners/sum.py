@@ -19,7 +19,7 @@ class SumCombiner(Combiner):
     class Options:
         pass
 
-    def backward(self, losses, shared, task_specific):
+    def backward(self, losses, shared, task_specific, pipeline):
         torch.stack(list(losses.values())).sum().backward()
 
     def fixed_loss_weights(self):

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.errors import UserError
 from strategies.base import Combiner
-from strategies.registry import nearest, register
+from strategies.registry import register
+from tasks.errors import UserError, nearest
 
 
 @register("combiner", "weighted")
@@ -30,7 +30,7 @@ class WeightedCombiner(Combiner):
                 raise UserError(f"combiner.weights.{task}: expected a number >= 0, got {weight!r}")
         self.weights = {task: float(options.weights.get(task, 1.0)) for task in tasks}
 
-    def backward(self, losses, shared, task_specific):
+    def backward(self, losses, shared, task_specific, pipeline):
         torch.stack([self.weights[task] * loss for task, loss in losses.items()]).sum().backward()
 
     def fixed_loss_weights(self):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.errors import UserError
 from strategies.base import StagedSchedule
-from strategies.registry import nearest, register
+from strategies.registry import register
+from tasks.errors import UserError, nearest
 
 
 @register("freezing", "frozen_head")

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import UserError
 from strategies.base import Regularizer
 from strategies.registry import register
+from tasks.errors import UserError
 from tasks.spec import TaskKind
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.errors import UserError
 from strategies.base import Sampler
-from strategies.registry import nearest, register
+from strategies.registry import register
+from tasks.errors import UserError, nearest
 
 
 @register("sampler", "only")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.errors import UserError
 from strategies.base import RandomTaskSampler
 from strategies.expressions import ExpressionError, compile_expression
-from strategies.registry import nearest, register
+from strategies.registry import register
+from tasks.errors import UserError, nearest
 
 CHECK_POINTS = 1001  # t = 0, 0.001, ..., 1
 

@@ -36,7 +36,7 @@ from bench.data import collate
 from bench.model import MultiTaskModel
 from bench.precision import StepPipeline, StepTimer
 from bench.records import write_json_atomic
-from bench.trainer import Strategies, make_optimizer, training_step
+from bench.step import Strategies, make_optimizer, training_step
 from strategies import registry
 from tasks.builtin import QUORA, SST, STS
 

@@ -16,8 +16,8 @@ import torch
 from bench.config import Recipe, StrategySpec
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
-from bench.runner import build_strategies
-from bench.trainer import make_optimizer, training_step
+from bench.context import build_strategies
+from bench.step import make_optimizer, training_step
 from tasks.builtin import SST
 from tasks.synthetic import SyntheticConfig, generate
 
@@ -40,8 +40,8 @@ def _stepper(encoder, tokenizer, pad_to: int | None):
     if pad_to:
         fixed = [_pad_to(b, pad_to, tokenizer.pad_token_id) for b in fixed]
     model = MultiTaskModel(encoder, [SST], "mean", "concat_product")
-    recipe = Recipe("rr", StrategySpec("round_robin"), StrategySpec("sum"), [], StrategySpec("none"), "mean",
-                    "concat_product")
+    recipe = Recipe("rr", StrategySpec.make("sampler", "round_robin"), StrategySpec.make("combiner", "sum"), (),
+                    StrategySpec.make("freezing", "none"), "mean", "concat_product")
     strategies = build_strategies(recipe, model, {"sst": batches}, 0)
     optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}])
     cycle = itertools.cycle(fixed)
@@ -79,9 +79,10 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
     if one_task_per_step:
         fixed = [{task: batch} for step in fixed for task, batch in step.items()]
     model = MultiTaskModel(encoder, [SST, QUORA, STS], "mean", "concat_product")
-    recipe = Recipe(combiner, StrategySpec("joint", {"steps_per_epoch": "balanced"}), StrategySpec(combiner),
-                    [StrategySpec(name, dict(options)) for name, options in regularizers], StrategySpec(freezing),
-                    "mean", "concat_product")
+    recipe = Recipe(combiner, StrategySpec.make("sampler", "joint", {"steps_per_epoch": "balanced"}),
+                    StrategySpec.make("combiner", combiner),
+                    tuple(StrategySpec.make("regularizer", name, dict(options)) for name, options in regularizers),
+                    StrategySpec.make("freezing", freezing), "mean", "concat_product")
     strategies = build_strategies(recipe, model, sets, 0)
     optimizer = make_optimizer(strategies.freezing.parameter_groups(1e-3, 0.01)
                                + strategies.combiner.optimizer_groups(1e-3, torch.device("cpu")))
@@ -284,7 +285,7 @@ if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combine
     import argparse
     import sys
 
-    from bench.trainer import TrainSettings
+    from bench.settings import TrainSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
     arguments = argparse.ArgumentParser()

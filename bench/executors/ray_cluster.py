@@ -1,0 +1,96 @@
+"""`mtlbench run SUITE --executor ray [--address auto]`: each recipe x seed as a Ray task.
+
+Each task asks for the suite's `threads` CPUs (and one GPU when the suite trains on CUDA, or on
+`auto` where the cluster has GPUs), trains the run in a Ray worker with the same code as a local
+run (bench.single_run.run_one: the run's lock, resume from its last checkpoint, the record written
+atomically), and its record lands in the output directory as soon as it finishes. So the output
+directory must be one every node can write (shared storage) - as it is on a local instance.
+Runs already finished are skipped and unfinished ones resume, exactly as locally.
+
+Ray is an optional extra: `pip install "mtlbench[ray]"`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.executors.base import Executor, Landed, Todo
+from tasks.errors import UserError
+
+# Ray reuses its worker processes: one context per (suite, output directory) in each, so the data,
+# the encoder and the tokens are prepared once per worker, not once per run.
+_contexts: dict[tuple[str, str, bool], object] = {}
+
+
+def _run_remote(suite, out_dir: str, predictions: bool, position: int, seed: int):
+    from bench.context import SuiteContext
+    from bench.single_run import run_one
+
+    key = (json.dumps(suite.resolved(), sort_keys=True, default=str), out_dir, predictions)
+    if key not in _contexts:
+        _contexts[key] = SuiteContext(suite, Path(out_dir), log=lambda message: None, progress=False,
+                                      predictions=predictions)
+    context = _contexts[key]
+    return run_one(context, context.recipe_by_position(position), seed)
+
+
+def _gpus_per_run(device: str, cluster_gpus: float) -> int:
+    if device.startswith("cuda"):
+        return 1
+    return 1 if device == "auto" and cluster_gpus > 0 else 0
+
+
+class RayExecutor(Executor):
+    name = "ray"
+    summary = "each run a Ray task on a cluster (--address auto|HOST:PORT; default: a local instance)"
+    in_process = False
+
+    @classmethod
+    def check_arguments(cls, jobs, address, world) -> None:
+        if jobs or world > 1:
+            raise UserError("--executor ray schedules runs by their resource requests: leave out --jobs, "
+                            "and do not start it under torchrun")
+
+    def run(self, todo: Todo, landed: Landed) -> None:
+        """Ctrl-C cancels the tasks (their checkpoints stay)."""
+        try:
+            import ray
+        except ImportError:
+            raise UserError('--executor ray needs Ray: pip install "mtlbench[ray]"') from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            except ConnectionError as error:
+                raise UserError(f"--address {self.address}: no Ray cluster there ({error})") from None
+        try:
+            self._submit_and_wait(ray, todo, landed)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _submit_and_wait(self, ray, todo: Todo, landed: Landed) -> None:
+        from ray.exceptions import RayTaskError
+
+        context, suite = self.context, self.context.suite
+        gpus = _gpus_per_run(suite.train.device, ray.cluster_resources().get("GPU", 0))
+        task = ray.remote(num_cpus=suite.train.threads, num_gpus=gpus, max_retries=0)(_run_remote)
+        context.log(f"{len(todo)} runs as Ray tasks ({suite.train.threads} CPU{'s' * (suite.train.threads > 1)}"
+                    f"{f', {gpus} GPU' if gpus else ''} each) on {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+        pending = [task.remote(suite, str(context.out_dir), context.predictions, recipe.position, seed)
+                   for recipe, seed in todo]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                try:
+                    landed(ray.get(done[0]))
+                except RayTaskError as error:  # no new runs; the error of the run, as a local run gives it
+                    for ref in pending:
+                        ray.cancel(ref)
+                    cause = getattr(error, "cause", None)
+                    raise (cause if isinstance(cause, Exception) else error) from None
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise

@@ -1,0 +1,67 @@
+"""What every run of a suite shares, made once: the data of each task, the task definitions with
+their label sets resolved (the one resolved list the runs use), the encoder's path and tokenizer,
+and the tokenized splits (cached on disk by bench.data)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bench import backbone
+from bench.config import Suite
+from bench.data import encoding_for, tokenize
+from tasks.errors import UserError
+from tasks.sources import load_task
+from tasks.spec import TaskData, TaskSpec
+
+
+@dataclass
+class Prepared:
+    """What every run of a suite shares: the data, the resolved task definitions, the encoder's
+    path and tokenizer, and the tokenized splits."""
+
+    data: dict[str, TaskData]
+    specs: dict[str, TaskSpec]  # resolved: label sets read from a label map or inferred from train
+    splits: tuple[str, ...]
+    model_path: str
+    tokenizer: object
+    pad_id: int
+    max_length: int  # the suite's max_length, capped at the encoder's positions
+    tokens: dict
+    unlabelled_test: frozenset
+    seconds: float
+
+
+def prepare(suite: Suite, log=print) -> Prepared:
+    backbone.quiet_transformers()
+    started = time.perf_counter()
+    data = {t: load_task(suite.data, suite.specs[t], suite.data_dir, suite.synthetic) for t in suite.tasks}
+    # The definitions with their label sets resolved (read from a label map or inferred from train).
+    specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]
+             for t, d in data.items()}
+    splits = ("train", "dev", "test") if suite.test else ("train", "dev")
+    for task, loaded in data.items():
+        if suite.test and not loaded.rows.get("test"):
+            raise UserError(f"{suite.source}: test = true, but task '{task}' has no test rows "
+                            f"from source '{loaded.source}'")
+        for split, reasons in loaded.skipped.items():
+            if reasons:
+                log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
+    model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, log)
+    tokenizer = backbone.load_tokenizer(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    limit = backbone.max_positions(model_path, tokenizer)
+    max_length = min(suite.train.max_length, limit)  # recorded as model.max_length
+    tokens = {}
+    cache = backbone.cache_root() / "tokens"
+    measured = (suite.baseline,) if suite.baseline is not None and suite.cost.enabled else ()  # bench.cost
+    for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes + measured}):
+        for task, loaded in data.items():
+            for split in splits:
+                encoding = encoding_for(specs[task], mode, split, max_length)
+                tokens[mode, task, split] = tokenize(loaded.rows[split], tokenizer, encoding, cache)
+    # Test rows without labels (the CS224N test files) are for predictions only.
+    unlabelled = frozenset(t for t, d in data.items() if suite.test and d.rows["test"]
+                           and specs[t].kind.info.labels != "none" and not {"label", "tags"} & set(d.rows["test"][0]))
+    return Prepared(data, specs, splits, model_path, tokenizer, pad_id, max_length, tokens, unlabelled,
+                    time.perf_counter() - started)

@@ -1,0 +1,116 @@
+"""The settings sections of a suite ([train], [cost], [check], [checkpoints]) as typed, frozen
+dataclasses: read through tasks.typed.from_table (types, unknown keys), then each checks its own
+ranges in `__post_init__`, so a bad value fails when the suite is read, not after training."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # the autocast dtype of the forwards (bench.precision)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    dropout: float = 0.1
+    single_head: str = "linear"
+    device: str = "auto"
+    # Intra-op CPU threads per run. Part of the setting: the float results of a run depend on it
+    # (measured: 30 steps with 1 vs 2 threads end 0.1 apart in some weight), so it is fixed, not
+    # derived from the core count, and several runs go side by side instead (`--jobs`).
+    threads: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forwards (bench.precision)
+
+    def __post_init__(self):
+        """Ranges, so that a bad value fails when the suite is read, not after training."""
+        for name in ("epochs", "batch_size", "eval_batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "dropout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0 (max_grad_norm 0: no clipping)")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio is a fraction of the steps, from 0 to 1; got {self.warmup_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.device != "auto":
+            import torch  # here, so that reading the settings (the gate, the tables) stays light
+
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                                 f"got {self.device!r}") from None
+            if device.type not in ("cpu", "cuda", "mps"):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """The paired step-cost measurement after each run (bench.cost): `rounds` rounds, each one
+    block of this recipe's steps and one of the baseline recipe's on the same batches; a block
+    holds `block_batches` task batches (a joint step over 3 tasks holds 3)."""
+
+    rounds: int = 10
+    block_batches: int = 9
+    enabled: bool = True
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.block_batches < 1:
+            raise ValueError("rounds and block_batches must be at least 1")
+
+
+@dataclass(frozen=True)
+class CheckTolerances:
+    """When `mtlbench check` fails a value: a primary metric's mean over seeds falls by more than
+    max(metric_tolerance, std_factor x the baseline's std over seeds); a paired cost ratio rises
+    by more than cost_tolerance (relative)."""
+
+    metric_tolerance: float = 0.02
+    std_factor: float = 3.0
+    cost_tolerance: float = 0.25
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    tolerances: CheckTolerances = field(default_factory=CheckTolerances)
+    tasks: dict[str, CheckTolerances] = field(default_factory=dict)  # per-task overrides
+    allow_missing: bool = False  # a recipe, task or seed of the baseline absent from the results
+
+    def for_task(self, task: str) -> CheckTolerances:
+        return self.tasks.get(task, self.tolerances)
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self.tolerances), "allow_missing": self.allow_missing,
+                "tasks": {t: dataclasses.asdict(v) for t, v in self.tasks.items()}}
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """`[checkpoints]` of a suite: save at the end of every epoch; keep the last `keep` epochs, plus
+    each task's best dev epoch when `keep_best` (default: when the suite scores test = true)."""
+
+    enabled: bool = True
+    keep: int = 1
+    keep_best: bool | None = None
+
+    def __post_init__(self):
+        if self.keep < 0 or not isinstance(self.keep_best, (bool, type(None))):
+            raise ValueError("keep must be >= 0 and keep_best true or false")

@@ -1,0 +1,180 @@
+"""One run (recipe x seed), start to record: its lock in the output folder, resume from its last
+epoch checkpoint, training (bench.trainer), the paired cost (bench.cost), and its `RunRecord`,
+written atomically. Every executor calls `run_one`; nothing here knows how runs are scheduled."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+
+import torch
+
+from bench import checkpoint, cost, examples, predictions
+from bench.config import Recipe
+from bench.context import SuiteContext, config_hash
+from bench.evaluation import best_epoch
+from bench.files import exclusive
+from bench.records import SCHEMA_VERSION, RunRecord, environment
+from bench.step import Diverged
+from bench.trainer import TrainingLoop, TrainOutcome
+from tasks.errors import UserError
+
+
+def run_one(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | None:
+    """Train (or resume, or find finished) one run and write its record; None if another process
+    holds it. Workers call this too: the record is written under the run's lock."""
+    stem = context.stem(recipe, seed)
+    lock = context.out_dir / checkpoint.DIRECTORY / f".{stem}.lock"
+    record_path = context.out_dir / f"{stem}.json"
+    ranks = context.ranks
+    with exclusive(lock, wait=False) if ranks.writes else contextlib.nullcontext(None) as taken:
+        # Data parallel: rank 0 decides for every rank, which then train together.
+        decision = ranks.broadcast("busy" if taken is False else "found" if record_path.exists() else "train")
+        if decision == "busy":
+            context.log(f"      {stem}: another process is training it; skipped")
+            return None
+        if decision == "found":  # finished by another process since this one planned
+            if not ranks.writes:
+                return None
+            return RunRecord.from_dict(json.loads(record_path.read_text(encoding="utf-8")), record_path)
+        record = train_run(context, recipe, seed)
+        if not ranks.writes:
+            return None
+        record.write(record_path)
+        record.path = record_path
+        return record
+
+
+class RunCheckpoints:
+    """A run's epoch checkpoints (bench.checkpoint): the one to resume from, a save at each epoch's
+    end, and what to keep. Rank 0 alone reads and writes them; every rank resumes from its find."""
+
+    def __init__(self, context: SuiteContext, stem: str, fingerprint: str, specs: dict):
+        self.context, self.stem, self.fingerprint, self.specs = context, stem, fingerprint, specs
+        self.settings = context.suite.checkpoints
+        self.folder = checkpoint.run_directory(context.out_dir, stem)
+        self.keep_best = context.suite.test if self.settings.keep_best is None else self.settings.keep_best
+
+    def resume_into(self, model: torch.nn.Module) -> dict | None:
+        """The last checkpoint's weights put into `model`, and the rest of its state; None to start."""
+        ranks = self.context.ranks
+        last = checkpoint.latest(self.folder) if self.settings.enabled and ranks.writes else None
+        if ranks.active:
+            last = ranks.broadcast(last)
+        if last is None:
+            return None
+        state = checkpoint.load(last, model)
+        if state.get("config_hash") != self.fingerprint:
+            raise UserError(f"{last}: a checkpoint of other settings; use --fresh to start over, or another --out")
+        self.context.log(f"      {self.stem}: resuming after epoch {state['epoch']}")
+        return state
+
+    def best_epochs(self, history: list[dict]) -> set[int]:
+        if not self.keep_best:
+            return set()
+        return {best_epoch(history, task, spec.primary_metric) for task, spec in self.specs.items()}
+
+    def saver(self, model: torch.nn.Module):
+        """`on_epoch_end` for the training loop: save the epoch, keep the last `keep` and the best."""
+        def save(epoch: int, state_dict) -> None:
+            if not self.settings.enabled or not self.context.ranks.writes:
+                return
+            state = {**state_dict(), "config_hash": self.fingerprint}
+            checkpoint.save(self.folder, epoch, model, state)
+            checkpoint.prune(self.folder, max(self.settings.keep, 1), self.best_epochs(state["outcome"]["history"]))
+            self.context.log(f"      {self.stem}: epoch {epoch}/{self.context.suite.train.epochs} checkpoint saved")
+        return save
+
+    def finish(self, history: list[dict]) -> None:
+        """The run is recorded: keep only the last `keep` epochs (and the best)."""
+        if self.settings.enabled:
+            checkpoint.prune(self.folder, self.settings.keep, self.best_epochs(history))
+            if self.folder.is_dir() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+
+
+def train_run(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | None:
+    """Build, resume, train and score one run; its record (rank 0), or None on the other ranks."""
+    suite, prepared = context.suite, context.prepared
+    torch.set_num_threads(suite.train.threads)
+    stem = context.stem(recipe, seed)
+    specs = {t: context.specs[t] for t in suite.tasks_of(recipe)}
+    config = context.run_config(recipe)
+    identity = _identity(context, recipe, seed, stem, config)
+    saves = RunCheckpoints(context, stem, identity["config_hash"], specs)
+    parts = context.build(recipe, seed)
+    resume = saves.resume_into(parts.model)
+    loop = TrainingLoop(parts, suite.train, context.device, context.ranks, context.progress, context.predictions)
+    if resume is not None:
+        loop.load_state_dict(resume)
+    try:
+        outcome = loop.run(on_epoch_end=saves.saver(parts.model))
+    except Diverged as diverged:
+        context.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
+        return RunRecord(**identity, status="diverged", diverged=diverged.place(),
+                         history=loop.state.outcome.history, env=environment(context.device), created=_now())
+    model = {"name": suite.model, "path": prepared.model_path, "parameters": sum(p.numel() for p in parts.model.parameters()),
+             "max_length": prepared.max_length,
+             **({"mlm_head": parts.model.mlm_head_source} if parts.model.mlm_head_source else {})}
+    strategies = parts.strategies
+    del parts, loop  # before the cost measurement builds its own two models
+    if not context.ranks.writes:  # rank 0 writes the files and measures the cost (in one process)
+        return None
+    record = _finished(context, recipe, seed, identity, outcome, specs, model, strategies)
+    saves.finish(outcome.history)
+    return record
+
+
+def _finished(context: SuiteContext, recipe: Recipe, seed: int, identity: dict, outcome: TrainOutcome,
+              specs: dict, model: dict, strategies) -> RunRecord:
+    """A finished run's record, with its predictions and per-example dev file written beside it."""
+    stem = identity["run_id"]
+    if context.predictions:
+        predictions.write(context.out_dir / "predictions" / stem, specs, context.prepared.data, outcome.predictions)
+    examples_file = context.out_dir / f"{stem}{examples.SUFFIX}"
+    examples.write(examples_file, outcome.dev_examples)
+    step_cost = cost.paired_step_cost(context, recipe, seed) if context.suite.cost.enabled else None
+    last, best, overall, overall_best = _summarise(outcome.history, specs)
+    return RunRecord(
+        **identity, status="finished", model=model, metrics=last, best=best, overall=overall,
+        overall_best=overall_best, history=outcome.history, train=outcome.train, eval=outcome.eval, cost=step_cost,
+        examples_file=examples_file.name, peak_memory_mb=outcome.memory["peak_memory_mb"], memory=outcome.memory,
+        strategies={"combiner": strategies.combiner.summary(),
+                    "regularizers": {r.name: r.summary() for r in strategies.regularizers},
+                    "freezing": {"trainable": outcome.trainable}},
+        env=environment(context.device), created=_now(),
+        test_at_best_dev=outcome.test_at_best_dev if context.suite.test else None,
+    )
+
+
+def _identity(context: SuiteContext, recipe: Recipe, seed: int, stem: str, config: dict) -> dict:
+    """The record's keys that name the run and its settings (finished or diverged alike)."""
+    data, tasks = context.prepared.data, context.suite.tasks_of(recipe)
+    return {
+        "schema": SCHEMA_VERSION, "run_id": stem, "suite": context.suite.name, "recipe_name": recipe.name,
+        "recipe_index": recipe.position, "recipe": recipe.names(), "seed": seed, "tasks": tasks,
+        "config": config, "config_hash": config_hash(config),
+        "primary_metrics": {t: context.specs[t].primary_metric for t in tasks},
+        "data": {"source": context.suite.data, "sources": {t: d.source for t, d in data.items()},
+                 "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in data.items()},
+                 "skipped": {t: d.skipped for t, d in data.items()}},
+    }
+
+
+def _summarise(history: list[dict], specs: dict) -> tuple[dict, dict, float, float]:
+    """Last-epoch metrics, best epoch per task (by its primary metric), and the overall means."""
+    last = history[-1]["dev"]
+    best = {}
+    for task, spec in specs.items():
+        epoch = best_epoch(history, task, spec.primary_metric)
+        best[task] = {"epoch": epoch, **history[epoch - 1]["dev"][task]}
+
+    def overall(table):
+        return sum(table[t][specs[t].primary_metric] for t in specs) / len(specs)
+    return last, best, overall(last), overall(best)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+

@@ -1,0 +1,91 @@
+"""The Python API (`import mtlbench`), and the README's example run as written."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import mtlbench
+import pytest
+from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
+
+from strategies import registry
+
+ROOT = Path(__file__).parents[2]
+
+
+def readme_python_example() -> str:
+    section = ROOT.joinpath("README.md").read_text().split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """Executed as written, in a fresh folder; the only change is the tests' small encoder and data
+    (the session's cached tiny encoder), added to the suite dict on its way into mtlbench.run."""
+    monkeypatch.chdir(tmp_path)
+    real_run = mtlbench.run
+
+    def small(suite, **kwargs):
+        return real_run({**suite, "tiny_encoder": TINY_ENCODER, "synthetic": SMALL_DATA, "cost": FEW_COST_ROUNDS},
+                        **kwargs)
+    monkeypatch.setattr(mtlbench, "run", small)
+    namespace = {}
+    try:
+        exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102 -- the README, on purpose
+    finally:
+        registry._REGISTRY["combiner"].pop("halved_sts", None)  # other tests list the registered combiners
+    records = namespace["records"]
+    assert sorted(r.run_id for r in records) == ["notebook.halved_sts-seed0", "notebook.sum-seed0"]
+    assert all(r.status == "finished" and len(r.history) == 2 for r in records)
+    assert (tmp_path / "runs" / "notebook" / "table.md").exists()
+    assert ("mean", "sst acc") in namespace["frame"].columns
+
+
+def test_suites_from_a_name_a_path_and_a_dict_agree(tmp_path):
+    by_name = mtlbench.load_suite("ci")
+    path = ROOT / "bench" / "suites" / "ci.toml"
+    by_path = mtlbench.load_suite(path)
+    table = tomllib.loads(path.read_text())
+    by_dict = mtlbench.Suite.from_dict(table, source="ci.toml", directory=path.parent)
+    for suite in (by_path, by_dict):
+        assert [r.resolved() for r in suite.recipes] == [r.resolved() for r in by_name.recipes]
+        assert suite.train == by_name.train
+    assert mtlbench.load_suite("ci", epochs=7, lr=0.5).train.epochs == 7
+
+
+def test_bad_input_raises_user_error_naming_the_key():
+    with pytest.raises(mtlbench.UserError, match=r"<dict> \[train\]: epochs must be at least 1"):
+        mtlbench.load_suite({"recipes": [{"sampler": "joint"}], "train": {"epochs": 0}})
+    with pytest.raises(mtlbench.UserError, match=r"override 'epoch': not a suite key or \[train\] setting \(did you mean 'epochs'\?\)"):
+        mtlbench.load_suite("ci", epoch=3)
+
+
+def test_a_hand_built_recipe_gets_a_user_error_not_a_value_error(encoder, tokenizer, tmp_path):
+    """Options are validated when a strategy spec is made; the checks that need the run's tasks
+    happen on the one path that builds strategies (bench.context.make_strategies)."""
+    import torch
+
+    from bench.config import Recipe, StrategySpec
+    from bench.context import build_strategies
+    from bench.data import Encoding, TaskBatches, tokenize
+    from bench.model import MultiTaskModel
+    from tasks.builtin import SST
+    from tasks.synthetic import SyntheticConfig, generate
+
+    with pytest.raises(mtlbench.UserError, match=r"regularizer 'fgm': epsilon and weight must be >= 0"):
+        StrategySpec.make("regularizer", "fgm", {"epsilon": -1.0})
+    rows = generate("sst", SyntheticConfig(sst_train=16)).rows["train"]
+    batches = {"sst": TaskBatches(tokenize(rows, tokenizer, Encoding("single", 32), tmp_path), SST, 8,
+                                  tokenizer.pad_token_id, torch.Generator())}
+    model = MultiTaskModel(encoder, [SST], "mean", "concat_product")
+    recipe = Recipe("hand", StrategySpec.make("sampler", "joint"), StrategySpec.make("combiner", "sum"), (),
+                    StrategySpec.make("freezing", "frozen_head", {"alternate": ["sts"]}), "mean", "concat_product")
+    with pytest.raises(mtlbench.UserError, match=r"recipe 'hand': freezing.alternate: unknown task 'sts'"):
+        build_strategies(recipe, model, batches, 0)
+
+
+def test_every_package_is_installed():
+    """pyproject lists packages by hand (mtlbench is bench/facade under another name): none forgotten."""
+    listed = set(tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("bench", "strategies", "tasks")
+             for p in ROOT.joinpath(top).rglob("__init__.py")} - {"bench.facade"}
+    assert found | {"mtlbench"} == listed

@@ -1,0 +1,103 @@
+import pytest
+from conftest import write_suite
+
+from bench import config
+from tasks.errors import UserError
+
+ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
+
+
+def load(tmp_path, recipes=ONE, **kw):
+    return config.load_suite(str(write_suite(tmp_path / "suite.toml", recipes, **kw)))
+
+
+def test_recipe_is_fully_resolved_with_defaults(tmp_path):
+    suite = load(tmp_path, '[[recipes]]\nsampler = { name = "temperature" }\npair_head = "option2"\n')
+    recipe = suite.recipes[0]
+    assert recipe.name == "temperature+sum"
+    assert recipe.sampler.as_dict()["options"] == {"temperature": 2.0}  # default recorded, not implicit
+    assert recipe.names() == {"sampler": "temperature", "combiner": "sum", "regularizers": [], "freezing": "none",
+                              "pooling": "mean", "pair_head": "concat"}
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ('[[recipes]]\nsampler = "round_robbin"\n', "unknown sampler 'round_robbin' (did you mean 'round_robin'?)"),
+    ('[[recipes]]\ncombiner = "summ"\n', "unknown combiner 'summ' (did you mean 'sum'?)"),
+    ('[[recipes]]\nsamplr = "joint"\n', "unknown key 'samplr' (did you mean 'sampler'?)"),
+    ('[[recipes]]\nsampler = { name = "temperature", temprature = 3 }\n', "unknown option 'temprature' (did you mean 'temperature'?)"),
+    ('[[recipes]]\nsampler = { name = "temperature", temperature = "hot" }\n', "expected float"),
+    ('[[recipes]]\npooling = "meen"\n', "unknown value 'meen' (did you mean 'mean'?)"),
+    ('[[recipes]]\nsampler = { name = "joint", steps_per_epoch = "mins" }\n', "got 'mins' (did you mean 'min'?)"),
+])
+def test_bad_recipes_name_the_nearest_valid_choice(tmp_path, recipes, message):
+    with pytest.raises(UserError) as error:
+        load(tmp_path, recipes)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_train_key_and_unknown_suite(tmp_path):
+    with pytest.raises(UserError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
+        load(tmp_path, train="epoch = 1")
+    with pytest.raises(UserError, match="unknown suite 'quik' \\(did you mean 'quick'\\?\\)"):
+        config.load_suite("quik")
+
+
+def test_selected_recipes_keep_their_position_in_the_suite(tmp_path):
+    suite = load(tmp_path, '[[recipes]]\nname = "a"\n[[recipes]]\nname = "b"\n[[recipes]]\nname = "c"\n')
+    chosen = suite.with_recipes(["c"])
+    assert [(r.name, r.position) for r in chosen.recipes] == [("c", 2)]  # tables keep the suite's order
+    assert [r.name for r in suite.recipes] == ["a", "b", "c"] and chosen.baseline.name == "a"  # a new Suite
+
+
+def test_select_recipes_checks_names(tmp_path):
+    suite = load(tmp_path)
+    with pytest.raises(UserError, match="unknown recipe 'r' \\(did you mean 'rr'\\?\\)"):
+        suite.with_recipes(["r"])
+
+
+def test_a_suite_is_immutable_once_loaded(tmp_path):
+    import dataclasses
+
+    suite = load(tmp_path)
+    for change in (lambda: setattr(suite, "seeds", (5,)), lambda: setattr(suite.train, "epochs", 9),
+                   lambda: setattr(suite.recipes[0], "name", "x"), lambda: setattr(suite.recipes[0].combiner, "name", "x")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            change()
+
+
+def test_shipped_suites_load():
+    for name in config.suite_names():
+        suite = config.load_suite(name)
+        assert suite.recipes
+
+
+def test_shipped_suites_pass_strategy_validation(tmp_path):
+    """The one validation pass (bench.context) on every shipped suite: no data read, no encoder built."""
+    from bench.context import SuiteContext
+    for name in config.suite_names():
+        SuiteContext(config.load_suite(name), tmp_path).validate()
+
+
+def test_pretrained_train_applies_only_to_a_real_checkpoint():
+    offline = config.load_suite("cs224n-table4")
+    assert offline.train.lr == 2e-3 and offline.train.epochs == 5
+    bert = config.load_suite("cs224n-table4", {"model": "bert-base-uncased"})
+    assert bert.train.lr == 1e-5 and bert.train.epochs == 10 and bert.train.batch_size == 8
+
+
+def test_cs224n_table4_expresses_the_report_experiments():
+    suite = config.load_suite("cs224n-table4")
+    recipes = {r.name: r for r in suite.recipes}
+    assert recipes["sst_only"].sampler.options.task == "sst"
+    assert recipes["round_robin_option2"].pair_head == "concat" and recipes["round_robin_option3"].pair_head == "concat_product"
+    assert recipes["total_loss"].combiner.name == "sum" and recipes["gradient_surgery"].combiner.name == "pcgrad"
+    assert [recipes[f"round_robin_{r}"].regularizers[0].name for r in ("fgm", "fgsm", "pgd", "contrastive")] == \
+        ["fgm", "fgsm", "pgd", "contrastive"]
+
+
+def test_the_combiners_suite_has_a_row_per_registered_combiner():
+    from strategies import registry
+    suite = config.load_suite("combiners")
+    assert sorted(r.combiner.name for r in suite.recipes) == sorted(registry.available("combiner"))
+    assert all(r.sampler.name == "joint" for r in suite.recipes)

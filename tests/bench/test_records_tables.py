@@ -1,0 +1,72 @@
+import json
+import math
+
+import pytest
+
+from bench import files, records, tables
+from bench.records import RunRecord
+from tasks.errors import UserError
+
+
+def record(recipe, index, seed, sst, sts, ex_s, cost=None):
+    return RunRecord.from_dict({"run_id": f"{recipe}-seed{seed}", "suite": "s", "recipe_name": recipe, "recipe_index": index,
+            "seed": seed, "primary_metrics": {"sst": "accuracy", "sts": "pearson"},
+            "metrics": {"sst": {"accuracy": sst, "f1_macro": sst}, "sts": {"pearson": sts, "spearman": sts}},
+            "best": {"sst": {"epoch": 1, "accuracy": sst, "f1_macro": sst}, "sts": {"epoch": 1, "pearson": sts, "spearman": sts}},
+            "overall": (sst + sts) / 2, "overall_best": (sst + sts) / 2,
+            "train": {"examples_per_second": ex_s, "step_seconds_median": 0.01}, "peak_memory_mb": 100.0,
+            "cost": None if cost is None else {"ratio": cost}})
+
+
+RECORDS = [record("b", 1, 0, 0.6, 0.7, 500.0, 2.1), record("a", 0, 0, 0.5, 0.8, 1000.0, 1.02),
+           record("a", 0, 1, 0.7, 0.6, 1000.0, 0.98)]
+
+
+def test_summary_means_stds_intervals_order_and_paired_cost():
+    table = tables.summary(RECORDS)
+    assert list(table.index.get_level_values("recipe")) == ["a", "b"]  # suite order, not file order
+    mean, std = table["mean"], table["std"]
+    assert mean.loc[("s", "a"), "sst acc"] == pytest.approx(0.6)
+    assert std.loc[("s", "a"), "sst acc"] == pytest.approx(0.1414, abs=1e-4)
+    assert math.isnan(std.loc[("s", "b"), "sst acc"])  # one seed: no spread claimed
+    # cost x is the recorded paired ratio, not whole-run throughput (b's 500 ex/s would say 2.0)
+    assert mean["cost x"].tolist() == pytest.approx([1.0, 2.1])
+    assert table[("n", "seeds")].tolist() == [2, 1]
+    # 95 % t-interval over 2 seeds: mean +- t(0.975, 1) * std / sqrt(2) = 0.6 +- 12.706 * 0.1
+    assert table[("ci_low", "sst acc")].iloc[0] == pytest.approx(0.6 - 12.7062 * 0.1, abs=1e-3)
+    assert table[("ci_high", "sst acc")].iloc[0] == pytest.approx(0.6 + 12.7062 * 0.1, abs=1e-3)
+    assert math.isnan(table[("ci_low", "sst acc")].iloc[1])
+    assert table[("info", "baseline")].tolist() == [True, False]  # older records: the first recipe
+
+
+def test_renderings_carry_the_numbers():
+    table = tables.summary(RECORDS)
+    md = tables.markdown(table)
+    assert "0.600 ± 0.141 [-0.671, 1.871]" in md and "| b " in md and "| a (baseline) " in md
+    assert "| 0.600 " in md  # one seed: the value alone, as written (not re-parsed as a number)
+    csv = tables.csv(table)
+    assert csv.splitlines()[0].startswith("suite,recipe,sst acc")
+    assert "sst acc std" in csv.splitlines()[0]
+    assert "\\begin{tabular}" in tables.latex(table)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "r.json"
+    files.write_json_atomic(target, {"run_id": "x", "value": float("nan")})
+    assert json.loads(target.read_text()) == {"run_id": "x", "value": None}
+    with pytest.raises(TypeError):
+        files.write_json_atomic(target, {"run_id": "y", "bad": object()})
+    assert json.loads(target.read_text())["run_id"] == "x"  # the old record survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_load_records_reports_the_broken_file(tmp_path):
+    (tmp_path / "good.json").write_text(json.dumps(RECORDS[0].to_dict()))
+    (tmp_path / "bad.json").write_text("{\n  oops")
+    with pytest.raises(UserError, match="bad.json: not valid JSON \\(line 2"):
+        records.load_records(tmp_path)
+    with pytest.raises(UserError, match="missing: not a directory"):
+        records.load_records(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no run records"):
+        records.load_records(tmp_path / "empty")
