@@ -94,6 +94,12 @@ def _list(args) -> int:
     print("task kinds:")
     for kind, info in KINDS.items():
         print(f"  {kind.value:<22} {info.description}; metrics: {', '.join(info.metrics)}")
+    print("data sources (--data):")
+    for name, source in SOURCES.items():
+        print(f"  {name:<16} {source.summary}; keys: {', '.join(source.keys)}")
+    print("executors (--executor):")
+    for name, summary in executors.describe().items():
+        print(f"  {name:<16} {summary}")
     return 0
 
 
@@ -172,7 +178,19 @@ def _data(args) -> int:
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="mtlbench", description="Benchmark multi-task fine-tuning strategies.")
     sub = main.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
+    _records_parsers(sub)
+    data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
+    data.add_argument("--data", default="synthetic", help=f"which source: {', '.join(SOURCES)}")
+    data.add_argument("--data-dir")
+    data.add_argument("--tasks", help="comma-separated task names or task .toml paths (default: every built-in "
+                      "task with that source)")
+    data.set_defaults(handler=_data)
+    return main
 
+
+def _run_parser(sub) -> None:
     run = sub.add_parser("run", help="train a suite's recipes side by side and print the comparison table")
     run.add_argument("suite", nargs="?", default="quick", help="suite name or path to a suite .toml (default: quick)")
     run.add_argument("--recipes", help="comma-separated recipe names to run (default: all)")
@@ -203,8 +221,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
 
-    sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
 
+def _records_parsers(sub) -> None:
+    """The commands that read a directory of records: table, plot, baseline, check."""
     table = sub.add_parser("table", help="re-render the comparison table from a directory of records")
     table.add_argument("dirs", nargs="+", metavar="DIR", help="directories of records (several: the shards "
                        "of one suite, or suites to compare, merged into one table)")
@@ -233,14 +252,6 @@ def parser() -> argparse.ArgumentParser:
     gate_check.add_argument("--allow-missing", action="store_true",
                             help="a recipe, task or seed of the baseline missing from the results does not fail")
     gate_check.set_defaults(handler=_check)
-
-    data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
-    data.add_argument("--data", default="synthetic", help=f"which source: {', '.join(SOURCES)}")
-    data.add_argument("--data-dir")
-    data.add_argument("--tasks", help="comma-separated task names or task .toml paths (default: every built-in "
-                      "task with that source)")
-    data.set_defaults(handler=_data)
-    return main
 
 
 def _stop_on_sigterm(signum, frame):

@@ -19,7 +19,7 @@ class SourceType:
 
 SOURCES: dict[str, SourceType] = {
     "synthetic": SourceType(synthetic.read, ("generator",),
-                            "the embedded generator (offline, the default)"),
+                            "the embedded generator; offline, the default"),
     "files": SourceType(files.read, ("train", "dev", "test", "format", "columns", "quoting", "on_bad_row"),
                         "CSV, TSV or JSON-lines files with a column mapping"),
     "cs224n": SourceType(files.read_cs224n, ("file", "columns", "predictions"),

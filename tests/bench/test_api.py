@@ -1,43 +1,12 @@
-"""The Python API (`import mtlbench`), and the README's example run as written."""
+"""The Python API (`import mtlbench`); the README's example runs in tests/test_docs.py."""
 
-import re
 import tomllib
 from pathlib import Path
 
 import mtlbench
 import pytest
-from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
-
-from strategies import registry
 
 ROOT = Path(__file__).parents[2]
-
-
-def readme_python_example() -> str:
-    section = ROOT.joinpath("README.md").read_text().split("## Python API", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-
-
-def test_the_readme_python_example_runs(tmp_path, monkeypatch):
-    """Executed as written, in a fresh folder; the only change is the tests' small encoder and data
-    (the session's cached tiny encoder), added to the suite dict on its way into mtlbench.run."""
-    monkeypatch.chdir(tmp_path)
-    real_run = mtlbench.run
-
-    def small(suite, **kwargs):
-        return real_run({**suite, "tiny_encoder": TINY_ENCODER, "synthetic": SMALL_DATA, "cost": FEW_COST_ROUNDS},
-                        **kwargs)
-    monkeypatch.setattr(mtlbench, "run", small)
-    namespace = {}
-    try:
-        exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102 -- the README, on purpose
-    finally:
-        registry._REGISTRY["combiner"].pop("halved_sts", None)  # other tests list the registered combiners
-    records = namespace["records"]
-    assert sorted(r.run_id for r in records) == ["notebook.halved_sts-seed0", "notebook.sum-seed0"]
-    assert all(r.status == "finished" and len(r.history) == 2 for r in records)
-    assert (tmp_path / "runs" / "notebook" / "table.md").exists()
-    assert ("mean", "sst acc") in namespace["frame"].columns
 
 
 def test_suites_from_a_name_a_path_and_a_dict_agree(tmp_path):

@@ -168,8 +168,8 @@ def test_records_of_two_suites_are_refused_by_check(tmp_path, capsys):
 
     directory = results(tmp_path, [record("sum", 0, 0.9, 0.8), record("rr", 0, 0.9, 0.8, suite="other")])
     baseline = tmp_path / "base.json"
-    from bench.gate import make_baseline
     from bench.files import write_json_atomic
+    from bench.gate import make_baseline
     from bench.records import RunRecord
     write_json_atomic(baseline, make_baseline([RunRecord.from_dict(record("sum", 0, 0.9, 0.8))]))
     assert main(["check", str(directory), "--baseline", str(baseline)]) == 2

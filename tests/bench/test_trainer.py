@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bench.config import Recipe, StrategySpec
+from bench.context import build_strategies
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
-from bench.context import build_strategies
 from bench.settings import TrainSettings
 from bench.trainer import RunParts, train
 from tasks.builtin import SST

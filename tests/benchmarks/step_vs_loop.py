@@ -11,7 +11,7 @@ a round, so that a busy machine slows both sides alike:
 
 - `ideal`: the loop one would write by hand - under autocast, the three task losses summed, one
   backward, gradient clipping at 1.0, fused AdamW, zero_grad - with the same model and batches;
-- `sum`, `pcgrad`, `sum+fgm`: the harness's `training_step` with that recipe (bench.trainer).
+- `sum`, `pcgrad`, `sum+fgm`: the harness's `training_step` with that recipe (bench.step).
 
 Reported per L: step seconds (median over rounds, CUDA events on a GPU), examples/s, model FLOPs
 utilisation (bench.flops; against the GPU's bf16 peak), the ratios to `sum` and of `sum` to `ideal`,

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bench.config import Recipe, StrategySpec
+from bench.context import build_strategies
 from bench.data import Encoding, TaskBatches, tokenize
 from bench.model import MultiTaskModel
-from bench.context import build_strategies
 from bench.step import make_optimizer, training_step
 from tasks.builtin import SST
 from tasks.synthetic import SyntheticConfig, generate

@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.errors import UserError
 from tasks import files
+from tasks.errors import UserError
 from tasks.sources import load_task
 
 SST = (

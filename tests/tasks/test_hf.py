@@ -3,8 +3,8 @@
 import datasets
 import pytest
 
-from tasks.errors import UserError
 from tasks.builtin import QUORA, STS
+from tasks.errors import UserError
 from tasks.sources import load_task
 
 

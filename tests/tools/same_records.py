@@ -57,9 +57,8 @@ def compare(before: Path, after: Path) -> int:
         a, b = json.loads(old[name].read_text()), json.loads(new[name].read_text())
         difference = _first_difference(_result(a), _result(b))
         examples = a.get("examples_file")
-        if difference is None and examples:
-            if (before / examples).read_bytes() != (after / examples).read_bytes():
-                difference = f"{examples}: the per-example predictions differ"
+        if difference is None and examples and (before / examples).read_bytes() != (after / examples).read_bytes():
+            difference = f"{examples}: the per-example predictions differ"
         print(f"{name}: {'identical' if difference is None else 'DIFFERS ' + difference}")
         failed += difference is not None
     print(f"{len(set(old) | set(new)) - failed} identical, {failed} different")

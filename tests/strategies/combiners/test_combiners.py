@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tasks.errors import UserError
 from strategies import registry
 from strategies.base import IDENTITY_PIPELINE
+from tasks.errors import UserError
 
 TASKS = ["a", "b"]
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import write_suite
 
-from tasks.errors import UserError
 from strategies import registry
 from strategies.base import TaskStep
 from strategies.regularizers.contrastive import supervised_contrastive_loss
 from tasks.builtin import QUORA, SST, STS
+from tasks.errors import UserError
 
 
 def naive_loss(first, second, positive, temperature, hard_negatives):

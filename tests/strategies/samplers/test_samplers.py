@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from tasks.errors import UserError
 from strategies import registry
+from tasks.errors import UserError
 
 BATCHES = {"sst": 3, "quora": 7, "sts": 2}
 SIZES = {"sst": 90, "quora": 210, "sts": 60}
