@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mtlbench
 import pytest
-from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
 
 from bench import executors
 from bench.cli import parser
@@ -17,6 +16,7 @@ from bench.context import SuiteContext
 from strategies import registry
 from tasks import registry as task_registry
 from tasks.source_types import SOURCES
+from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
 
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

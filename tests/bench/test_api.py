@@ -6,6 +6,9 @@ from pathlib import Path
 import mtlbench
 import pytest
 
+from strategies import registry
+from tests.conftest import SMALL_DATA, TINY_ENCODER
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -58,3 +61,23 @@ def test_every_package_is_installed():
     found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("bench", "strategies", "tasks")
              for p in ROOT.joinpath(top).rglob("__init__.py")} - {"bench.facade"}
     assert found | {"mtlbench"} == listed
+
+
+def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monkeypatch, tmp_path):
+    """2 recipes x 2 seeds, no cost measurement, in this process: each recipe's strategies are built
+    once by the validation pass (on an outline: no encoder loaded) and once per run; an encoder is
+    loaded once per run."""
+    from collections import Counter
+
+    from bench import backbone
+
+    builds, loads = Counter(), []
+    real_build, real_load = registry.build, backbone.load_encoder
+    monkeypatch.setattr(registry, "build", lambda axis, *a, **k: builds.update([axis]) or real_build(axis, *a, **k))
+    monkeypatch.setattr(backbone, "load_encoder", lambda path: loads.append(path) or real_load(path))
+    suite = {"name": "once", "tasks": ["sst", "sts"], "train": {"epochs": 1}, "seeds": 2, "cost": {"enabled": False},
+             "tiny_encoder": TINY_ENCODER, "synthetic": SMALL_DATA,
+             "recipes": [{"name": "a", "sampler": "joint"}, {"name": "b", "sampler": "round_robin"}]}
+    records = mtlbench.run(suite, out=tmp_path / "out", jobs=1)
+    assert len(records) == 4 and len(loads) == 4
+    assert builds == {"sampler": 2 + 4, "combiner": 2 + 4, "freezing": 2 + 4}

@@ -4,9 +4,9 @@ before anything trains. One table: (what is wrong, how to make it, the words the
 import json
 
 import pytest
-from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 
 from bench.cli import main
+from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 
 RECIPE = '[[recipes]]\nname = "sum"\nsampler = "joint"\n'
 
@@ -164,7 +164,7 @@ def test_bad_input_is_one_line_naming_the_place_exit_2_nothing_written(make, wor
 
 
 def test_records_of_two_suites_are_refused_by_check(tmp_path, capsys):
-    from test_gate import record, results
+    from tests.bench.test_gate import record, results
 
     directory = results(tmp_path, [record("sum", 0, 0.9, 0.8), record("rr", 0, 0.9, 0.8, suite="other")])
     baseline = tmp_path / "base.json"

@@ -10,11 +10,11 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import write_suite
 
 from bench.cli import main
 from strategies import registry
 from strategies.base import Regularizer
+from tests.conftest import write_suite
 
 RECIPES = ('[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
            '[[recipes]]\nname = "joint"\nsampler = "joint"\ncombiner = "sum"\n')

@@ -1,8 +1,8 @@
 import pytest
-from conftest import write_suite
 
 from bench import config
 from tasks.errors import UserError
+from tests.conftest import write_suite
 
 ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
 
@@ -101,3 +101,36 @@ def test_the_combiners_suite_has_a_row_per_registered_combiner():
     suite = config.load_suite("combiners")
     assert sorted(r.combiner.name for r in suite.recipes) == sorted(registry.available("combiner"))
     assert all(r.sampler.name == "joint" for r in suite.recipes)
+
+
+def _odd_encoder_suite(tmp_path, recipe: dict, layers: int = 3) -> dict:
+    """A suite whose SST files do not exist and whose tiny encoder was never built."""
+    from tests.conftest import SMALL_DATA, TINY_ENCODER
+
+    return {"name": "v", "synthetic": SMALL_DATA,
+            "tasks": {"sst": {"from": "sst", "source": {"type": "files", "train": "nowhere/train.tsv",
+                                                         "dev": "nowhere/dev.tsv"}}, "sts": "sts"},
+            "tiny_encoder": {**TINY_ENCODER, "hidden_size": 24, "num_layers": layers}, "recipes": [recipe]}
+
+
+@pytest.mark.parametrize("recipe, layers, message", [
+    ({"sampler": "joint", "freezing": {"name": "frozen_head", "alternate": ["nope"]}}, 3,
+     "recipes[0]: freezing.alternate: unknown task 'nope' (did you mean 'sts'?)"),
+    ({"sampler": "round_robin", "combiner": "pcgrad"}, 3,
+     "recipes[0].combiner: 'pcgrad' needs several task losses per step"),
+    ({"sampler": "joint", "pooling": "last4_mean"}, 2,
+     "recipes[0].pooling: pooling 'last4_mean' needs an encoder with at least 3 layers"),
+])
+def test_recipes_are_validated_once_before_any_data_is_read_or_encoder_built(recipe, layers, message, tmp_path):
+    """The one validation pass runs on an outline of the model: the suite's SST files are missing
+    and its encoder was never built, and yet the recipe's error is the one reported."""
+    from bench import backbone
+    from bench.api import run
+    from tasks.synthetic import SyntheticConfig
+
+    suite = _odd_encoder_suite(tmp_path, recipe, layers)
+    with pytest.raises(UserError) as error:
+        run(suite, out=tmp_path / "out")
+    assert message in str(error.value)
+    key = backbone.tiny_key(backbone.TinyEncoderConfig(**suite["tiny_encoder"]), SyntheticConfig(**suite["synthetic"]))
+    assert not (backbone.cache_root() / "encoders" / f"tiny-{key}").exists() and not (tmp_path / "out").exists()

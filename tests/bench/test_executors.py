@@ -95,3 +95,58 @@ def test_the_ray_executor_gives_the_records_of_a_local_run(grid_suite, tmp_path,
     assert main(["run", str(suite), "--out", str(out), "--seeds", "2", "--no-progress", "--executor", "ray"]) == 0
     assert "3 of 4 runs already finished" in capsys.readouterr().err
     _same_results(_records(out), whole)
+
+
+def _context(tmp_path, suite, world: int = 1):
+    """A SuiteContext as torchrun's rank 0 of `world` would see it (no process group is joined)."""
+    from bench.context import SuiteContext
+    from bench.parallel import Ranks
+
+    context = SuiteContext(suite, tmp_path)
+    context.ranks = Ranks(0, world)
+    return context
+
+
+@pytest.mark.parametrize("name, jobs, runs, world, chosen", [
+    ("local", 1, 4, 1, "inline"), ("local", 2, 4, 1, "pool"), ("local", 2, 1, 1, "inline"),
+    ("local", None, 4, 2, "torchrun"), ("inline", None, 4, 1, "inline"), ("pool", 2, 4, 1, "pool"),
+    ("ray", None, 4, 1, "ray"),
+])
+def test_the_executor_chosen_from_the_one_table(name, jobs, runs, world, chosen, grid_suite, tmp_path):
+    from bench import executors
+    from bench.config import load_suite
+
+    suite = load_suite(str(grid_suite[0]))
+    executors.check_arguments(name, jobs, None, world)
+    todo = [(suite.recipes[0], seed) for seed in range(runs)]
+    executor = executors.choose(name, _context(tmp_path, suite, world), todo, jobs)
+    assert executor.name == chosen and type(executor) is executors.EXECUTORS[chosen]
+    assert executors.CHOICES == ("local", *executors.EXECUTORS) and set(executors.EXECUTORS) == {
+        "inline", "pool", "ray", "torchrun"}
+
+
+@pytest.mark.parametrize("name, jobs, address, world, message", [
+    ("inline", 2, None, 1, "--jobs 2: --executor inline trains one run at a time in this process"),
+    ("torchrun", None, None, 1, "--executor torchrun: start the command with torchrun"),
+    ("local", 2, None, 4, "--jobs 2: under torchrun the 4 processes train one run at a time together"),
+    ("pool", 2, None, 2, "--executor pool: under torchrun every process trains each run together"),
+    ("ray", None, None, 2, "--executor ray schedules runs by their resource requests"),
+    ("pool", None, "auto", 1, "--address: the address of a Ray cluster, for --executor ray"),
+    ("rays", None, None, 1, "--executor: unknown executor 'rays' (did you mean 'ray'?)"),
+])
+def test_an_executor_refuses_the_options_it_does_not_take(name, jobs, address, world, message):
+    from bench import executors
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        executors.check_arguments(name, jobs, address, world)
+    assert message in str(error.value)
+
+
+def test_the_inline_executor_trains_in_this_process(grid_suite, tmp_path, capsys):
+    suite, whole = grid_suite
+    assert main(["run", str(suite), "--out", str(tmp_path / "inline"), "--seeds", "2", "--no-progress",
+                 "--executor", "inline"]) == 0
+    err = capsys.readouterr().err
+    assert "[4/4] pc seed 1" in err and "worker processes" not in err
+    _same_results(_records(tmp_path / "inline"), whole)

@@ -6,13 +6,13 @@ from xml.etree import ElementTree
 
 import pytest
 import torch
-from conftest import write_suite
 
 from bench import gate
 from bench.cli import main
 from bench.files import write_json_atomic
 from strategies import registry
 from strategies.base import Regularizer
+from tests.conftest import write_suite
 
 CHECK = {"metric_tolerance": 0.02, "std_factor": 3.0, "cost_tolerance": 0.25, "allow_missing": False, "tasks": {}}
 

@@ -70,3 +70,28 @@ def test_load_records_reports_the_broken_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no run records"):
         records.load_records(tmp_path / "empty")
+
+
+def test_a_record_writes_today_s_schema_in_order_and_loads_back_the_same(tmp_path):
+    """RunRecord.to_dict: the status's keys in their order (test_at_best_dev only when present),
+    keys of a newer schema kept; from_dict(to_dict()) is the same record."""
+    finished = RECORDS[0]
+    assert list(finished.to_dict()) == [k for k in RunRecord.KEYS["finished"] if k != "test_at_best_dev"]
+    diverged = RunRecord.from_dict({**RECORDS[0].to_dict(), "status": "diverged",
+                                    "diverged": {"what": "non-finite loss (nan)", "task": "sst", "epoch": 2,
+                                                 "step": 7}, "future_key": [1, 2]})
+    written = diverged.to_dict()
+    assert list(written) == [*RunRecord.KEYS["diverged"], "future_key"] and "metrics" not in written
+    diverged.write(tmp_path / "d.json")
+    (loaded,) = records.load_records(tmp_path)
+    assert loaded.to_dict() == written and loaded.path == tmp_path / "d.json" and not loaded.finished
+    assert json.loads((tmp_path / "d.json").read_text())["diverged"]["step"] == 7
+
+
+def test_a_record_of_an_older_schema_loads_with_what_it_has(tmp_path):
+    """Records from before `status`, `cost` and `examples_file` (results/quick/) are finished runs."""
+    old = {k: v for k, v in RECORDS[1].to_dict().items() if k not in ("status", "cost", "examples_file", "schema")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (loaded,) = records.load_records(tmp_path)
+    assert loaded.finished and loaded.cost is None and loaded.examples_path is None and loaded.schema == 0
+    assert tables.summary([loaded])[("mean", "sst acc")].iloc[0] == pytest.approx(0.5)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_suite
 
 from bench.cli import main
 from bench.records import load_records
+from tests.conftest import write_suite
 
 MTLBENCH = str(Path(sys.executable).with_name("mtlbench"))
 NO_COST = "[cost]\nenabled = false\n"

@@ -283,11 +283,9 @@ def test_regularizer_and_freezing_step_cost(benchmark, encoder, tokenizer, varia
 
 if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers|attacks|round_robin]
     import argparse
-    import sys
 
     from bench.settings import TrainSettings
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest's settings
     arguments = argparse.ArgumentParser()
     arguments.add_argument("which", nargs="*", default=["combiners", "regularizers"])
     arguments.add_argument("--threads", type=int, default=TrainSettings().threads,

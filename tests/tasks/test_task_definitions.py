@@ -5,11 +5,11 @@ import textwrap
 
 import datasets
 import pytest
-from conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 
 from bench.cli import main
 from tasks import registry
 from tasks.sources import load_task
+from tests.conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 
 LABEL_MAP = {"positive": 0, "negative": 1, "neutral": 2}  # not sorted order: the map decides the indices
 TSV = "content\tlabel\n" + "".join(f"the film was {w}\t{lab}\n" for w, lab in

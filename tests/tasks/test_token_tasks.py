@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -15,6 +14,7 @@ from bench.cli import main
 from bench.data import IGNORE, Masker, align_labels
 from tasks import metrics
 from tasks.registry import find
+from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 
 WORDS = ["the", "filmmaker", "repairs", "unbelievably", "small", "cars"]
 

@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import combiner_updates
 
 from strategies import registry
+from tests.conftest import combiner_updates
 
 COMBINERS = sorted(registry.available("combiner"))
 SCALES = [1e-8, 1e-4, 1.0, 1e2, 1e4]

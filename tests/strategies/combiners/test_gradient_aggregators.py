@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import combiner_updates
 
 from strategies.combiners.db_mtl import db_mtl_update
 from strategies.combiners.graddrop import graddrop
 from strategies.combiners.gradnorm import gradnorm_step
 from strategies.combiners.nash_mtl import nash_mtl_weights
 from strategies.combiners.upgrad import upgrad_weights
+from tests.conftest import combiner_updates
 
 
 def random_gradients(tasks, dims, seed):

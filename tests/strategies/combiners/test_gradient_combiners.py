@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import gradients_by_hand
 
 from strategies import registry
 from strategies.base import IDENTITY_PIPELINE
@@ -18,6 +17,7 @@ from strategies.combiners.imtl_g import imtl_g_weights
 from strategies.combiners.pcgrad import pcgrad_weights
 from strategies.combiners.rlw import rlw_weights
 from strategies.gradients import GradientCombiner, LossWeightingCombiner, StepInfo, WindowMeans
+from tests.conftest import gradients_by_hand
 
 
 def random_gradients(tasks, dims, seed):
@@ -323,9 +323,8 @@ def test_gradient_combiner_records_conflicts_and_trajectories():
 def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
     import json
 
-    from conftest import write_suite
-
     from bench.cli import main
+    from tests.conftest import write_suite
     recipes = ('[[recipes]]\nname = "pc"\nsampler = "joint"\ncombiner = "pcgrad"\n'
                '[[recipes]]\nname = "rw"\nsampler = "joint"\ncombiner = "rlw"\n')
     suite = write_suite(tmp_path / "s.toml", recipes)

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-from conftest import build_combiner, combiner_updates, write_suite
 
 from strategies.base import IDENTITY_PIPELINE
 from strategies.combiners.dwa import dwa_weights
 from strategies.combiners.famo import famo_logit_gradient, famo_weights
+from tests.conftest import build_combiner, combiner_updates, write_suite
 
 # --- uncertainty weighting ----------------------------------------------------------------------
 

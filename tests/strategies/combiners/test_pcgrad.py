@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import gradients_by_hand, write_suite
 
 from strategies import registry
 from strategies.base import IDENTITY_PIPELINE
 from strategies.combiners.pcgrad import pcgrad_weights
 from strategies.gradients import task_gradients
+from tests.conftest import gradients_by_hand, write_suite
 
 
 def pcgrad(gradients, orders=None, reduction="sum"):

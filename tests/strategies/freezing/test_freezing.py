@@ -104,9 +104,8 @@ def test_layerwise_lr_decay_scales_each_layer_from_the_top(real_step):
 def test_run_records_which_parameters_trained_when(tmp_path):
     import json
 
-    from conftest import write_suite
-
     from bench.cli import main
+    from tests.conftest import write_suite
     recipes = ('[[recipes]]\nname = "gu"\nsampler = "round_robin"\n'
                'freezing = { name = "gradual_unfreezing", every_steps = 5 }\n')
     suite = write_suite(tmp_path / "s.toml", recipes)

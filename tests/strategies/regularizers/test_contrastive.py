@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from conftest import write_suite
 
 from strategies import registry
 from strategies.base import TaskStep
 from strategies.regularizers.contrastive import supervised_contrastive_loss
 from tasks.builtin import QUORA, SST, STS
 from tasks.errors import UserError
+from tests.conftest import write_suite
 
 
 def naive_loss(first, second, positive, temperature, hard_negatives):

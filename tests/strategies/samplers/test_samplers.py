@@ -143,9 +143,8 @@ def test_scheduled_rejects_unknown_tasks_and_all_zero_weights():
 
 
 def test_a_bad_schedule_in_a_suite_file_stops_the_run_naming_file_recipe_and_key(tmp_path, capsys):
-    from conftest import write_suite
-
     from bench.cli import main
+    from tests.conftest import write_suite
     suite = write_suite(tmp_path / "s.toml", '[[recipes]]\nname = "sched"\n'
                         'sampler = { name = "scheduled", weights = { sts = "1 - 2 * t" } }\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
