@@ -211,7 +211,8 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
     where = str(path)
     check_keys(raw, SUITE_KEYS, where)
     specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
-    data, test, seeds, train = _data(raw, specs, where), _flag(raw, "test", where), _seeds(raw, where), _train(raw, where)
+    data, test = _data(raw, specs, where), _flag(raw, "test", where)
+    seeds, train = _seeds(raw, where), _train(raw, where)
     recipes = _recipes(raw, list(specs), where)
     baseline = _baseline(raw, recipes, where)
     cost = from_table(CostSettings, raw.get("cost", {}), f"{where} [cost]")
@@ -345,7 +346,8 @@ def _strategy(axis: str, value: Any, where: str) -> StrategySpec:
 def _choice(value: Any, choices, where: str, aliases=None) -> str:
     value = (aliases or {}).get(value, value)
     if value not in choices:
-        raise UserError(f"{where}: unknown value '{value}'{nearest(str(value), choices)}; choose from {', '.join(choices)}")
+        raise UserError(f"{where}: unknown value '{value}'{nearest(str(value), choices)}; "
+                        f"choose from {', '.join(choices)}")
     return value
 
 

@@ -172,7 +172,8 @@ def _tolerances(check: dict | None, task: str | None) -> dict:
     return merged
 
 
-def check(records: list[RunRecord], baseline: dict, baseline_path: Path, allow_missing: bool | None = None) -> CheckResult:
+def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
+          allow_missing: bool | None = None) -> CheckResult:
     now = summarise(records, baseline["select"])
     if now["suite"] != baseline["suite"]:
         raise UserError(f"{baseline_path}: a baseline of suite '{baseline['suite']}', "

@@ -159,7 +159,8 @@ class Runner:
         self.log(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on {suite.data} data, "
                  f"model {suite.model}; records -> {self.out_dir}")
         if self.shard[1] > 1:
-            self.log(f"shard {self.shard[0]}/{self.shard[1]}: {total} of the {len(suite.recipes) * len(suite.seeds)} runs")
+            self.log(f"shard {self.shard[0]}/{self.shard[1]}: {total} of the "
+                     f"{len(suite.recipes) * len(suite.seeds)} runs")
         if left < total:
             self.log(f"{total - left} of {total} runs already finished in {self.out_dir}; "
                      f"{left} to train (--fresh starts over)")

@@ -114,7 +114,8 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | N
         context.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
         return RunRecord(**identity, status="diverged", diverged=diverged.place(),
                          history=loop.state.outcome.history, env=environment(context.device), created=_now())
-    model = {"name": suite.model, "path": prepared.model_path, "parameters": sum(p.numel() for p in parts.model.parameters()),
+    parameters = sum(p.numel() for p in parts.model.parameters())
+    model = {"name": suite.model, "path": prepared.model_path, "parameters": parameters,
              "max_length": prepared.max_length,
              **({"mlm_head": parts.model.mlm_head_source} if parts.model.mlm_head_source else {})}
     strategies = parts.strategies
