@@ -127,8 +127,7 @@ class LoopState:
     COUNTERS = ("step", "examples", "step_seconds", "seen_changes", "model_flops")
 
     def counters(self) -> dict:
-        return {"step": self.step, "examples": self.examples, "step_seconds": list(self.step_seconds),
-                "seen_changes": self.seen_changes, "model_flops": self.model_flops}
+        return {**{name: getattr(self, name) for name in self.COUNTERS}, "step_seconds": list(self.step_seconds)}
 
     def outcome_so_far(self) -> dict:
         outcome = self.outcome
