@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,22 @@ class TinyEncoderConfig:
     pretrain_lr: float = 2e-3
     mask_probability: float = 0.15
     seed: int = 0
+
+    # Sizes past these would exhaust a machine's memory before training starts: refused when read.
+    LIMITS: ClassVar[dict[str, int]] = {"hidden_size": 4096, "num_layers": 48, "num_heads": 64, "intermediate_size": 16384,
+              "max_positions": 8192, "pretrain_steps": 1_000_000, "pretrain_batch_size": 4096}
+
+    def __post_init__(self):
+        """Settings that cannot build an encoder fail when the suite is read, not mid-build."""
+        for name, most in self.LIMITS.items():
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"{name} must be from 1 to {most}, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if self.max_positions < 8:
+            raise ValueError(f"max_positions must be at least 8, got {self.max_positions}")
+        if not 0 <= self.dropout < 1 or not 0 < self.mask_probability < 1 or not self.pretrain_lr > 0:
+            raise ValueError("need 0 <= dropout < 1, 0 < mask_probability < 1 and pretrain_lr > 0")
 
 
 def _tokenizer(vocabulary: list[str]):
@@ -179,19 +196,22 @@ def resolve(model: str, tiny_config: TinyEncoderConfig, data_config: synthetic.S
     return str(ensure_tiny(tiny_config, data_config, log)) if model == TINY else model
 
 
-def _load(loader, path: str, what: str):
+def load_part(loader, path: str, what: str, **options):
+    """The one guard around loading a model's parts (config, tokenizer, weights): whatever goes
+    wrong - not found, no network, a folder with only a tokenizer, a config that is not an object,
+    truncated weights - is one line naming the model and the part."""
     try:
-        return loader.from_pretrained(path)
-    except (OSError, ValueError) as error:  # not found locally, no network, not a model directory
+        return loader.from_pretrained(path, **options)
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for a broken folder
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"could not load the {what} of model '{path}': {first_line} "
+        raise UserError(f"could not load the {what} of model '{path}': {first_line[:300]} "
                         f"(a local directory, a name in your Hugging Face cache, or '{TINY}')") from None
 
 
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return _load(AutoTokenizer, path, "tokenizer")
+    return load_part(AutoTokenizer, path, "tokenizer")
 
 
 def max_positions(path: str, tokenizer) -> int:
@@ -202,7 +222,7 @@ def max_positions(path: str, tokenizer) -> int:
     stated = getattr(tokenizer, "model_max_length", None)
     if isinstance(stated, int) and 0 < stated < 1_000_000:
         return stated
-    config = AutoConfig.from_pretrained(path)
+    config = load_part(AutoConfig, path, "config")
     positions = getattr(config, "max_position_embeddings", None) or 512
     offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
     return positions - offset
@@ -211,7 +231,7 @@ def max_positions(path: str, tokenizer) -> int:
 def load_encoder(path: str):
     from transformers import AutoModel
 
-    return _load(AutoModel, path, "encoder")
+    return load_part(AutoModel, path, "encoder")
 
 
 def encoder_outline(model: str, tiny_config: TinyEncoderConfig):
@@ -223,6 +243,6 @@ def encoder_outline(model: str, tiny_config: TinyEncoderConfig):
     if model == TINY:
         config = _tiny_bert_config(tiny_config, _tokenizer(synthetic.vocabulary()))
     else:
-        config = _load(AutoConfig, model, "config")
+        config = load_part(AutoConfig, model, "config")
     with torch.device("meta"):
         return AutoModel.from_config(config)

@@ -2,21 +2,27 @@
 `model.safetensors` (the weights) and `state.pt` (optimizer, LR schedule, every random generator,
 the task streams' positions, each strategy's state and the history so far). `state.pt` holds only
 tensors, numbers, strings and containers, and is read with `torch.load(weights_only=True)`: loading
-a checkpoint never unpickles objects."""
+a checkpoint never unpickles objects.
+
+`manifest.json`, written last, holds each file's size and SHA-256. Loading verifies it, then reads
+the state and the weights; anything wrong (a truncated or altered file, weights of another
+architecture) raises `BrokenCheckpoint` naming the checkpoint, and `set_aside` moves it out of the
+way (`broken-epoch-NNNN`), so the run resumes from the epoch before, or starts afresh."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from bench.files import umask as _umask
+from bench.files import atomic
 
 DIRECTORY = "checkpoints"
 _PREFIX = "epoch-"
@@ -26,34 +32,28 @@ def run_directory(out_dir: Path, stem: str) -> Path:
     return Path(out_dir) / DIRECTORY / stem
 
 
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "state.pt")
+
+
+class BrokenCheckpoint(Exception):
+    """A checkpoint that cannot be resumed from; the message says which and why."""
+
+
+def _digest(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
 
 
 def save(directory: Path, epoch: int, model: torch.nn.Module, state: dict) -> Path:
     """Write epoch `epoch`'s checkpoint into a temporary folder beside its place, then rename it:
-    a checkpoint folder that exists is complete."""
-    directory.mkdir(parents=True, exist_ok=True)
+    a checkpoint folder that exists is complete, and its manifest says what complete is."""
     final = directory / f"{_PREFIX}{epoch:04d}"
-    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
-    try:
+    with atomic(final, folder=True) as temporary:
         save_model(model, str(temporary / "model.safetensors"))
         torch.save(state, temporary / "state.pt")
-        for path in (temporary / "model.safetensors", temporary / "state.pt"):
-            _fsync(path)
-            path.chmod(0o666 & ~_umask())
-        temporary.chmod(0o777 & ~_umask())
-        if final.exists():  # re-saved after a resume that re-ran this epoch
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        _fsync(directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        manifest = {"epoch": epoch, "files": {name: _digest(temporary / name) for name in FILES}}
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return final
 
 
@@ -70,10 +70,51 @@ def latest(directory: Path) -> Path | None:
     return directory / f"{_PREFIX}{found[-1]:04d}" if found else None
 
 
-def load(path: Path, model: torch.nn.Module) -> dict:
-    """Put the checkpoint's weights into `model` and return the rest of its state."""
-    load_model(model, str(path / "model.safetensors"))
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+def verify(path: Path) -> None:
+    """The files are those the manifest lists, byte for byte (a checkpoint written before manifests
+    existed is taken as it is and checked by loading alone)."""
+    if not (path / MANIFEST).exists():
+        return
+    try:
+        listed = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+        found = {name: _digest(path / name) if (path / name).is_file() else None for name in listed}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BrokenCheckpoint(f"{path}: unreadable manifest ({error})") from None
+    for name, expected in listed.items():
+        if found[name] != expected:
+            what = "missing" if found[name] is None else "changed since it was saved (its size or checksum differs)"
+            raise BrokenCheckpoint(f"{path}: {name} {what}")
+
+
+def load_state(path: Path) -> dict:
+    """The checkpoint's state (everything but the weights), after verifying its files."""
+    verify(path)
+    try:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file raises many kinds
+        raise BrokenCheckpoint(f"{path}: state.pt cannot be read ({_first_line(error)})") from None
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Put the checkpoint's weights into `model` (all of them, or a BrokenCheckpoint)."""
+    try:
+        load_model(model, str(path / "model.safetensors"))
+    except Exception as error:  # noqa: BLE001 - another architecture, a garbled header, ...
+        raise BrokenCheckpoint(f"{path}: its weights do not fit the model ({_first_line(error)})") from None
+
+
+def set_aside(path: Path) -> Path:
+    """Move a broken checkpoint out of the epochs resumed from, keeping it for a look."""
+    target, n = path.with_name(f"broken-{path.name}"), 1
+    while target.exists():
+        target, n = path.with_name(f"broken-{path.name}.{n}"), n + 1
+    os.replace(path, target)
+    return target
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def prune(directory: Path, keep: int, also: set[int] = frozenset()) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import executors
+from bench.executors.base import RunsLost
 from tasks.errors import UserError, nearest
 from tasks.source_types import SOURCES
 
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"mtlbench: error: {error}", file=sys.stderr)
         return 2
+    except RunsLost as lost:  # the other runs landed and were rendered
+        print(f"mtlbench: {lost}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:
         print(f"mtlbench: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
         return 130

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +41,7 @@ from bench.settings import CheckpointSettings, CheckSettings, CheckTolerances, C
 from strategies import registry
 from tasks import registry as task_registry
 from tasks.errors import UserError, check_keys, nearest
+from tasks.names import check_name, check_task_name
 from tasks.sources import choose_source
 from tasks.spec import TaskSpec
 from tasks.synthetic import SyntheticConfig
@@ -162,17 +161,6 @@ class Suite:
                 "source": self.source}
 
 
-# Names become file names (OUT/SUITE.RECIPE-seedN.json): no path separators, no leading dot.
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,119}")
-
-
-def check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise UserError(f"{where}: {name!r} is not a valid name: letters, digits and _ . + = , @ -, "
-                        "not starting with . or -, at most 120 characters (it becomes a file name)")
-    return name
-
-
 def suite_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("bench.suites").iterdir() if p.name.endswith(".toml"))
 
@@ -192,13 +180,7 @@ def find_suite(name_or_path: str) -> Path:
 def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:
     """Parse and validate a suite file; `overrides` (from the CLI or the API) replace its keys."""
     path = find_suite(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: {error}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    return suite_from_dict(raw, path, overrides)
+    return suite_from_dict(task_registry.read_toml(path), path, overrides)
 
 
 def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Suite:
@@ -266,12 +248,21 @@ def _flag(raw: dict, key: str, where: str) -> bool:
     return value
 
 
+MAX_SEEDS = 10_000  # runs per recipe; a count past it is refused before its list is made
+MAX_SEED = 2**32 - 1  # numpy's seeds end there
+
+
 def _seeds(raw: dict, where: str) -> tuple[int, ...]:
     seeds = raw.get("seeds", 1)
+    count = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else len(seeds) if isinstance(
+        seeds, list) else 0
+    if count > MAX_SEEDS:
+        raise UserError(f"{where}: seeds: {count} seeds is more than the {MAX_SEEDS:,} a suite may run")
     seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise UserError(f"{where}: seeds must be a positive count or a list of integers >= 0, got {raw.get('seeds')!r}")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)):
+        raise UserError(f"{where}: seeds must be a positive count or a list of integers from 0 to {MAX_SEED}, "
+                        f"got {raw.get('seeds')!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{where}: seeds lists a seed twice: {seeds!r} (the same seed gives the same run)")
     return tuple(seeds)
@@ -419,6 +410,7 @@ def suite_tasks(value: Any, path: Path) -> dict[str, TaskSpec]:
     elif isinstance(value, dict):
         entries = {}
         for name, entry in value.items():
+            check_task_name(name, f"{where}.{name}")
             if isinstance(entry, str):
                 spec = dataclasses.replace(task_registry.find(entry, path.parent), name=name)
             elif isinstance(entry, dict):

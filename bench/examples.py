@@ -54,22 +54,14 @@ def pack(dev_examples: dict) -> dict[str, np.ndarray]:
 
 
 def write(path: Path, dev_examples: dict) -> None:
-    """Atomically, like the records (temporary file, then rename)."""
-    import os
-    import tempfile
-
+    """Atomically, like the records (bench.files.atomic)."""
     from safetensors.numpy import save_file
 
+    from bench.files import atomic
+
     arrays = {k: np.ascontiguousarray(v) for k, v in pack(dev_examples).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(arrays, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic(path) as temporary:
+        save_file(arrays, str(temporary))
 
 
 @dataclass

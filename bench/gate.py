@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from bench.records import RunRecord
+from bench.records import RunRecord, read_json
 from bench.settings import CheckTolerances
 from tasks.errors import UserError
 from tasks.metrics import lower_is_better
@@ -90,24 +90,52 @@ def summarise(records: list[RunRecord], select: str = "last") -> dict:
 
 
 def make_baseline(records: list[RunRecord], select: str = "last") -> dict:
-    summary = summarise(records, select)
+    """The baseline of finished runs: a diverged run has no numbers to hold a later run to, so it is
+    left out with a note; a baseline whose values are not all finite numbers is refused."""
+    finished = [r for r in records if r.finished]
+    notes = [f"recipe '{r.recipe_name}' seed {r.seed} diverged: left out of the baseline"
+             for r in records if not r.finished]
+    left_out = {r.recipe_name for r in records} - {r.recipe_name for r in finished}
+    if left_out:
+        raise UserError(f"every run of recipe {', '.join(repr(n) for n in sorted(left_out))} diverged: a baseline "
+                        "needs finished runs")
+    summary = summarise(finished, select)
     summary.pop("check")
-    env = records[0].env or {}
-    return {"kind": KIND, "version": VERSION, **summary,
-            "environment": {k: env.get(k) for k in ("python", "torch", "transformers", "device", "device_name",
-                                                    "torch_threads", "platform", "git_commit")},
-            "records": len(records)}
+    env = finished[0].env or {}
+    baseline = {"kind": KIND, "version": VERSION, **summary,
+                "environment": {k: env.get(k) for k in ("python", "torch", "transformers", "device", "device_name",
+                                                        "torch_threads", "platform", "git_commit")},
+                "records": len(finished), "notes": notes}
+    _check_numbers(baseline, "the baseline")
+    return baseline
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_numbers(baseline: dict, where) -> None:
+    """Every mean, std and value a check compares with is a finite number (a NaN would pass any
+    comparison, a null would break it): a gate that cannot fail is refused."""
+    for name, entry in baseline["recipes"].items():
+        places = [(f"metrics.{task}", values) for task, values in entry["metrics"].items()]
+        places += [("cost", entry["cost"])] if entry.get("cost") is not None else []
+        for place, values in places:
+            if not isinstance(values, dict):
+                raise UserError(f"{where}: recipes.{name}.{place}: expected an object")
+            for key in ("mean", "std"):
+                if not _finite(values.get(key)):
+                    raise UserError(f"{where}: recipes.{name}.{place}.{key}: {values.get(key)!r} is not a finite "
+                                    "number (an undefined metric or a diverged run); a baseline must hold numbers")
+            listed = values.get("values", [])
+            if not isinstance(listed, list) or not all(_finite(v) for v in listed):
+                raise UserError(f"{where}: recipes.{name}.{place}.values: expected finite numbers, got {listed!r}")
 
 
 def load_baseline(path: Path) -> dict:
     """The baseline file, or a one-line error naming what is wrong with it."""
-    from tasks.files import decode
-
     path = Path(path)
-    try:
-        baseline = json.loads(decode(path))  # not found, a folder, not UTF-8: one line each
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    baseline = read_json(path)  # not found, a folder, not UTF-8, not JSON: one line each
     if not isinstance(baseline, dict):
         raise UserError(f"{path}: expected a JSON object written by `mtlbench baseline`")
     for key in REQUIRED:
@@ -124,10 +152,13 @@ def load_baseline(path: Path) -> dict:
         for key in RECIPE_REQUIRED:
             if key not in entry:
                 raise UserError(f"{path}: recipes.{name}: missing key '{key}'")
+        if not isinstance(entry["metrics"], dict):
+            raise UserError(f"{path}: recipes.{name}.metrics: expected an object")
         for task, values in entry["metrics"].items():
             for key in METRIC_REQUIRED:
                 if not isinstance(values, dict) or key not in values:
                     raise UserError(f"{path}: recipes.{name}.metrics.{task}: missing key '{key}'")
+    _check_numbers(baseline, path)
     return baseline
 
 

@@ -155,7 +155,9 @@ def mlm_head(encoder: nn.Module, model_path: str | None) -> tuple[nn.Module, str
     if model_path is None:
         masked_lm, missing, source = AutoModelForMaskedLM.from_config(encoder.config), [], "fresh: no checkpoint"
     else:
-        masked_lm, info = AutoModelForMaskedLM.from_pretrained(model_path, output_loading_info=True)
+        from bench.backbone import load_part
+
+        masked_lm, info = load_part(AutoModelForMaskedLM, model_path, "masked-LM head", output_loading_info=True)
         missing = [k for k in info["missing_keys"] if not k.startswith(masked_lm.base_model_prefix + ".")]
         source = "checkpoint"
     heads = [m for name, m in masked_lm.named_children() if name != masked_lm.base_model_prefix]

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
 
+from bench.files import atomic
 from bench.records import RunRecord
 from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
 from tasks.errors import UserError
@@ -32,12 +33,10 @@ def _colors(count: int) -> list:
 
 def _save(fig, path: Path) -> Path:
     """Rendered to a temporary file beside `path`, then renamed: no half-written PNG."""
-    temporary = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(temporary, dpi=120)
-        temporary.replace(path)
+        with atomic(path, suffix=".png") as temporary:
+            fig.savefig(temporary, dpi=120)
     finally:
-        temporary.unlink(missing_ok=True)
         plt.close(fig)
     return path
 

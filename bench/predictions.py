@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.files import write_text_atomic
+from bench.files import inside, write_text_atomic
 from tasks.spec import TaskKind
 
 
@@ -35,10 +35,10 @@ def write(folder: Path, specs: dict, data: dict, predictions: dict) -> list[Path
             ids = [row.get("id", str(i)) for i, row in enumerate(source.rows[split])]
             rendered = [_render(spec, v) for v in values]
             if layout:
-                path = folder / layout["file"].format(split=split)
+                path = inside(folder, layout["file"].format(split=split))
                 text = f"id \t {layout['column']} \n" + "".join(f"{i} , {v} \n" for i, v in zip(ids, rendered))
             else:
-                path = folder / f"{task}-{split}.tsv"
+                path = inside(folder, f"{task}-{split}.tsv")
                 text = "id\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, rendered))
             write_text_atomic(path, text)
             written.append(path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from bench import backbone
 from bench.config import Suite
 from bench.data import encoding_for, tokenize
+from bench.files import check_writable_folder
 from tasks.errors import UserError
 from tasks.sources import load_task
 from tasks.spec import TaskData, TaskSpec
@@ -35,6 +36,7 @@ class Prepared:
 def prepare(suite: Suite, log=print) -> Prepared:
     backbone.quiet_transformers()
     started = time.perf_counter()
+    check_writable_folder(backbone.cache_root(), "MTLBENCH_CACHE")  # the encoder and the tokens are kept there
     data = {t: load_task(suite.data, suite.specs[t], suite.data_dir, suite.synthetic) for t in suite.tasks}
     # The definitions with their label sets resolved (read from a label map or inferred from train).
     specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from bench.files import write_json_atomic
 from tasks.errors import UserError
+from tasks.files import decode
 
 SCHEMA_VERSION = 1
 
@@ -102,6 +104,7 @@ class RunRecord:
         if missing:
             raise UserError(f"{where}: not a complete run record: missing key '{missing[0]}'"
                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        _check_types(values, where)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "path"}
         fields = {k: v for k, v in values.items() if k in known}
         fields.setdefault("schema", 0)
@@ -115,20 +118,71 @@ class RunRecord:
         write_json_atomic(path, self.to_dict())
 
 
+# What readers compute with, by type: a record holding anything else is refused on load, naming the key.
+_SCALARS = {"run_id": str, "suite": str, "recipe_name": str, "recipe_index": int, "seed": int,
+            "overall": "number", "overall_best": "number", "peak_memory_mb": "number", "examples_file": str}
+_NUMBERS_IN = {"train": ("examples_per_second", "step_seconds_median"), "cost": ("ratio",)}
+
+
+def _number_or_null(value) -> bool:
+    """A finite number, or null (undefined: the correlation of a constant); NaN is never written."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _check_types(values: dict, where) -> None:
+    def wrong(key: str, value) -> UserError:
+        return UserError(f"{where}: {key}: {value!r} is not what a run record holds there")
+    for key, kind in _SCALARS.items():
+        if key not in values:  # presence is REQUIRED's to check
+            continue
+        value = values[key]
+        if kind == "number":
+            ok = _number_or_null(value)
+        else:
+            ok = (value is None and key == "examples_file") or (
+                isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+        if not ok:
+            raise wrong(key, value)
+    if not isinstance(values.get("primary_metrics"), dict) or not all(
+            isinstance(t, str) and isinstance(m, str) for t, m in values["primary_metrics"].items()):
+        raise wrong("primary_metrics", values.get("primary_metrics"))
+    for key in ("metrics", "best", "test_at_best_dev"):
+        table = values.get(key)
+        if table is None and key not in values:
+            continue
+        if not isinstance(table, dict) or not all(isinstance(m, dict) for m in table.values()):
+            raise wrong(key, table)
+        for task, metrics in table.items():
+            for metric, value in metrics.items():
+                if not _number_or_null(value):
+                    raise wrong(f"{key}.{task}.{metric}", value)
+    for key, numbers in _NUMBERS_IN.items():
+        if values.get(key) is not None:
+            if not isinstance(values[key], dict):
+                raise wrong(key, values[key])
+            for name in numbers:
+                if name in values[key] and not _number_or_null(values[key][name]):
+                    raise wrong(f"{key}.{name}", values[key][name])
+
+
+def read_json(path: Path):
+    """A JSON file of mtlbench's (a record, a baseline) through the one guard on reading a user's
+    file (tasks.files.read_user_file), or one line saying what is wrong with it."""
+    try:
+        return json.loads(decode(path))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a run record or a baseline") from None
+
+
 def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory of run records")
     records = []
     for path in sorted(directory.glob("*.json")):
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text, so not a run record") from None
-        except OSError as error:
-            raise UserError(f"{path}: cannot read ({error.strerror})") from None
+        values = read_json(path)
         if isinstance(values, dict) and "run_id" in values:
             records.append(RunRecord.from_dict(values, path))
     if not records and not allow_empty:

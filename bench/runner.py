@@ -10,16 +10,14 @@ or not at all; a diverged run gets a record with status "diverged"."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from bench import checkpoint, examples, executors, plots, tables
 from bench.config import Suite
 from bench.context import SuiteContext, comparable_config
-from bench.executors.base import Todo
-from bench.files import exclusive
+from bench.executors.base import RunsLost, Todo
+from bench.files import check_writable_folder, exclusive, remove_stray_temporaries
 from bench.records import RunRecord, load_records
 from tasks.errors import UserError
 
@@ -31,20 +29,7 @@ class RunInterrupted(KeyboardInterrupt):
 def check_output(out_dir: Path) -> None:
     """--out must be a directory we can write, or a place one can be made: checked before any
     training, so that a run's results are never lost at the end."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"--out {out_dir}: {existing} is not a directory")
-    try:
-        descriptor, probe = tempfile.mkstemp(prefix=".mtlbench-probe-", dir=existing)
-        os.close(descriptor)
-        os.unlink(probe)
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot write in {existing} ({error.strerror})") from None
+    check_writable_folder(Path(out_dir), "--out")
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:
@@ -140,19 +125,25 @@ class Runner:
         executors.check_arguments(executor, jobs, address, context.ranks.world)
         context.validate()
         check_output(self.out_dir)
+        if context.ranks.writes:
+            for stray in remove_stray_temporaries(self.out_dir):
+                self.log(f"removed {stray.relative_to(self.out_dir)}, left by a write that was killed")
         _ = context.prepared  # every rank, in the same order of collectives
         todo = self._plan_on_rank0()
         self._log_plan(len(todo))
         chosen = executors.choose(executor, context, todo, jobs, address)
         try:
-            chosen.run(todo, lambda record, head=None: self._landed(record, len(todo), head))
+            lost = chosen.run(todo, lambda record, head=None: self._landed(record, len(todo), head))
         except KeyboardInterrupt:
             raise RunInterrupted(f"{self.finished} of {len(todo)} runs finished this time, records in {self.out_dir}; "
                                  "run the same command again to resume the others from their last epoch "
                                  "checkpoint") from None
         if not context.ranks.writes:
             return []
-        return self._render()
+        records = self._render()
+        if lost:
+            raise RunsLost(lost, self.out_dir)
+        return records
 
     def _log_plan(self, left: int) -> None:
         suite, total = self.suite, len(self.grid())

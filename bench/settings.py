@@ -35,6 +35,8 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "eval_batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads > 1024:
+            raise ValueError(f"threads must be at most 1024, got {self.threads}")
         for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "dropout"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")

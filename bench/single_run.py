@@ -5,7 +5,6 @@ written atomically. Every executor calls `run_one`; nothing here knows how runs 
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import UTC, datetime
 
 import torch
@@ -15,7 +14,7 @@ from bench.config import Recipe
 from bench.context import SuiteContext, config_hash
 from bench.evaluation import best_epoch
 from bench.files import exclusive
-from bench.records import SCHEMA_VERSION, RunRecord, environment
+from bench.records import SCHEMA_VERSION, RunRecord, environment, read_json
 from bench.step import Diverged
 from bench.trainer import TrainingLoop, TrainOutcome
 from tasks.errors import UserError
@@ -37,7 +36,7 @@ def run_one(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | Non
         if decision == "found":  # finished by another process since this one planned
             if not ranks.writes:
                 return None
-            return RunRecord.from_dict(json.loads(record_path.read_text(encoding="utf-8")), record_path)
+            return RunRecord.from_dict(read_json(record_path), record_path)
         record = train_run(context, recipe, seed)
         if not ranks.writes:
             return None
@@ -56,19 +55,44 @@ class RunCheckpoints:
         self.folder = checkpoint.run_directory(context.out_dir, stem)
         self.keep_best = context.suite.test if self.settings.keep_best is None else self.settings.keep_best
 
-    def resume_into(self, model: torch.nn.Module) -> dict | None:
-        """The last checkpoint's weights put into `model`, and the rest of its state; None to start."""
+    def resume_into(self, model: torch.nn.Module) -> tuple[dict | None, bool]:
+        """The newest checkpoint that loads, its weights put into `model`, and the rest of its state
+        (None: start from the beginning); and whether a broken one left `model` half loaded. A broken
+        checkpoint is named and set aside, and the one before it tried. Rank 0 chooses; every rank
+        then loads its choice."""
         ranks = self.context.ranks
-        last = checkpoint.latest(self.folder) if self.settings.enabled and ranks.writes else None
+        chosen, touched, broken_any = None, False, False
+        if self.settings.enabled and ranks.writes:
+            for epoch in reversed(checkpoint.epochs(self.folder)):
+                path = self.folder / f"epoch-{epoch:04d}"
+                try:
+                    state = checkpoint.load_state(path)
+                    self._same_settings(path, state)
+                    touched = True
+                    checkpoint.load_weights(path, model)
+                except checkpoint.BrokenCheckpoint as broken:
+                    moved = checkpoint.set_aside(path)
+                    self.context.log(f"      {self.stem}: {broken}; set aside as {moved.name}")
+                    broken_any = True
+                    continue
+                chosen = path
+                break
+            else:
+                if broken_any:
+                    self.context.log(f"      {self.stem}: no checkpoint left to resume from; starting the run afresh")
         if ranks.active:
-            last = ranks.broadcast(last)
-        if last is None:
-            return None
-        state = checkpoint.load(last, model)
-        if state.get("config_hash") != self.fingerprint:
-            raise UserError(f"{last}: a checkpoint of other settings; use --fresh to start over, or another --out")
+            chosen = ranks.broadcast(chosen)
+            if not ranks.writes and chosen is not None:
+                state = checkpoint.load_state(chosen)
+                checkpoint.load_weights(chosen, model)
+        if chosen is None:
+            return None, touched
         self.context.log(f"      {self.stem}: resuming after epoch {state['epoch']}")
-        return state
+        return state, False
+
+    def _same_settings(self, path, state: dict) -> None:
+        if state.get("config_hash") != self.fingerprint:
+            raise UserError(f"{path}: a checkpoint of other settings; use --fresh to start over, or another --out")
 
     def best_epochs(self, history: list[dict]) -> set[int]:
         if not self.keep_best:
@@ -104,7 +128,9 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | N
     identity = _identity(context, recipe, seed, stem, config)
     saves = RunCheckpoints(context, stem, identity["config_hash"], specs)
     parts = context.build(recipe, seed)
-    resume = saves.resume_into(parts.model)
+    resume, half_loaded = saves.resume_into(parts.model)
+    if half_loaded:  # a broken checkpoint's weights went partly into the model: start from a fresh one
+        parts = context.build(recipe, seed)
     loop = TrainingLoop(parts, suite.train, context.device, context.ranks, context.progress, context.predictions)
     if resume is not None:
         loop.load_state_dict(resume)

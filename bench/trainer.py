@@ -25,12 +25,20 @@ from bench.parallel import SINGLE, Ranks
 from bench.precision import StepPipeline, StepTimer
 from bench.settings import TrainSettings
 from bench.step import StepPlace, Strategies, make_optimizer, training_step
+from tasks.errors import UserError
 
 
 def select_device(name: str) -> torch.device:
+    """The [train] device: `auto` is CUDA when there is one; a device named must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
+        raise UserError(f"[train] device = {name!r}: this machine has {found}; use 'auto' or 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"[train] device = {name!r}: MPS is not available here; use 'auto' or 'cpu'")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections import Counter
 from pathlib import Path
 
@@ -23,13 +24,40 @@ FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".
 QUOTING = ("csv", "none")
 
 
-def decode(path: Path) -> str:
+# The most a file a user gives may hold: more is refused before it is read (a file that never
+# ends, /dev/zero, would otherwise fill the memory).
+MAX_FILE_BYTES = 2 << 30
+
+
+def read_user_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a file a user named, or one line saying why not: it must be a regular file (a
+    FIFO would block, a device never end) of at most `limit` bytes (default MAX_FILE_BYTES), and
+    readable. Every read of a user's file goes through here."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
-        data = path.read_bytes()
+        info = path.stat()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a file") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: is a folder, expected a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, a device or a socket); give a file")
+    if info.st_size > limit:
+        raise UserError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} a file may hold here")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    if len(data) > limit:  # it grew after the stat
+        raise UserError(f"{path}: more than the {limit:,} bytes a file may hold here")
+    return data
+
+
+def decode(path: Path) -> str:
+    data = read_user_file(Path(path))
     if b"\x00" in data:  # text never holds NUL; a binary file or a broken export does
         line = data[:data.index(b"\x00")].count(b"\n") + 1
         raise UserError(f"{path}:{line}: a NUL byte: not a text file (binary data or a broken export)")

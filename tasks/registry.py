@@ -30,6 +30,7 @@ from typing import Any
 from tasks import files
 from tasks.errors import UserError, check_keys, nearest
 from tasks.metrics import lower_is_better
+from tasks.names import check_file_pattern, check_task_name
 from tasks.source_types import SOURCES
 from tasks.spec import KINDS, TaskKind, TaskSpec
 
@@ -47,10 +48,13 @@ def builtin_names() -> list[str]:
 
 
 def read_toml(path: Path) -> dict:
+    """A TOML file a user wrote (a suite, a task definition), or one line saying what is wrong."""
     try:
         return tomllib.loads(files.decode(path))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: {error}") from None
+    except RecursionError:
+        raise UserError(f"{path}: arrays or tables nested too deeply to read") from None
 
 
 def find(reference: str, base: Path | None = None, _seen: tuple = ()) -> TaskSpec:
@@ -103,10 +107,23 @@ def _sources(table: dict, where: str, folder: Path) -> dict[str, dict]:
         for column, value in columns.items():
             if not isinstance(value, str):
                 raise UserError(f"{where}.sources.{name}.columns.{column}: expected a column name, got {value!r}")
+        if "predictions" in options:
+            _predictions_layout(options["predictions"], f"{where}.sources.{name}.predictions")
         # The folder the definition came from: relative paths resolve against it.
         # (a definition taken over with `from` keeps the folder of the file it came from)
         sources[name] = {"base": str(folder), **options, "type": source_type}
     return sources
+
+
+def _predictions_layout(layout, where: str) -> None:
+    """A source's own predictions files: `{ file = "NAME-{split}.csv", column = "HEADER" }`, checked
+    when the task is read, so that a bad one never fails after training."""
+    check_keys(layout, ("file", "column"), where)
+    if "file" not in layout or "column" not in layout:
+        raise UserError(f"{where}: needs file (a file name with {{split}}) and column (the prediction's header)")
+    check_file_pattern(layout["file"], f"{where}.file")
+    if not isinstance(layout["column"], str) or not layout["column"].strip() or "\n" in layout["column"]:
+        raise UserError(f"{where}.column: expected a column header, got {layout['column']!r}")
 
 
 def parse(table: dict, default_name: str, origin: str, folder: Path, _seen: tuple = ()) -> TaskSpec:
@@ -127,8 +144,7 @@ def parse(table: dict, default_name: str, origin: str, folder: Path, _seen: tupl
             merged["sources"] = base.sources
         table = merged
     name = table.get("name", default_name)
-    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-        raise UserError(f"{where}.name: expected a name of letters, digits, '-' and '_', got {name!r}")
+    check_task_name(name, f"{where}.name")
     kind_name = table.get("kind")
     kinds = [k.value for k in TaskKind]
     if kind_name not in kinds:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from tasks.errors import UserError, nearest
 from tasks.reading import RawSplit
@@ -107,6 +108,16 @@ class SyntheticConfig:
     ner_train: int = 3000  # entity tagging: IOB ("ner") and binary ("entity") tags of the same sentences
     ner_dev: int = 600
     ner_test: int = 600
+
+    MAX_ROWS: ClassVar[int] = 1_000_000  # per task and split: more would fill the memory, refused when read
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if name.endswith(("_train", "_dev", "_test")) and not 0 <= value <= self.MAX_ROWS:
+                raise ValueError(f"{name} must be from 0 to {self.MAX_ROWS:,}, got {value}")
+            if name.endswith(("_noise", "_rate", "_negatives", "keep_form")) and not 0 <= value <= (
+                    5 if name == "sts_noise" else 1):
+                raise ValueError(f"{name} must be from 0 to {5 if name == 'sts_noise' else 1}, got {value}")
 
     def size(self, task: str, split: str) -> int:
         return getattr(self, f"{task}_{split}")

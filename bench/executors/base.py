@@ -15,6 +15,17 @@ if TYPE_CHECKING:  # the executors' modules stay light: the CLI reads their tabl
     from bench.config import Recipe, Suite
     from bench.context import SuiteContext
 
+
+class RunsLost(Exception):
+    """Runs whose process died (a killed worker): the others landed and the tables were rendered;
+    running the same command again resumes the lost ones. The CLI exits 1."""
+
+    def __init__(self, lost: list[str], out_dir):
+        super().__init__(f"{len(lost)} run{'s' * (len(lost) > 1)} lost: {'; '.join(lost)}; the others are in "
+                         f"{out_dir}; run the same command again to resume the lost from their last checkpoint")
+        self.lost = lost
+
+
 Landed = Callable[..., None]  # landed(RunRecord or None, head=None): logs and counts a run that ended
 Todo = list[tuple["Recipe", int]]
 
@@ -50,9 +61,11 @@ class Executor(ABC):
         return f"--executor {self.name}"
 
     @abstractmethod
-    def run(self, todo: Todo, landed: Landed) -> None:
+    def run(self, todo: Todo, landed: Landed) -> list[str]:
         """Execute every (recipe, seed) of `todo`; `landed(record)` as each ends (None: another
-        process held it). An error stops new runs; those under way still land."""
+        process held it). Returns the runs lost to a fault of their process (a killed worker), one
+        line each, after the others have ended. An error a run raises stops new runs; those under
+        way still land."""
 
 
 def strategies_registered_here(suite: Suite) -> list[str]:

@@ -10,9 +10,10 @@ class InlineExecutor(Executor):
     name = "inline"
     summary = "one run at a time in this process"
 
-    def run(self, todo: Todo, landed: Landed) -> None:
+    def run(self, todo: Todo, landed: Landed) -> list[str]:
         from bench.single_run import run_one
 
         for n, (recipe, seed) in enumerate(todo, 1):
             self.context.log(f"[{n}/{len(todo)}] {recipe.name} seed {seed}")
             landed(run_one(self.context, recipe, seed), head="     ")
+        return []  # a fault of this process ends the command itself

@@ -1,22 +1,35 @@
 """`--jobs N`: N runs side by side in worker processes on this machine (spawned: a fork of a
 process whose OpenMP threads have run can deadlock). Each worker prepares its suite context from
-the cache the parent filled, and dies with the parent however the parent ends."""
+the cache the parent filled, takes one run at a time over its own pipe, and dies with the parent
+however the parent ends.
+
+A worker that dies (killed, out of memory) is a fault to survive, not to propagate: its run is
+reported lost (recipe, seed, signal), a new worker takes the runs still waiting, and the other
+runs go on; the command then ends non-zero, and running it again resumes the lost run from its last
+checkpoint. An error a run raises (bad input found late, a full disk) stops new runs; those under
+way still land, then the error is raised."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.executors.base import Executor, Landed, Todo
 
 if TYPE_CHECKING:
-    from bench.config import Suite
-    from bench.context import SuiteContext
-    from bench.records import RunRecord
+    from bench.config import Recipe, Suite
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    pipe: Connection
+    run: tuple[Recipe, int] | None = None  # the run it was given and has not answered yet
 
 
 class PoolExecutor(Executor):
@@ -28,43 +41,93 @@ class PoolExecutor(Executor):
     def refusal_for_local_strategies(self) -> str:
         return f"--jobs {self.jobs}"
 
-    def run(self, todo: Todo, landed: Landed) -> None:
-        context, jobs = self.context, self.jobs
-        context.log(f"{len(todo)} runs, {jobs} at a time in worker processes ({context.suite.train.threads} "
+    def run(self, todo: Todo, landed: Landed) -> list[str]:
+        context = self.context
+        context.log(f"{len(todo)} runs, {self.jobs} at a time in worker processes ({context.suite.train.threads} "
                     "thread each)")
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(context.suite, os.getpid(), context.out_dir, context.predictions))
+        # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
+        self.waiting = sorted(todo, key=lambda run: -len(run[0].regularizers))
+        self.workers: list[_Worker] = []
+        self.lost: list[str] = []
+        self.error: BaseException | None = None
         try:
-            # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
-            ordered = sorted(todo, key=lambda run: -len(run[0].regularizers))
-            pending = {pool.submit(_run_in_worker, recipe.position, seed) for recipe, seed in ordered}
-            error = None
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    if future.cancelled():
-                        continue
-                    if future.exception() is not None:  # no new runs; those under way still land
-                        error = error or future.exception()
-                        for other in pending:
-                            other.cancel()
-                        continue
-                    landed(future.result())
-            if error is not None:
-                raise error
+            for _ in range(min(self.jobs, len(todo))):
+                self._give_work(self._start_worker())
+            while any(w.run is not None for w in self.workers):
+                self._wait_once(landed)
         except KeyboardInterrupt:
-            # Workers ignore SIGINT; here queued runs are cancelled and SIGTERM stops the running ones
-            # (an interrupt in the worker: a checkpoint being written is removed, no record written).
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-            pool.shutdown(wait=True)
+            # Workers ignore SIGINT; SIGTERM stops the running ones (an interrupt in the worker: a
+            # checkpoint being written is removed, no record written).
+            self._stop(terminate=True)
             raise
-        pool.shutdown(wait=True)
+        self._stop(terminate=False)
+        if self.error is not None:
+            raise self.error
+        return self.lost
 
+    def _start_worker(self) -> _Worker:
+        context = self.context
+        ours, theirs = multiprocessing.Pipe()
+        process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(theirs, context.suite, os.getpid(), context.out_dir, context.predictions),
+            daemon=True)
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        return worker
 
-_worker: SuiteContext | None = None
+    def _give_work(self, worker: _Worker) -> None:
+        if self.waiting and self.error is None:
+            worker.run = self.waiting.pop(0)
+            worker.pipe.send((worker.run[0].position, worker.run[1]))
+
+    def _wait_once(self, landed: Landed) -> None:
+        """The next answers or deaths; a worker's answer is read before its death is noticed."""
+        busy = [w for w in self.workers if w.run is not None]
+        ready = set(wait([w.pipe for w in busy] + [w.process.sentinel for w in busy]))
+        for worker in busy:
+            if worker.pipe in ready:
+                try:
+                    kind, value = worker.pipe.recv()
+                except (EOFError, OSError):  # it died before answering
+                    self._lose(worker)
+                    continue
+                worker.run = None
+                if kind == "error":
+                    self.error = self.error or value
+                else:
+                    landed(value)
+                self._give_work(worker)
+        for worker in busy:
+            if worker.run is not None and worker.process.sentinel in ready:
+                self._lose(worker)
+
+    def _lose(self, worker: _Worker) -> None:
+        worker.process.join()
+        code = worker.process.exitcode
+        how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit status {code}"
+        recipe, seed = worker.run
+        self.lost.append(f"{recipe.name} seed {seed} ({how})")
+        self.context.log(f"      {recipe.name} seed {seed}: its worker process ended ({how}); the other runs go on, "
+                         "and running the same command again resumes it from its last checkpoint")
+        worker.run = None
+        self.workers.remove(worker)
+        if self.waiting and self.error is None:
+            self._give_work(self._start_worker())
+
+    def _stop(self, terminate: bool) -> None:
+        for worker in self.workers:
+            try:
+                if terminate:
+                    worker.process.terminate()
+                else:
+                    worker.pipe.send(None)
+            except (OSError, ValueError):  # already gone
+                pass
+        for worker in self.workers:
+            worker.process.join()
+            worker.pipe.close()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -86,22 +149,37 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _start_worker(suite: Suite, parent: int, out_dir: Path, predictions_wanted: bool) -> None:
-    """A worker process's suite context: data, encoder and tokens from the cache the parent filled.
-    `parent` comes from the parent itself: if it died while this worker started, getppid() here
-    would already name the process that adopted the worker. Ctrl-C reaches the whole process
-    group; the parent alone handles it and stops the workers."""
+def _serve(pipe: Connection, suite: Suite, parent: int, out_dir: Path, predictions: bool) -> None:
+    """A worker process: its suite context (data, encoder and tokens from the cache the parent
+    filled), then one run per message until it gets None. `parent` comes from the parent itself:
+    if it died while this worker started, getppid() here would already name the process that
+    adopted the worker. Ctrl-C reaches the whole process group; the parent alone handles it."""
     from bench.context import SuiteContext
+    from bench.single_run import run_one
 
-    global _worker
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
-    _worker = SuiteContext(suite, out_dir, log=lambda message: None, progress=False, predictions=predictions_wanted)
-    _ = _worker.prepared
+    context = None
+    try:
+        while (job := pipe.recv()) is not None:
+            try:
+                if context is None:
+                    context = SuiteContext(suite, out_dir, log=lambda message: None, progress=False,
+                                           predictions=predictions)
+                    _ = context.prepared
+                pipe.send(("record", run_one(context, context.recipe_by_position(job[0]), job[1])))
+            except Exception as error:  # noqa: BLE001 - the parent raises it, as a local run would
+                pipe.send(("error", _picklable(error)))
+    except (KeyboardInterrupt, EOFError):
+        pass
 
 
-def _run_in_worker(position: int, seed: int) -> RunRecord | None:
-    from bench.single_run import run_one
+def _picklable(error: Exception) -> Exception:
+    import pickle
 
-    return run_one(_worker, _worker.recipe_by_position(position), seed)
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}")

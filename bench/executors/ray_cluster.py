@@ -52,7 +52,7 @@ class RayExecutor(Executor):
             raise UserError("--executor ray schedules runs by their resource requests: leave out --jobs, "
                             "and do not start it under torchrun")
 
-    def run(self, todo: Todo, landed: Landed) -> None:
+    def run(self, todo: Todo, landed: Landed) -> list[str]:
         """Ctrl-C cancels the tasks (their checkpoints stay)."""
         try:
             import ray
@@ -65,26 +65,32 @@ class RayExecutor(Executor):
             except ConnectionError as error:
                 raise UserError(f"--address {self.address}: no Ray cluster there ({error})") from None
         try:
-            self._submit_and_wait(ray, todo, landed)
+            return self._submit_and_wait(ray, todo, landed)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _submit_and_wait(self, ray, todo: Todo, landed: Landed) -> None:
-        from ray.exceptions import RayTaskError
+    def _submit_and_wait(self, ray, todo: Todo, landed: Landed) -> list[str]:
+        """Every run as a task; a task whose worker died is lost (reported), the others go on."""
+        from ray.exceptions import RayTaskError, WorkerCrashedError
 
         context, suite = self.context, self.context.suite
         gpus = _gpus_per_run(suite.train.device, ray.cluster_resources().get("GPU", 0))
         task = ray.remote(num_cpus=suite.train.threads, num_gpus=gpus, max_retries=0)(_run_remote)
         context.log(f"{len(todo)} runs as Ray tasks ({suite.train.threads} CPU{'s' * (suite.train.threads > 1)}"
                     f"{f', {gpus} GPU' if gpus else ''} each) on {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
-        pending = [task.remote(suite, str(context.out_dir), context.predictions, recipe.position, seed)
-                   for recipe, seed in todo]
+        runs = {task.remote(suite, str(context.out_dir), context.predictions, recipe.position, seed): (recipe, seed)
+                for recipe, seed in todo}
+        pending, lost = list(runs), []
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 try:
                     landed(ray.get(done[0]))
+                except WorkerCrashedError:
+                    recipe, seed = runs[done[0]]
+                    lost.append(f"{recipe.name} seed {seed} (its Ray worker died)")
+                    context.log(f"      {recipe.name} seed {seed}: its Ray worker died; the other runs go on")
                 except RayTaskError as error:  # no new runs; the error of the run, as a local run gives it
                     for ref in pending:
                         ray.cancel(ref)
@@ -94,3 +100,4 @@ class RayExecutor(Executor):
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+        return lost
