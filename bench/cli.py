@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench import executors
 from bench.executors.base import RunsLost
+from bench.settings import MAX_SEEDS, PRECISIONS
 from tasks.errors import UserError, nearest
 from tasks.source_types import SOURCES
 
@@ -21,6 +22,11 @@ def _check_run_arguments(args) -> None:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UserError(f"--{option}: must be at least 1, got {value}")
+    if args.seeds is not None and args.seeds > MAX_SEEDS:
+        raise UserError(f"--seeds: {args.seeds} is more than the {MAX_SEEDS:,} seeds a suite may run")
+    if args.precision is not None and args.precision not in PRECISIONS:
+        raise UserError(f"--precision: unknown precision '{args.precision}'{nearest(args.precision, PRECISIONS)}; "
+                        f"precisions: {', '.join(PRECISIONS)}")
     if args.data is not None and args.data not in SOURCES:
         raise UserError(f"--data: unknown source '{args.data}'{nearest(args.data, SOURCES)}; "
                         f"sources: {', '.join(SOURCES)}")
@@ -138,7 +144,7 @@ def _check(args) -> int:
     import os
 
     from bench import gate, records
-    from bench.files import write_text_atomic
+    from bench.files import cannot_write, write_text_atomic
 
     baseline_path = Path(args.baseline)
     baseline = gate.load_baseline(baseline_path)
@@ -146,13 +152,22 @@ def _check(args) -> int:
                         True if args.allow_missing else None)
     text = gate.markdown(result, baseline_path)
     print(text, end="")
+    verdict = 1 if result.failed else 0
     junit = Path(args.junit) if args.junit else Path(args.results) / "check.xml"
-    write_text_atomic(junit, gate.junit_xml(result))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    return 1 if result.failed else 0
+    try:
+        write_text_atomic(junit, gate.junit_xml(result))
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            try:
+                with open(summary, "a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            except OSError as error:
+                raise cannot_write(Path(summary), error) from None
+    except UserError as error:  # the verdict stands; a regression still exits 1, a pass exits 2
+        print(f"mtlbench: error: {error} (the verdict above stands; --junit PATH writes the report elsewhere)",
+              file=sys.stderr)
+        return verdict or 2
+    return verdict
 
 
 def _data(args) -> int:

@@ -37,7 +37,15 @@ from typing import Any
 import strategies
 from bench.backbone import TINY, TinyEncoderConfig
 from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
-from bench.settings import CheckpointSettings, CheckSettings, CheckTolerances, CostSettings, TrainSettings
+from bench.settings import (
+    MAX_SEED,
+    MAX_SEEDS,
+    CheckpointSettings,
+    CheckSettings,
+    CheckTolerances,
+    CostSettings,
+    TrainSettings,
+)
 from strategies import registry
 from tasks import registry as task_registry
 from tasks.errors import UserError, check_keys, nearest
@@ -246,10 +254,6 @@ def _flag(raw: dict, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
     return value
-
-
-MAX_SEEDS = 10_000  # runs per recipe; a count past it is refused before its list is made
-MAX_SEED = 2**32 - 1  # numpy's seeds end there
 
 
 def _seeds(raw: dict, where: str) -> tuple[int, ...]:

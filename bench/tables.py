@@ -11,6 +11,7 @@ is the whole run's throughput. Markdown and LaTeX for reading, CSV (every statis
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,12 @@ def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
         files = [(a.examples_path, b.examples_path) for a, b in pairs]
         if not pairs or any(a is None or b is None for a, b in files):
             continue
-        loaded = [(examples.load(a, select), examples.load(b, select)) for a, b in files]
+        try:
+            loaded = [(examples.load(a, select), examples.load(b, select)) for a, b in files]
+        except Exception as error:  # noqa: BLE001 - a truncated or empty file: no significance, still a table
+            warnings.warn(f"{recipe}: a per-example file cannot be read ({str(error)[:120]}); no significance "
+                          "marker for it", stacklevel=2)
+            continue
         for task, metric in runs[0].primary_metrics.items():
             if task not in base_runs[pairs[0][1].seed].primary_metrics:
                 continue

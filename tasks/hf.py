@@ -8,6 +8,7 @@ a `label` column of ClassLabel, or a tag column of `Sequence(ClassLabel)` as in 
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 from tasks.errors import UserError
@@ -28,6 +29,37 @@ def _class_names(feature) -> tuple[str, ...] | None:
     return None
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - no name service, no route, a proxy refusing: all mean "not reachable"
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable():
+    """Without a way to the hub, `load_dataset` retries every request with back-off (25 s and a
+    dozen log lines before its error). One quick probe decides: if the hub cannot be reached, the
+    load runs in the libraries' offline mode, from the local cache or failing at once."""
+    if _hub_reachable():
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def open_dataset(spec, options: dict, context):
     """(DatasetDict, the place it came from, for messages)."""
     import datasets
@@ -38,13 +70,15 @@ def open_dataset(spec, options: dict, context):
             raise UserError(f"{path}: not found (the hf source reads DatasetDict.save_to_disk output here)")
         try:
             return datasets.load_from_disk(str(path)), str(path)
-        except (FileNotFoundError, ValueError) as error:
-            raise UserError(f"{path}: not a saved dataset ({str(error).splitlines()[0]})") from None
+        except Exception as error:  # noqa: BLE001 - a missing or broken state.json, dataset_info.json, arrow file
+            text = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise UserError(f"{path}: not a readable saved dataset ({text})") from None
     if "path" not in options:
         raise UserError(f"{spec.origin}.sources.hf: needs 'path' (a hub dataset) or 'disk' (a saved folder)")
     origin = options["path"] + (f" ({options['name']})" if options.get("name") else "")
     try:
-        dataset_dict = datasets.load_dataset(options["path"], options.get("name"))
+        with _offline_unless_reachable():
+            dataset_dict = datasets.load_dataset(options["path"], options.get("name"))
     except Exception as error:  # noqa: BLE001 - network, auth, hub: every failure gets the offline hint
         raise UserError(f"could not load {origin} from the Hugging Face hub ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); offline, pass --data-dir DIR "

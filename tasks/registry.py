@@ -213,9 +213,13 @@ def _labels(value: Any, scheme: str, where: str, folder: Path) -> tuple[tuple[st
     if isinstance(value, list):
         if len(value) < 2 or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
             raise UserError(f"{where}.labels: expected at least two label names (strings or integers), got {value!r}")
-        names = tuple(str(v) for v in value)
+        # Labels are compared without surrounding spaces, in the definition as in the data.
+        names = tuple(str(v).strip() for v in value)
+        if not all(names):
+            raise UserError(f"{where}.labels: an empty label in {value!r}")
         if len(set(names)) != len(names):
-            raise UserError(f"{where}.labels: repeated label in {value!r}")
+            raise UserError(f"{where}.labels: repeated label in {value!r} (labels are compared without "
+                            "surrounding spaces)")
         return names, "declared"
     if isinstance(value, str) and value.endswith(".json"):
         return None, value  # read when the data is loaded: it may live under the suite's data_dir
@@ -236,4 +240,7 @@ def read_label_map(path: Path) -> tuple[str, ...]:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices) \
             or sorted(indices) != list(range(len(indices))):
         raise UserError(f"{path}: indices must be the integers 0..{len(indices) - 1}, each once; got {indices}")
-    return tuple(name for name, _ in sorted(mapping.items(), key=lambda item: item[1]))
+    names = tuple(name.strip() for name, _ in sorted(mapping.items(), key=lambda item: item[1]))
+    if len(set(names)) != len(names) or not all(names):
+        raise UserError(f"{path}: labels must be distinct and not empty (compared without surrounding spaces)")
+    return names
