@@ -50,6 +50,7 @@ def prepare(suite: Suite, log=print) -> Prepared:
             if reasons:
                 log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
     model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, log)
+    backbone.load_encoder(model_path)  # weights that cannot load fail here, before any run starts
     tokenizer = backbone.load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     limit = backbone.max_positions(model_path, tokenizer)

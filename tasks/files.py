@@ -46,14 +46,17 @@ def read_user_file(path: Path, limit: int | None = None) -> bytes:
         raise UserError(f"{path}: not a regular file (a FIFO, a device or a socket); give a file")
     if info.st_size > limit:
         raise UserError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} a file may hold here")
+    chunks, size = [], 0
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        with open(path, "rb") as handle:  # in pieces: read(n) sets n bytes aside before it reads one
+            while chunk := handle.read(min(1 << 24, limit + 1 - size, max(info.st_size - size, 0) + 1)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:  # it grew after the stat
+                    raise UserError(f"{path}: more than the {limit:,} bytes a file may hold here")
     except OSError as error:
         raise UserError(f"{path}: cannot read ({error.strerror})") from None
-    if len(data) > limit:  # it grew after the stat
-        raise UserError(f"{path}: more than the {limit:,} bytes a file may hold here")
-    return data
+    return b"".join(chunks)
 
 
 def decode(path: Path) -> str:

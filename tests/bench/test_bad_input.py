@@ -12,11 +12,102 @@ RECIPE = '[[recipes]]\nname = "sum"\nsampler = "joint"\n'
 
 
 def suite(tmp_path, top: str = 'tasks = ["sst", "quora", "sts"]', train: str | None = "epochs = 1",
-          recipes: str = RECIPE, extra: str = "") -> str:
+          recipes: str = RECIPE, extra: str = "", tiny: dict | None = None, synthetic: dict | None = None) -> str:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "bad.toml"
     train_table = f"[train]\n{train}\n" if train is not None else ""
-    path.write_text(f'name = "bad"\n{top}\n{extra}\n{train_table}' + _toml_table("synthetic", SMALL_DATA)
-                    + _toml_table("tiny_encoder", TINY_ENCODER) + _toml_table("cost", FEW_COST_ROUNDS) + recipes)
+    path.write_text(f'name = "bad"\n{top}\n{extra}\n{train_table}'
+                    + _toml_table("synthetic", {**SMALL_DATA, **(synthetic or {})})
+                    + _toml_table("tiny_encoder", {**TINY_ENCODER, **(tiny or {})})
+                    + _toml_table("cost", FEW_COST_ROUNDS) + recipes)
+    return str(path)
+
+
+def task_key(tmp_path, key: str) -> str:
+    """A suite whose [tasks] table names a task by `key`."""
+    return suite(tmp_path, top=f'[tasks]\n"{key}" = "sst"\n"sts" = "sts"')
+
+
+def predictions_layout(tmp_path, layout: str) -> str:
+    """A suite whose SST reads the CS224N files and writes its predictions by `layout`."""
+    return suite(tmp_path, top='[tasks.sst]\nfrom = "sst"\nsource = { type = "cs224n", file = "ids-sst-{split}.csv", '
+                 f'predictions = {layout} }}\n[tasks.sts]\nfrom = "sts"')
+
+
+def model_folder(tmp_path, files: dict[str, bytes]) -> str:
+    """A --model folder holding only `files` (name -> bytes); b"tokenizer" saves the tiny tokenizer."""
+    from bench import backbone
+    from tasks import synthetic
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, data in files.items():
+        if data == b"tokenizer":
+            backbone._tokenizer(synthetic.vocabulary()).save_pretrained(folder)
+        else:
+            (folder / name).write_bytes(data)
+    return str(folder)
+
+
+def tiny_bert_folder(tmp_path) -> dict[str, bytes]:
+    """A real config for the tiny shape, with weights cut off half-way."""
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=600, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=48)
+    return {"tokenizer": b"tokenizer", "config.json": config.to_json_string().encode(),
+            "model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": "}
+
+
+def data_file(tmp_path, train: str) -> str:
+    """A suite whose SST training file is `train` (a path: a device, a FIFO, ...)."""
+    (tmp_path / "d").mkdir(exist_ok=True)
+    (tmp_path / "d" / "dev.tsv").write_text("id\tsentence\tsentiment\n0\tgood\t4\n1\tbad\t0\n")
+    return suite(tmp_path, top=f'data = "files"\n[tasks.sst]\nfrom = "sst"\nsource = {{ type = "files", '
+                 f'train = "{train}", dev = "d/dev.tsv", columns = {{ text = "sentence", label = "sentiment" }} }}')
+
+
+def fifo(tmp_path) -> str:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.tsv")
+    return str(tmp_path / "fifo.tsv")
+
+
+def broken_saved_dataset(tmp_path) -> str:
+    """A --data-dir whose SST save_to_disk folder has a state.json cut short."""
+    import datasets
+
+    folder = tmp_path / "hf" / "sst"
+    datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+                          for s in ("train", "validation")}).save_to_disk(str(folder))
+    (folder / "train" / "state.json").write_text('{"_data_files": [')
+    return str(tmp_path / "hf")
+
+
+def _link(tmp_path, name: str, target: str) -> str:
+    (tmp_path / name).symlink_to(target)
+    return str(tmp_path / name)
+
+
+def _dangling(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    return tmp_path / "link"
+
+
+def _records(tmp_path):
+    from tests.bench.test_gate import record, results
+
+    return results(tmp_path, [record("sum", 0, 0.9, 0.8)], "records")
+
+
+def baseline_file(tmp_path, mean) -> str:
+    from bench.gate import KIND, VERSION
+
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"kind": KIND, "version": VERSION, "suite": "s", "select": "last", "config_hash": "x",
+                                "recipes": {"sum": {"seeds": [0], "config_hash": "y", "cost": None, "metrics": {
+                                    "sst": {"metric": "accuracy", "mean": mean, "std": 0.0, "values": [0.9]}}}}}))
     return str(path)
 
 
@@ -116,6 +207,56 @@ CASES = [
     ("--out is a file", lambda t: ["run", suite(t), "--out", str((t / "f").write_text("x") and t / "f")],
      "f: exists and is not a directory"),
     ("--out unwritable", lambda t: ["run", suite(t), "--out", "/proc/mtlbench-out"], "cannot write in /proc"),
+    # Names that would become paths outside --out, or module names
+    ("a [tasks] key with a path", lambda t: ["run", task_key(t, str(t / "escape" / "pwn"))],
+     "is not a valid task name"),
+    ("a [tasks] key with a dot", lambda t: ["run", task_key(t, "my.task")], "tasks.my.task: 'my.task' is not a valid task name"),
+    ("predictions file escaping", lambda t: ["run", predictions_layout(t, '{ file = "../../x-{split}.csv", column = "P" }')],
+     "sources.cs224n.predictions.file: '../../x-{split}.csv' is not a file name"),
+    ("predictions file without {split}", lambda t: ["run", predictions_layout(t, '{ file = "out.csv", column = "P" }')],
+     "predictions.file: 'out.csv' is not a file name with '{split}'"),
+    ("predictions entry malformed", lambda t: ["run", predictions_layout(t, '{ file = "x-{split}.csv" }')],
+     "predictions: needs file"),
+    # Files that cannot be read, or would never end
+    ("a TOML array nested 3000 deep", lambda t: ["run", suite(t, extra="x = " + "[" * 3000 + "]" * 3000)],
+     "bad.toml: arrays or tables nested too deeply"),
+    ("data file /dev/zero", lambda t: ["run", data_file(t, _link(t, "zero.tsv", "/dev/zero"))],
+     "zero.tsv: not a regular file"),
+    ("data file a FIFO", lambda t: ["run", data_file(t, fifo(t))], "fifo.tsv: not a regular file"),
+    ("saved dataset with a broken state.json", lambda t: ["run", suite(t, top='tasks = ["sst"]'), "--data", "hf",
+                                                         "--data-dir", broken_saved_dataset(t)],
+     "sst: not a readable saved dataset"),
+    ("a record with a string for a number", lambda t: ["table", record_dir(t, json.dumps(
+        {"run_id": "x", "suite": "s", "recipe_name": "r", "recipe_index": 0, "seed": "one", "primary_metrics": {},
+         "diverged": {}, "status": "diverged"}))], "r.json: seed: 'one' is not what a run record holds there"),
+    ("a baseline mean NaN", lambda t: ["check", record_dir(t, None), "--baseline", baseline_file(t, float("nan"))],
+     "recipes.sum.metrics.sst.mean: nan is not a finite number"),
+    ("a baseline mean null", lambda t: ["check", record_dir(t, None), "--baseline", baseline_file(t, None)],
+     "recipes.sum.metrics.sst.mean: None is not a finite number"),
+    # Settings that cannot work, or would exhaust the memory before training
+    ("heads not dividing the width", lambda t: ["run", suite(t, tiny={"num_heads": 3})],
+     "[tiny_encoder]: hidden_size (32) must be a multiple of num_heads (3)"),
+    ("no pre-training steps", lambda t: ["run", suite(t, tiny={"pretrain_steps": 0})],
+     "[tiny_encoder]: pretrain_steps must be from 1 to 1000000, got 0"),
+    ("an encoder a million wide", lambda t: ["run", suite(t, tiny={"hidden_size": 10**6, "num_heads": 1})],
+     "hidden_size must be from 1 to 4096"),
+    ("a trillion training rows", lambda t: ["run", suite(t, synthetic={"sst_train": 10**12})],
+     "[synthetic]: sst_train must be from 0 to 1,000,000"),
+    ("ten billion seeds", lambda t: ["run", suite(t, extra="seeds = 10000000000")],
+     "seeds: 10000000000 seeds is more than the 10,000"),
+    ("--seeds ten billion", lambda t: ["run", suite(t), "--seeds", "10000000000"], "--seeds: 10000000000 is more than"),
+    ("a seed past numpy's", lambda t: ["run", suite(t, extra="seeds = [4294967296]")], "integers from 0 to 4294967295"),
+    ("--precision fp8", lambda t: ["run", suite(t), "--precision", "fp8"], "--precision: unknown precision 'fp8'"),
+    ("--out a dangling symlink", lambda t: ["run", suite(t), "--out", str(_dangling(t))], "which does not exist"),
+    # Models that cannot load: one guard around every part
+    ("a model folder with only a tokenizer", lambda t: ["run", suite(t), "--model", model_folder(t, {"t": b"tokenizer"})],
+     "could not load the config of model"),
+    ("a config that is not an object", lambda t: ["run", suite(t), "--model", model_folder(t, {"config.json": b"[1, 2]"})],
+     "could not load the config of model"),
+    ("truncated weights", lambda t: ["run", suite(t), "--model", model_folder(t, tiny_bert_folder(t))],
+     "could not load the encoder of model"),
+    ("baseline -o unwritable", lambda t: ["baseline", str(_records(t)), "-o", "/proc/mtlbench-baseline.json"],
+     "/proc/mtlbench-baseline.json: cannot write"),
     ("data dir missing", lambda t: ["run", suite(t), "--data", "cs224n", "--data-dir", str(t / "none")],
      "ids-sst-train.csv: file not found"),
     ("data dir empty", lambda t: ["run", suite(t), "--data", "cs224n", "--data-dir", cs224n_dir(t, None)],
@@ -184,3 +325,59 @@ def test_list_into_a_closed_pipe_is_not_an_error():
     mtlbench = str(Path(sys.executable).with_name("mtlbench"))
     result = subprocess.run(f"'{mtlbench}' list | head -1", shell=True, capture_output=True, text=True, check=False)
     assert result.stdout == "samplers:\n" and result.stderr == ""
+
+
+def test_a_cuda_device_where_there_is_none_is_one_line_before_anything(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", suite(tmp_path, train='device = "cuda"'), "--out", str(tmp_path / "out")]) == 2
+    assert "[train] device = 'cuda': this machine has no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no lock file left behind either
+
+
+@pytest.mark.parametrize("cache, words", [
+    ("a file", "MTLBENCH_CACHE {}: exists and is not a directory"),
+    ("/proc/mtlbench-cache", "MTLBENCH_CACHE /proc/mtlbench-cache: cannot write in /proc"),
+])
+def test_a_cache_that_cannot_be_written_is_one_line(cache, words, tmp_path, capsys, monkeypatch):
+    if cache == "a file":
+        cache = str(tmp_path / "cache-file")
+        (tmp_path / "cache-file").write_text("x")
+    monkeypatch.setenv("MTLBENCH_CACHE", cache)
+    assert main(["run", suite(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mtlbench: error: ") and words.format(cache) in err and "\n" not in err
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
+    """A sparse file as big as the limit plus one byte: refused from its size alone (the read that
+    would fill the memory never happens)."""
+    from tasks import files
+
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 1 << 20)
+    (tmp_path / "d").mkdir()
+    with open(tmp_path / "d" / "big.tsv", "wb") as handle:
+        handle.truncate((1 << 20) + 1)
+    assert main(["run", data_file(tmp_path, str(tmp_path / "d" / "big.tsv")), "--out", str(tmp_path / "out")]) == 2
+    assert "big.tsv: 1,048,577 bytes, more than the 1,048,576 a file may hold here" in capsys.readouterr().err
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path):
+    """Ten billion seeds, a trillion rows, an encoder a million wide: each refused while the suite
+    is read, with well under a megabyte allocated (tracemalloc's peak)."""
+    import tracemalloc
+
+    from bench.config import load_suite
+    from tasks.errors import UserError
+
+    cases = [suite(tmp_path / "a", extra="seeds = 10000000000"), suite(tmp_path / "b", synthetic={"quora_train": 10**12}),
+             suite(tmp_path / "c", tiny={"hidden_size": 10**6, "num_heads": 1, "intermediate_size": 10**7})]
+    for path in cases:
+        tracemalloc.start()
+        with pytest.raises(UserError):
+            load_suite(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 1 << 20, (path, peak)

@@ -76,6 +76,36 @@ def test_table_and_plot_rerender_from_records(first_run, capsys):
     assert main(["plot", str(first_run)]) == 0
 
 
+def test_every_file_a_run_writes_is_an_ordinary_file(first_run):
+    """Records, per-example files, tables, plots and checkpoints get the umask's permissions (0644
+    under the usual 022), not a temporary file's 0600."""
+    import os
+
+    expected = 0o666 & ~_umask()
+    written = [p for p in first_run.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert {p.suffix for p in written} >= {".json", ".safetensors", ".md", ".png", ".pt"}
+    assert {oct(os.stat(p).st_mode & 0o777) for p in written} == {oct(expected)}
+
+
+def _umask() -> int:
+    from bench.files import umask
+
+    return umask()
+
+
+def test_an_empty_per_example_file_costs_its_marker_not_the_table(first_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(first_run, copy)
+    (copy / "tiny-test.joint-seed0.examples.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning, match="joint: a per-example file cannot be read"):
+        assert main(["table", str(copy)]) == 0
+    assert re.search(r"\| joint +\|", capsys.readouterr().out)
+    with pytest.warns(UserWarning):
+        assert main(["plot", str(copy)]) == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--recipes", "r"], "unknown recipe 'r' (did you mean 'rr'?)"),
     (["--data", "synthetc"], "--data: unknown source 'synthetc' (did you mean 'synthetic'?)"),

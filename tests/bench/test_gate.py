@@ -126,6 +126,51 @@ def test_junit_xml_and_the_github_step_summary(tmp_path, baseline_file, monkeypa
     assert text.startswith("earlier step\n") and "**FAILED**" in text and capsys.readouterr().out in text
 
 
+def _diverged(recipe, seed, index=0):
+    kept = record(recipe, seed, 0.0, 0.0, index=index)
+    return {**{k: kept[k] for k in ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics",
+                                    "config", "env")},
+            "status": "diverged", "diverged": {"what": "non-finite loss (nan)", "task": "sst", "epoch": 1, "step": 3}}
+
+
+def test_a_baseline_leaves_diverged_runs_out_and_says_so(tmp_path, capsys):
+    runs = [*BASE, _diverged("sum", 2)]
+    path = tmp_path / "baseline.json"
+    assert main(["baseline", str(results(tmp_path, runs, "with-diverged")), "-o", str(path)]) == 0
+    baseline = json.loads(path.read_text())
+    assert baseline["recipes"]["sum"]["seeds"] == [0, 1] and baseline["records"] == 4
+    assert baseline["notes"] == ["recipe 'sum' seed 2 diverged: left out of the baseline"]
+    assert baseline["recipes"]["sum"]["metrics"]["sst"]["mean"] == pytest.approx(0.91)
+
+
+def test_a_baseline_of_a_recipe_whose_every_run_diverged_is_refused(tmp_path, capsys):
+    runs = [*BASE[:2], _diverged("pcgrad", 0, 1), _diverged("pcgrad", 1, 1)]
+    assert main(["baseline", str(results(tmp_path, runs, "all-diverged")), "-o", str(tmp_path / "b.json")]) == 2
+    assert "every run of recipe 'pcgrad' diverged: a baseline needs finished runs" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_baseline_holding_nan_cannot_pass_what_it_should_fail(tmp_path, baseline_file, capsys):
+    """A NaN mean would pass every comparison: refused when the baseline is read (exit 2), and a
+    results' NaN (a diverged run) fails against a finite baseline."""
+    broken = json.loads(baseline_file.read_text())
+    broken["recipes"]["sum"]["metrics"]["sst"]["mean"] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(broken))
+    assert run_check(tmp_path, BASE, tmp_path / "nan.json") == 2
+    assert "recipes.sum.metrics.sst.mean: nan is not a finite number" in capsys.readouterr().err
+    assert run_check(tmp_path, [*BASE[:1], _diverged("sum", 1), *BASE[2:]], baseline_file) == 1
+    assert "| sum | sst accuracy | 0.9100 | – |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("now, code", [(BASE, 2), ([record("sum", 0, 0.5, 0.5), *BASE[1:]], 1)])
+def test_a_report_that_cannot_be_written_keeps_the_verdict(now, code, tmp_path, baseline_file, capsys):
+    """The verdict is printed; the JUnit file cannot be written: a regression still exits 1, a pass 2."""
+    assert run_check(tmp_path, now, baseline_file, "--junit", "/proc/mtlbench-check.xml") == code
+    captured = capsys.readouterr()
+    assert "### mtlbench check" in captured.out
+    assert "/proc/mtlbench-check.xml: cannot write" in captured.err and "the verdict above stands" in captured.err
+
+
 def test_config_changes_are_noted_not_failed(tmp_path, baseline_file, capsys):
     now = json.loads(json.dumps(BASE))
     for r in now:

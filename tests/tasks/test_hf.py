@@ -51,3 +51,32 @@ def test_hub_failure_is_a_one_line_error_with_the_offline_alternative(monkeypatc
         load_task("hf", "sts")
     message = str(error.value)
     assert "nyu-mll/glue (stsb)" in message and "--data-dir" in message and "\n" not in message
+
+
+def test_an_unreachable_hub_fails_at_once_in_offline_mode(monkeypatch):
+    """Without a way to the hub, load_dataset would retry each request with back-off; one probe
+    decides, and the load runs in offline mode: no retries, the libraries' flags put back after."""
+    from huggingface_hub import constants
+
+    from tasks import hf
+
+    seen = {}
+
+    def load(*args, **kwargs):
+        seen["offline"] = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
+    monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    before = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    with pytest.raises(UserError, match="OfflineModeIsEnabled.*--data-dir"):
+        load_task("hf", "sts")
+    assert seen["offline"] == (True, True) and (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before
+
+
+def test_the_hub_probe_on_this_machine_answers_without_retrying(capfd):
+    """The real probe (no network here: no name service; with one, an answer): one request, no
+    back-off lines."""
+    from tasks import hf
+
+    assert hf._hub_reachable(timeout=5.0) in (True, False)
+    assert "Retrying" not in capfd.readouterr().err

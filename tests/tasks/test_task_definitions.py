@@ -8,6 +8,7 @@ import pytest
 
 from bench.cli import main
 from tasks import registry
+from tasks.errors import UserError
 from tasks.sources import load_task
 from tests.conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 
@@ -163,3 +164,26 @@ def test_every_shipped_suite_loads_and_lists(capsys):
     listed = capsys.readouterr().out
     for name in ("mlm-entity-tagging", "proportional-classification", "classification-ner", "token_iob", "ner"):
         assert name in listed
+
+
+def test_declared_labels_and_the_data_s_are_compared_without_surrounding_spaces(tmp_path):
+    """A declared label "positive " is the data's "positive"; a label the task lacks is shown as written."""
+    task = USER_TASK.replace('labels = "label2ind.json"', 'labels = ["positive ", " negative", "neutral"]')
+    spec = registry.find(str(write_task(tmp_path / "spaced", task, label_map=None)))
+    assert spec.labels == ("positive", "negative", "neutral")
+    assert [r["label"] for r in load_task("files", spec).rows["train"][:3]] == [0, 1, 2]
+    spaced = write_task(tmp_path / "data-spaced", task, train=TSV + "the film was odd\tpositive \n", label_map=None)
+    assert load_task("files", registry.find(str(spaced))).rows["train"][-1]["label"] == 0
+    odd = write_task(tmp_path / "odd", task, train=TSV + "the film was odd\t pos \n", label_map=None)
+    with pytest.raises(UserError, match=r"train.tsv:26: label ' pos ' is not one of the task's labels "
+                                        r"\('positive', 'negative', 'neutral'\)"):
+        load_task("files", registry.find(str(odd)))
+    with pytest.raises(UserError, match="repeated label"):
+        registry.parse({"kind": "single_classification", "labels": ["a", "a "], "source": {"type": "synthetic",
+                        "generator": "sst"}}, "t", "t.toml", tmp_path)
+
+
+def test_empty_texts_are_skipped_and_counted_even_where_bad_rows_are_errors(tmp_path):
+    spec = registry.find(str(write_task(tmp_path / "e", USER_TASK, train=TSV + "\tpositive\n   \tnegative\n")))
+    data = load_task("files", spec)  # on_bad_row is "error" by default for files
+    assert len(data.rows["train"]) == 24 and data.skipped["train"] == {"empty text": 2}

@@ -163,3 +163,18 @@ def test_contrastive_is_refused_without_a_pair_task(tmp_path, capsys):
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert "works on pair tasks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_iob_tags_inferred_from_a_tsv_are_tags_not_characters(tmp_path):
+    """A CSV/TSV cell holds space-separated tags: the label set is inferred from the tags."""
+    from tasks import registry
+    from tasks.sources import load_task
+
+    rows = "words\ttags\n" + "alice saw bob\tB-PER O B-PER\nthe park\tO B-LOC\n" * 4
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text(rows)
+    (tmp_path / "ner.toml").write_text('kind = "token_iob"\n[sources.files]\ntrain = "train.tsv"\ndev = "dev.tsv"\n'
+                                       'columns = { tokens = "words" }\n')
+    data = load_task("files", registry.find(str(tmp_path / "ner.toml")))
+    assert data.labels == ("O", "B-LOC", "B-PER") and data.label_origin == "inferred from the training split"
+    assert data.rows["train"][0] == {"tokens": ["alice", "saw", "bob"], "tags": [2, 0, 2]}
