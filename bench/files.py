@@ -56,10 +56,24 @@ def inside(root: Path, name: str) -> Path:
     return path
 
 
+def _failed_write(error: BaseException) -> bool:
+    """Whether `error` is the file system refusing a write: an OSError, or what a serialiser made of
+    one (torch.save: a RuntimeError "... failed writing ..."; safetensors: "I/O error ... os error N")."""
+    text = str(error)
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and "writ" in text) or "I/O error" in text
+
+
 def cannot_write(path: Path, error: BaseException) -> UserError:
     """The one line for a write that failed: the path, and why (with the way out for a full disk)."""
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[0]
-    hint = "; free some space and run the same command again" if "space" in reason.lower() else ""
+    found = re.search(r"os error (\d+)", str(error))
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    elif found:
+        reason = os.strerror(int(found.group(1)))
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    hint = ("; free some space, then run the same command again to resume"
+            if any(word in reason.lower() for word in ("space", "too large", "quota")) else "")
     return UserError(f"{path}: cannot write ({reason}){hint}")
 
 
@@ -85,8 +99,8 @@ def atomic(path: Path, folder: bool = False, suffix: str = "") -> Iterator[Path]
         _finish(temporary, path, folder)
     except BaseException as error:
         _remove(temporary)
-        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and "writ" in str(error)):
-            raise cannot_write(path, error) from None  # torch.save reports a full disk as a RuntimeError
+        if _failed_write(error):
+            raise cannot_write(path, error) from None
         raise
 
 
@@ -178,8 +192,7 @@ def exclusive(path: Path, wait: bool):
     whether it was taken (with `wait`, always). Used so that two processes writing into one output
     directory never train the same run at once, and render tables one after the other."""
     try:
-        if not path.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise cannot_write(path, error) from None

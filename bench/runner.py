@@ -17,7 +17,7 @@ from bench import checkpoint, examples, executors, plots, tables
 from bench.config import Suite
 from bench.context import SuiteContext, comparable_config
 from bench.executors.base import RunsLost, Todo
-from bench.files import check_writable_folder, exclusive, remove_stray_temporaries
+from bench.files import cannot_write, check_writable_folder, exclusive, remove_stray_temporaries
 from bench.records import RunRecord, load_records
 from tasks.errors import UserError
 
@@ -159,7 +159,10 @@ class Runner:
     def _render(self) -> list[RunRecord]:
         """Tables and plots over every record in the directory, so runs added to it (more seeds,
         another recipe, another suite) extend the table instead of replacing it."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise cannot_write(self.out_dir, error) from None
         with exclusive(self.out_dir, wait=True):  # the last renderer sees every record
             every_record = load_records(self.out_dir, allow_empty=True)
             if not every_record:  # a shard with no runs of its own, into an empty directory

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -42,6 +43,10 @@ class PoolExecutor(Executor):
         return f"--jobs {self.jobs}"
 
     def run(self, todo: Todo, landed: Landed) -> list[str]:
+        # A killed worker leaves a lock the resource tracker cleans at exit with a warning that reads
+        # like a fault of ours; the tracker process takes its warning filters from these options.
+        if "ignore::UserWarning:multiprocessing.resource_tracker" not in sys.warnoptions:
+            sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
         context = self.context
         context.log(f"{len(todo)} runs, {self.jobs} at a time in worker processes ({context.suite.train.threads} "
                     "thread each)")
@@ -79,8 +84,14 @@ class PoolExecutor(Executor):
 
     def _give_work(self, worker: _Worker) -> None:
         if self.waiting and self.error is None:
-            worker.run = self.waiting.pop(0)
-            worker.pipe.send((worker.run[0].position, worker.run[1]))
+            run = self.waiting.pop(0)
+            try:
+                worker.pipe.send((run[0].position, run[1]))
+            except OSError:  # it died between its last answer and this run: the run waits for another
+                self.waiting.insert(0, run)
+                self._replace(worker)
+                return
+            worker.run = run
 
     def _wait_once(self, landed: Landed) -> None:
         """The next answers or deaths; a worker's answer is read before its death is noticed."""
@@ -112,6 +123,12 @@ class PoolExecutor(Executor):
         self.context.log(f"      {recipe.name} seed {seed}: its worker process ended ({how}); the other runs go on, "
                          "and running the same command again resumes it from its last checkpoint")
         worker.run = None
+        self._replace(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        """A dead worker out, a new one in while runs wait."""
+        worker.process.join()
+        worker.pipe.close()
         self.workers.remove(worker)
         if self.waiting and self.error is None:
             self._give_work(self._start_worker())

@@ -66,7 +66,7 @@ def test_every_package_is_installed():
 def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monkeypatch, tmp_path):
     """2 recipes x 2 seeds, no cost measurement, in this process: each recipe's strategies are built
     once by the validation pass (on an outline: no encoder loaded) and once per run; an encoder is
-    loaded once per run."""
+    loaded once per run, and once to check its weights load before any run starts."""
     from collections import Counter
 
     from bench import backbone
@@ -79,5 +79,5 @@ def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monke
              "tiny_encoder": TINY_ENCODER, "synthetic": SMALL_DATA,
              "recipes": [{"name": "a", "sampler": "joint"}, {"name": "b", "sampler": "round_robin"}]}
     records = mtlbench.run(suite, out=tmp_path / "out", jobs=1)
-    assert len(records) == 4 and len(loads) == 4
+    assert len(records) == 4 and len(loads) == 1 + 4  # once when the data is prepared (does it load?), once a run
     assert builds == {"sampler": 2 + 4, "combiner": 2 + 4, "freezing": 2 + 4}

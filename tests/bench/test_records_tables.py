@@ -95,3 +95,23 @@ def test_a_record_of_an_older_schema_loads_with_what_it_has(tmp_path):
     (loaded,) = records.load_records(tmp_path)
     assert loaded.finished and loaded.cost is None and loaded.examples_path is None and loaded.schema == 0
     assert tables.summary([loaded])[("mean", "sst acc")].iloc[0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("target", ["/proc/mtlbench-x.json", "/proc/mtlbench-dir/x.json"])
+def test_every_write_that_fails_is_one_line_naming_its_path(target):
+    """bench.files.atomic, which records, examples, tables, plots, checkpoints, baselines and
+    predictions are written through: an unwritable place is a UserError naming the path."""
+    from pathlib import Path
+
+    with pytest.raises(UserError, match=rf"^{target}: cannot write \("):
+        files.write_json_atomic(Path(target), {"a": 1})
+    with pytest.raises(UserError, match=rf"^{target}: cannot write \("), files.atomic(Path(target)) as temporary:
+        temporary.write_text("never")
+
+
+def test_a_failed_serialiser_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "x.bin"
+    with pytest.raises(UserError, match="x.bin: cannot write \\(File too large\\)"), files.atomic(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("Error while serializing: I/O error: File too large (os error 27)")
+    assert list(tmp_path.iterdir()) == []

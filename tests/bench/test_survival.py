@@ -207,3 +207,161 @@ def test_two_suites_writing_into_one_directory_at_once_lose_nothing(tmp_path):
     table = (out / "table.md").read_text()
     for row in ("first/sum", "first/rr", "second/sum", "second/rr"):
         assert f"| {row}" in table
+
+
+# --- faults survived: a killed worker, the same command twice, a full disk, broken checkpoints -----
+
+QUICK = (NO_COST + "".join(f'[[recipes]]\nname = "{name}"\nsampler = "{sampler}"\n' for name, sampler in
+                           (("joint", "joint"), ("rr", "round_robin"), ("prop", "proportional"), ("uni", "uniform"))))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are found through /proc")
+def test_killed_workers_lose_their_runs_only_and_the_same_command_resumes_them(tmp_path, capsys):
+    """Both workers killed while the pool runs: the runs they held are reported lost (signal 9),
+    new workers take the runs still waiting, the others land, the command exits 1; run again, it
+    trains the lost ones."""
+    import os
+
+    suite = write_suite(tmp_path / "quick.toml", QUICK, train="epochs = 2\nbatch_size = 16\nlr = 2e-3", name="quick")
+    out = tmp_path / "out"
+    process = _start(suite, out, "--jobs", "2")
+    seen = _lines_until(process, "[1/4]")  # each worker holds a run, or is about to be given one
+    for worker in _workers(process.pid):
+        os.kill(worker, signal.SIGKILL)
+    seen += list(process.stderr)
+    log = "".join(seen)
+    assert process.wait() == 1, log
+    assert "its worker process ended (signal 9 (SIGKILL)); the other runs go on" in log and "Traceback" not in log
+    last = log.strip().splitlines()[-1]
+    lost = int(last.removeprefix("mtlbench: ").split()[0])
+    assert 1 <= lost <= 2 and " lost: " in last and "run the same command again to resume" in last, last
+    assert len(_records(out)) == 4 - lost and (out / "table.md").exists()  # the others landed and were rendered
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--jobs", "1"]) == 0
+    assert f"{4 - lost} of 4 runs already finished" in capsys.readouterr().err and len(_records(out)) == 4
+
+
+def test_the_same_command_twice_at_once_trains_each_run_once(stateful_suite, uninterrupted, tmp_path):
+    """The second command finds the first's run locked and skips it, trains what is left, and both
+    end cleanly with every record there once. The first is stopped (SIGSTOP) while it holds its
+    run, so that the two overlap however fast either starts."""
+    out, runs = tmp_path / "out", "famo,proportional"
+    first = _start(stateful_suite, out, "--jobs", "1", "--recipes", runs)
+    first_log = _lines_until(first, "survive.famo-seed0: epoch 1/3 checkpoint saved")
+    first.send_signal(signal.SIGSTOP)
+    second = _start(stateful_suite, out, "--jobs", "1", "--recipes", runs)
+    second_log = "".join(second.stderr)
+    assert second.wait() == 0, second_log
+    first.send_signal(signal.SIGCONT)
+    first_log = "".join(first_log) + "".join(first.stderr)
+    assert (first.wait(), second.wait()) == (0, 0), first_log + second_log
+    assert "survive.famo-seed0: another process is training it; skipped" in second_log, second_log
+    assert "Traceback" not in first_log + second_log
+    found = _records(out)
+    assert sorted(found) == ["survive.famo-seed0", "survive.proportional-seed0"]
+    for run_id, record in found.items():
+        assert record["history"] == uninterrupted[run_id]["history"]
+
+
+def _limited_file_size(limit: int):
+    """For a child process: files may not grow past `limit` bytes, as on a full disk (the write
+    fails with EFBIG instead of the process being killed by SIGXFSZ)."""
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_resumable(stateful_suite, uninterrupted, tmp_path):
+    """A checkpoint's weights (about 140 kB here) cannot be written past a 100 kB file limit: one
+    line naming the checkpoint and the way out, nothing half-written; then the same command, with
+    room, trains the run to the record it would have had."""
+    out = tmp_path / "out"
+    process = subprocess.run([MTLBENCH, "run", str(stateful_suite), "--recipes", "famo", "--out", str(out),
+                              "--no-progress"], capture_output=True, text=True, check=False,
+                             preexec_fn=_limited_file_size(100_000))
+    assert process.returncode == 2, process.stderr
+    last = process.stderr.strip().splitlines()[-1]
+    assert last == (f"mtlbench: error: {out}/checkpoints/survive.famo-seed0/epoch-0001: cannot write (File too large); "
+                    "free some space, then run the same command again to resume"), process.stderr
+    assert "Traceback" not in process.stderr
+    assert not list(out.rglob("*.tmp*")) and not list((out / "checkpoints" / "survive.famo-seed0").iterdir())
+    assert main(["run", str(stateful_suite), "--recipes", "famo", "--out", str(out), "--no-progress"]) == 0
+    assert _records(out)["survive.famo-seed0"]["history"] == uninterrupted["survive.famo-seed0"]["history"]
+
+
+def _break(checkpoint: Path, how: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    if how == "truncated state":
+        data = (checkpoint / "state.pt").read_bytes()
+        (checkpoint / "state.pt").write_bytes(data[:len(data) // 2])
+    elif how == "garbage weights":
+        size = (checkpoint / "model.safetensors").stat().st_size
+        (checkpoint / "model.safetensors").write_bytes(bytes(range(256)) * (size // 256))
+    else:  # another architecture's weights, with a manifest that matches them: only loading can tell
+        from bench.checkpoint import MANIFEST, _digest
+
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        weights["encoder.extra_layer.weight"] = weights.pop(min(weights))
+        save_file(weights, str(checkpoint / "model.safetensors"))
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+        manifest["files"]["model.safetensors"] = _digest(checkpoint / "model.safetensors")
+        (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def interrupted_after_epoch_2(stateful_suite, tmp_path_factory):
+    """FAMO's run killed after its epoch-2 checkpoint, with the last two epochs kept."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    suite = folder / "keep.toml"
+    suite.write_text(stateful_suite.read_text().replace("[cost]", "[checkpoints]\nkeep = 2\n[cost]", 1))
+    process = _start(suite, folder / "out", "--recipes", "famo")
+    _lines_until(process, "survive.famo-seed0: epoch 2/3 checkpoint saved")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return suite, folder / "out"
+
+
+@pytest.mark.parametrize("keep, how", [(2, "truncated state"), (2, "garbage weights"), (2, "other architecture"),
+                                       (1, "other architecture")])
+def test_a_broken_checkpoint_is_set_aside_and_the_run_resumes_before_it_or_afresh(
+        keep, how, interrupted_after_epoch_2, uninterrupted, tmp_path, capsys):
+    import shutil
+
+    suite, interrupted = interrupted_after_epoch_2
+    out, run_id = tmp_path / "out", "survive.famo-seed0"
+    shutil.copytree(interrupted, out)
+    saved = out / "checkpoints" / run_id
+    assert sorted(p.name for p in saved.iterdir()) == ["epoch-0001", "epoch-0002"]
+    if keep == 1:
+        shutil.rmtree(saved / "epoch-0001")
+    _break(saved / "epoch-0002", how)
+    assert main(["run", str(suite), "--recipes", "famo", "--out", str(out), "--no-progress"]) == 0
+    log = capsys.readouterr().err
+    assert f"{run_id}: {saved / 'epoch-0002'}: " in log and "set aside as broken-epoch-0002" in log
+    assert ("resuming after epoch 1" if keep == 2 else "no checkpoint left to resume from; starting the run afresh") \
+        in log
+    assert (saved / "broken-epoch-0002").is_dir()
+    assert _records(out)[run_id]["history"] == uninterrupted[run_id]["history"]
+
+
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_run_and_a_live_writer_s_kept(
+        stateful_suite, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(stateful_suite), "--recipes", "famo", "--out", str(out), "--no-progress"]) == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead = int(gone.stdout)  # a pid no process has now
+    strays = [out / f".table.md.{dead}-x1.tmp", out / f".survive.famo-seed0.json.{dead}-x2.tmp",
+              out / f".heatmap.png.{dead}-x3.tmp.png", out / "checkpoints" / f".epoch-0003.{dead}-x4.tmp"]
+    for stray in strays:
+        stray.write_text("half")
+    live = out / f".table.csv.{__import__('os').getpid()}-x5.tmp"  # this process: still writing, as it were
+    live.write_text("half")
+    capsys.readouterr()
+    assert main(["run", str(stateful_suite), "--recipes", "famo", "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert not any(stray.exists() for stray in strays) and live.exists()
+    assert "removed .table.md." in err and "left by a write that was killed" in err
