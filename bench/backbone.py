@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.files import running
 from tasks import synthetic
 from tasks.errors import UserError
 
@@ -157,13 +158,7 @@ def _remove_abandoned_builds(folder: Path) -> None:
     """Staging folders of builds whose process is gone (killed mid-build)."""
     for staging in folder.glob(".building-*"):
         pid = staging.name.split("-")[1]
-        try:
-            if pid.isdigit():
-                os.kill(int(pid), 0)  # signal 0: is it alive?
-                continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # alive, someone else's
+        if pid.isdigit() and running(int(pid)):
             continue
         shutil.rmtree(staging, ignore_errors=True)
 

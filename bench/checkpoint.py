@@ -118,15 +118,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def prune(directory: Path, keep: int, also: set[int] = frozenset()) -> None:
-    """Remove all but the last `keep` epochs and the epochs in `also`, and any temporary folder a
-    killed save left."""
+    """Remove all but the last `keep` epochs and the epochs in `also` (a temporary folder a killed
+    save left is removed by the next run: bench.files.remove_stray_temporaries)."""
     found = epochs(directory)
     wanted = set(found[-keep:] if keep > 0 else []) | set(also)
     for epoch in found:
         if epoch not in wanted:
             shutil.rmtree(directory / f"{_PREFIX}{epoch:04d}", ignore_errors=True)
-    for leftover in directory.glob(f".{_PREFIX}*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --- the process-wide random generators -------------------------------------------------------

@@ -140,13 +140,14 @@ def remove_stray_temporaries(folder: Path) -> list[Path]:
         return removed
     for path in folder.rglob(".*.tmp*"):
         match = _TEMPORARY.match(path.name)
-        if match and not _running(int(match.group(1))):
+        if match and not running(int(match.group(1))):
             _remove(path)
             removed.append(path)
     return removed
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's too)."""
     try:
         os.kill(pid, 0)  # signal 0: is it alive?
     except ProcessLookupError:
