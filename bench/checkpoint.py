@@ -65,11 +65,6 @@ def epochs(directory: Path) -> list[int]:
                   if p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit())
 
 
-def latest(directory: Path) -> Path | None:
-    found = epochs(directory)
-    return directory / f"{_PREFIX}{found[-1]:04d}" if found else None
-
-
 def verify(path: Path) -> None:
     """The files are those the manifest lists, byte for byte (a checkpoint written before manifests
     existed is taken as it is and checked by loading alone)."""

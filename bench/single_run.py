@@ -61,38 +61,48 @@ class RunCheckpoints:
         checkpoint is named and set aside, and the one before it tried. Rank 0 chooses; every rank
         then loads its choice."""
         ranks = self.context.ranks
-        chosen, touched, broken_any = None, False, False
+        chosen, state, touched, error = None, None, False, None
         if self.settings.enabled and ranks.writes:
-            for epoch in reversed(checkpoint.epochs(self.folder)):
-                path = self.folder / f"epoch-{epoch:04d}"
-                try:
-                    state = checkpoint.load_state(path)
-                    self._same_settings(path, state)
-                    touched = True
-                    checkpoint.load_weights(path, model)
-                except checkpoint.BrokenCheckpoint as broken:
-                    moved = checkpoint.set_aside(path)
-                    self.context.log(f"      {self.stem}: {broken}; set aside as {moved.name}")
-                    broken_any = True
-                    continue
-                chosen = path
-                break
-            else:
-                if broken_any:
-                    self.context.log(f"      {self.stem}: no checkpoint left to resume from; starting the run afresh")
-        if ranks.active:
+            try:
+                chosen, state, touched = self._choose(model)
+            except UserError as refused:
+                error = refused
+        if ranks.active:  # rank 0's choice, or its refusal, for every rank
+            message = ranks.broadcast(str(error) if error else None)
+            if message and not error:
+                raise UserError(message)
             chosen = ranks.broadcast(chosen)
             if not ranks.writes and chosen is not None:
                 state = checkpoint.load_state(chosen)
                 checkpoint.load_weights(chosen, model)
+        if error:
+            raise error
         if chosen is None:
             return None, touched
         self.context.log(f"      {self.stem}: resuming after epoch {state['epoch']}")
         return state, False
 
-    def _same_settings(self, path, state: dict) -> None:
-        if state.get("config_hash") != self.fingerprint:
-            raise UserError(f"{path}: a checkpoint of other settings; use --fresh to start over, or another --out")
+    def _choose(self, model: torch.nn.Module) -> tuple:
+        """(the newest checkpoint that loads or None, its state, whether a broken one touched `model`)."""
+        touched, broken_any = False, False
+        for epoch in reversed(checkpoint.epochs(self.folder)):
+            path = self.folder / f"epoch-{epoch:04d}"
+            try:
+                state = checkpoint.load_state(path)
+                if state.get("config_hash") != self.fingerprint:
+                    raise UserError(f"{path}: a checkpoint of other settings; use --fresh to start over, or another "
+                                    "--out")
+                touched = True
+                checkpoint.load_weights(path, model)
+            except checkpoint.BrokenCheckpoint as broken:
+                moved = checkpoint.set_aside(path)
+                self.context.log(f"      {self.stem}: {broken}; set aside as {moved.name}")
+                broken_any = True
+                continue
+            return path, state, False
+        if broken_any:
+            self.context.log(f"      {self.stem}: no checkpoint left to resume from; starting the run afresh")
+        return None, None, touched
 
     def best_epochs(self, history: list[dict]) -> set[int]:
         if not self.keep_best:
