@@ -142,7 +142,7 @@ class SuiteContext:
     def validate(self) -> None:
         """Every recipe of the suite (and its baseline) built as its runs will build it, before any
         data is read: options were validated when the suite was read; here the checks that need
-        the run's tasks and model (an unknown task in frozen_head.alternate, a pair regulariser
+        the run's tasks and model (an option naming a task the recipe lacks, a pair regulariser
         without pair tasks, a pooling the encoder cannot give). The model is an outline (no weights)
         and every task counts one batch."""
         suite = self.suite
