@@ -23,7 +23,7 @@ from strategies.registry import register
 from tasks.errors import UserError
 
 __all__ = ["RunRecord", "Suite", "UserError", "check", "load_baseline", "load_records", "load_suite",
-           "make_baseline", "markdown", "register", "run", "table"]
+           "make_baseline", "markdown", "register", "run", "table", "tune", "verdict"]
 
 
 def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
@@ -59,6 +59,28 @@ def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, reci
     runner = Runner(loaded, out, progress=progress, log=log or (lambda message: None), predictions=predictions,
                     fresh=fresh, shard=shard)
     return runner.run(jobs, executor, address)
+
+
+def tune(suite: str | Path | dict | Suite, *, out: str | Path, trials: int | None = None, storage: str | None = None,
+         recipes: list[str] | None = None, jobs: int | None = None, executor: str = executors.LOCAL,
+         address: str | None = None, final: bool = True, log=None, **overrides) -> list[RunRecord]:
+    """`mtlbench tune`: every recipe tuned at the same budget on a split held out of train (Optuna
+    studies in `storage`, default OUT/tune/study.db), then run with its best settings for the
+    suite's seeds into `out`; returns those records (their `tuned` says how). bench.tuning explains."""
+    from bench.tune_runner import tune as tune_suite
+
+    loaded = load_suite(suite, **overrides)
+    if recipes:
+        loaded = loaded.with_recipes(list(recipes))
+    return tune_suite(loaded, Path(out), trials, storage, jobs, executor, address, final,
+                      log or (lambda message: None))
+
+
+def verdict(runs: list[RunRecord], select: str = "last") -> str:
+    """The verdict of each recipe against the baseline, as markdown (bench.verdict)."""
+    from bench import verdict as verdicts
+
+    return verdicts.markdown(verdicts.verdicts(runs, select))
 
 
 def load_records(directory: str | Path) -> list[RunRecord]:

@@ -1,4 +1,4 @@
-"""`mtlbench` command line: run, list, table, plot, data, baseline, check."""
+"""`mtlbench` command line: run, tune, list, table, plot, data, baseline, check."""
 
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def _run(args) -> int:
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
         suite = suite.with_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    if args.tuned:
+        suite = _tuned(suite, Path(args.tuned), args.storage)
+    elif args.storage:
+        raise UserError("--storage: give it with --tuned DIR (where the studies are), or to `mtlbench tune`")
     if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("under torchrun / accelerate launch, give --out: every process must find the same "
                         "directory (the default is named after the time)")
@@ -72,6 +76,39 @@ def _run(args) -> int:
     print(tables.markdown(tables.summary(records)))
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"\n{out}: table.md, table.csv, table.tex, {plots} over {len(records)} records", file=sys.stderr)
+    return 0
+
+
+def _tuned(suite, directory: Path, storage: str | None):
+    """The suite with each recipe's best settings from the studies `mtlbench tune` left in `directory`."""
+    from bench import tuning
+
+    if storage is None and not (directory / tuning.FOLDER / tuning.DEFAULT_STORAGE).is_file():
+        raise UserError(f"--tuned {directory}: no {tuning.FOLDER}/{tuning.DEFAULT_STORAGE} there (the output folder "
+                        "of `mtlbench tune`); give --storage URL if the studies are in a database")
+    return tuning.tuned_suite(suite, tuning.settings_of(suite), tuning.storage_url(directory, storage))
+
+
+def _tune(args) -> int:
+    from bench import api, tables, tune_runner, verdict
+
+    _check_run_arguments(args)
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials: must be at least 1, got {args.trials}")
+    overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
+                 "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
+    suite = api.load_suite(args.suite, **overrides)
+    if args.recipes:
+        suite = suite.with_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    out = Path(args.out or Path("runs") / f"{suite.name}-tuned-{datetime.now():%Y%m%d-%H%M%S}")
+    records = tune_runner.tune(suite, out, args.trials, args.storage, args.jobs, args.executor, args.address,
+                               final=not args.no_final, log=lambda m: print(m, file=sys.stderr),
+                               progress=not args.no_progress)
+    if records:
+        print(tables.markdown(tables.summary(records)))
+        print("\n" + verdict.markdown(verdict.verdicts(records)))
+    print(f"\n{out}: studies and trials under {out / 'tune'}"
+          + (", tuned runs, table.md (with the verdict)" if records else ""), file=sys.stderr)
     return 0
 
 
@@ -116,8 +153,14 @@ def _table(args) -> int:
     runs = records.load_directories([Path(d) for d in args.dirs])
     table = tables.summary(runs, args.select)
     print({"md": tables.markdown, "csv": tables.csv, "latex": tables.latex}[args.format](table))
+    if args.verdict:
+        from bench import verdict
+
+        print("\n" + verdict.markdown(verdict.verdicts(runs, args.select)))
     if args.write:
-        tables.write_tables(runs, Path(args.dirs[0]), args.select)
+        from bench import verdict
+
+        tables.write_tables(runs, Path(args.dirs[0]), args.select, appendix=verdict.section(runs, args.select))
     return 0
 
 
@@ -195,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="mtlbench", description="Benchmark multi-task fine-tuning strategies.")
     sub = main.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _tune_parser(sub)
     sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
     _records_parsers(sub)
     data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
@@ -235,7 +279,33 @@ def _run_parser(sub) -> None:
     run.add_argument("--fresh", action="store_true", help="discard this suite's earlier records and checkpoints in "
                      "OUT and train every run again (default: finished runs are kept, unfinished ones resume)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--tuned", metavar="DIR", help="run each recipe with its best settings from the studies "
+                     "`mtlbench tune` left in DIR (its records keep `tuned`)")
+    run.add_argument("--storage", metavar="URL", help="with --tuned: the Optuna storage the studies are in "
+                     "(default: DIR/tune/study.db)")
     run.set_defaults(handler=_run)
+
+
+def _tune_parser(sub) -> None:
+    tune = sub.add_parser("tune", help="tune every recipe at an equal budget (validation held out of train), "
+                          "then run each with its best settings and print the table with its verdict")
+    tune.add_argument("suite", help="suite name or path to a suite .toml ([tune] declares the search space)")
+    tune.add_argument("--trials", type=int, help="trials per recipe, the baseline's too (default: [tune] trials, 8)")
+    tune.add_argument("--storage", metavar="URL", help="an Optuna storage URL (sqlite:///..., postgresql://...) "
+                      "several machines share (default: OUT/tune/study.db)")
+    tune.add_argument("--out", help="output folder (default: runs/SUITE-tuned-TIME)")
+    for option, text in (("--recipes", "comma-separated recipe names (default: all)"),
+                         ("--model", "as for run"), ("--data", "as for run"),
+                         ("--data-dir", "as for run"), ("--precision", "as for run"), ("--address", "as for run")):
+        tune.add_argument(option, help=text)
+    for option in ("--seeds", "--epochs", "--threads", "--jobs"):
+        tune.add_argument(option, type=int, help="as for run (--seeds: of the final runs; --jobs: tuning processes "
+                          "sharing the studies)")
+    tune.add_argument("--executor", choices=(executors.LOCAL, "ray"), default=executors.LOCAL,
+                      help="local (this process, or --jobs N processes) or ray (trials as Ray tasks)")
+    tune.add_argument("--no-final", action="store_true", help="tune only; `mtlbench run SUITE --tuned OUT` later")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tune.set_defaults(handler=_tune)
 
 
 def _records_parsers(sub) -> None:
@@ -248,6 +318,9 @@ def _records_parsers(sub) -> None:
                        help="last epoch; each task's best dev epoch (optimistic: chosen on dev); or the test "
                        "scores at each task's best dev epoch (suites with test = true)")
     table.add_argument("--write", action="store_true", help="also rewrite table.md/.csv/.tex in the first DIR")
+    table.add_argument("--verdict", action="store_true", help="also each recipe's verdict against the baseline: "
+                       "per-task differences with 95 %% intervals, Holm-corrected p, inside the scalarisation front "
+                       "or not (docs/fair-comparison.md)")
     table.set_defaults(handler=_table)
 
     plot = sub.add_parser("plot", help="re-render the plots from a directory of records")

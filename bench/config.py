@@ -18,8 +18,12 @@ A suite file:
     [cost]       rounds and block size of the paired step-cost measurement  (CostSettings)
     [check]      tolerances of `mtlbench check`, [check.tasks.NAME] per task (CheckSettings)
     [checkpoints] enabled, keep, keep_best               (CheckpointSettings)
-    [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head, tasks
-                 (tasks: a subset the recipe trains and scores alone; one task = a single-task baseline)
+    [tune]       trials, tune_fraction, seed, objective, pruner, [tune.space]  (TuneSettings; bench.tuning)
+    [front]      enabled, divisions: the static-weight sum over the task simplex  (FrontSettings; bench.front)
+    [[recipes]]  name, sampler, combiner, regularizers, freezing, pooling, pair_head, tasks, train, tune
+                 (tasks: a subset the recipe trains and scores alone; one task = a single-task baseline;
+                 train: this recipe's own [train] values; tune: its strategy options `mtlbench tune`
+                 searches, e.g. "combiner.c" = { low = 0.1, high = 0.9 })
 
 A strategy is a name or a table `{ name = "...", option = value }`; its options are validated
 once, here, into the strategy's typed `Options`.
@@ -40,11 +44,16 @@ from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
 from bench.settings import (
     MAX_SEED,
     MAX_SEEDS,
+    RECIPE_TRAIN_KEYS,
+    TUNABLE_TRAIN_KEYS,
     CheckpointSettings,
     CheckSettings,
     CheckTolerances,
     CostSettings,
+    FrontSettings,
+    SearchRange,
     TrainSettings,
+    TuneSettings,
 )
 from strategies import registry
 from tasks import registry as task_registry
@@ -58,10 +67,12 @@ from tasks.typed import from_table
 # The report calls the pair heads options 1-3.
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
 MODEL_DEFAULTS = {"pooling": "mean", "pair_head": "concat_product"}
-RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head", "tasks")
+RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooling", "pair_head", "tasks", "train",
+               "tune")
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
               "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check",
-              "checkpoints")
+              "checkpoints", "tune", "front")
+STRATEGY_AXES = ("sampler", "combiner", "freezing")  # "regularizers.NAME" besides
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
 
@@ -91,6 +102,11 @@ class Recipe:
     pair_head: str
     position: int = 0  # place in the suite file; kept when --recipes selects a subset
     tasks: tuple[str, ...] | None = None  # None: every task of the suite
+    train: dict[str, Any] = field(default_factory=dict)  # this recipe's own [train] values (RECIPE_TRAIN_KEYS)
+    space: dict[str, SearchRange] = field(default_factory=dict)  # strategy options `tune` searches
+    tuned: dict[str, Any] | None = None  # after `tune`: trials, best trial, parameters, budget
+    front: dict[str, Any] | None = None  # a point of the scalarisation front: its weights
+    trial: dict[str, Any] | None = None  # a tuning trial of `recipe`: study, number, parameters
 
     @property
     def single_task(self) -> str | None:
@@ -112,7 +128,39 @@ class Recipe:
         return {"name": self.name, "sampler": self.sampler.as_dict(), "combiner": self.combiner.as_dict(),
                 "regularizers": [r.as_dict() for r in self.regularizers], "freezing": self.freezing.as_dict(),
                 "pooling": self.pooling, "pair_head": self.pair_head,
-                "tasks": list(self.tasks) if self.tasks is not None else None}
+                "tasks": list(self.tasks) if self.tasks is not None else None,
+                **({"train": dict(self.train)} if self.train else {})}  # older records have no key
+
+    def strategy(self, path: str) -> tuple[str, StrategySpec, int | None]:
+        """(axis, spec, regulariser index) of a search key's strategy: "combiner.c" names the combiner,
+        "regularizers.fgm.epsilon" the regulariser named fgm."""
+        head, _, _ = path.rpartition(".")
+        if head in STRATEGY_AXES:
+            return head, getattr(self, head), None
+        axis, _, name = head.partition(".")
+        if axis == "regularizers":
+            for i, spec in enumerate(self.regularizers):
+                if spec.name == name:
+                    return "regularizer", spec, i
+        raise KeyError(path)
+
+    def with_values(self, values: dict[str, Any]) -> Recipe:
+        """The recipe with [train] values and strategy options replaced (a trial's, or the best):
+        keys are train settings ("lr") or strategy options ("combiner.c")."""
+        train = {**self.train, **{k: v for k, v in values.items() if "." not in k}}
+        recipe = dataclasses.replace(self, train=train)
+        for path, value in values.items():
+            if "." not in path:
+                continue
+            axis, spec, index = recipe.strategy(path)
+            changed = StrategySpec.make(axis, spec.name, {**dataclasses.asdict(spec.options),
+                                                         path.rpartition(".")[2]: value})
+            if index is None:
+                recipe = dataclasses.replace(recipe, **{axis: changed})
+            else:
+                recipe = dataclasses.replace(recipe, regularizers=tuple(
+                    changed if i == index else r for i, r in enumerate(recipe.regularizers)))
+        return recipe
 
 
 @dataclass(frozen=True)
@@ -134,6 +182,9 @@ class Suite:
     cost: CostSettings = field(default_factory=CostSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+    tune: TuneSettings | None = None
+    front: FrontSettings | None = None
+    validation: str = "dev"  # "carved": dev is tune_fraction of train, held out (bench.tuning's trials)
 
     @classmethod
     def from_dict(cls, table: dict, source: str = "<dict>", directory: str | Path | None = None,
@@ -150,14 +201,26 @@ class Suite:
     def tasks_of(self, recipe: Recipe) -> list[str]:
         return list(recipe.tasks) if recipe.tasks is not None else self.tasks
 
+    def train_for(self, recipe: Recipe) -> TrainSettings:
+        """The [train] settings of the recipe's runs: the suite's, with the recipe's own values."""
+        return dataclasses.replace(self.train, **recipe.train) if recipe.train else self.train
+
+    @property
+    def compared(self) -> tuple[Recipe, ...]:
+        """The recipes a table compares: every recipe but the points of the scalarisation front."""
+        return tuple(r for r in self.recipes if r.front is None)
+
     def with_recipes(self, names: list[str]) -> Suite:
-        """The same suite with only the recipes named (each keeps its position and the baseline)."""
+        """The same suite with only the recipes named (each keeps its position and the baseline);
+        the scalarisation front's points stay when the baseline is named (they are its weightings)."""
         known = [r.name for r in self.recipes]
         for name in names:
             if name not in known:
                 raise UserError(f"unknown recipe '{name}'{nearest(name, known)}; suite '{self.name}' has: "
                                 f"{', '.join(known)}")
-        return dataclasses.replace(self, recipes=tuple(r for r in self.recipes if r.name in names))
+        keep_front = self.baseline is not None and self.baseline.name in names
+        return dataclasses.replace(self, recipes=tuple(r for r in self.recipes if r.name in names
+                                                       or (keep_front and r.front is not None)))
 
     def resolved(self) -> dict:
         return {"name": self.name, "tasks": self.tasks, "data": self.data, "data_dir": self.data_dir, "test": self.test,
@@ -166,7 +229,12 @@ class Suite:
                 "check": self.check.as_dict(), "checkpoints": dataclasses.asdict(self.checkpoints),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
                 "tiny_encoder": dataclasses.asdict(self.tiny_encoder) if self.model == TINY else None,
-                "source": self.source}
+                "source": self.source,
+                # only when set, so that records made before these existed keep their config hash
+                **({"tune": self.tune.as_dict()} if self.tune else {}),
+                **({"front": dataclasses.asdict(self.front)} if self.front else {}),
+                **({"validation": {"split": self.validation, "tune_fraction": self.tune.tune_fraction,
+                                   "seed": self.tune.seed}} if self.validation != "dev" else {})}
 
 
 def suite_names() -> list[str]:
@@ -203,8 +271,14 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
     specs = suite_tasks(raw.get("tasks", ["sst", "quora", "sts"]), path)
     data, test = _data(raw, specs, where), _flag(raw, "test", where)
     seeds, train = _seeds(raw, where), _train(raw, where)
-    recipes = _recipes(raw, list(specs), where)
+    recipes = _recipes(raw, list(specs), where, dataclasses.asdict(train))
     baseline = _baseline(raw, recipes, where)
+    tune = _tune(raw.get("tune"), train, f"{where} [tune]")
+    front = from_table(FrontSettings, raw["front"], f"{where} [front]") if "front" in raw else None
+    if front is not None and front.enabled:
+        if len(specs) < 2:
+            raise UserError(f"{where} [front]: the scalarisation front needs at least two tasks")
+        recipes += front_points(baseline, list(specs), front, len(recipes))
     cost = from_table(CostSettings, raw.get("cost", {}), f"{where} [cost]")
     checkpoints = from_table(CheckpointSettings, raw.get("checkpoints", {}), f"{where} [checkpoints]")
     return Suite(
@@ -214,6 +288,7 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         tiny_encoder=from_table(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
         recipes=recipes, source=str(path), test=test, baseline=baseline, cost=cost,
         check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
+        tune=tune, front=front,
     )
 
 
@@ -287,7 +362,7 @@ def _train(raw: dict, where: str) -> TrainSettings:
     return train
 
 
-def _recipes(raw: dict, suite_tasks: list[str], where: str) -> tuple[Recipe, ...]:
+def _recipes(raw: dict, suite_tasks: list[str], where: str, train_table: dict) -> tuple[Recipe, ...]:
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UserError(f"{where} [defaults]: expected a table, got {defaults!r}")
@@ -297,7 +372,8 @@ def _recipes(raw: dict, suite_tasks: list[str], where: str) -> tuple[Recipe, ...
         raise UserError(f"{where}: no [[recipes]]")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise UserError(f"{where}: recipes: expected [[recipes]] tables, got {entries!r}")
-    recipes = tuple(_recipe(e, defaults, f"{where} recipes[{i}]", suite_tasks, i) for i, e in enumerate(entries))
+    recipes = tuple(_recipe(e, defaults, f"{where} recipes[{i}]", suite_tasks, i, train_table)
+                    for i, e in enumerate(entries))
     seen = set()
     for recipe in recipes:
         if recipe.name in seen:
@@ -306,7 +382,8 @@ def _recipes(raw: dict, suite_tasks: list[str], where: str) -> tuple[Recipe, ...
     return recipes
 
 
-def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str], position: int) -> Recipe:
+def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str], position: int, train_table: dict
+            ) -> Recipe:
     merged = {**strategies.DEFAULT_RECIPE, **MODEL_DEFAULTS, **defaults, **entry}
     check_keys(merged, RECIPE_KEYS, where)
     regularizers = merged["regularizers"]
@@ -317,7 +394,7 @@ def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str], pos
     name = merged.get("name") or "+".join([sampler.name, combiner.name] +
                                           [r if isinstance(r, str) else r.get("name", "?") for r in regularizers])
     check_name(name, f"{where}.name")
-    return Recipe(
+    recipe = Recipe(
         name=name, sampler=sampler, combiner=combiner,
         regularizers=tuple(_strategy("regularizer", r, f"{where}.regularizers[{i}]")
                            for i, r in enumerate(regularizers)),
@@ -325,7 +402,91 @@ def _recipe(entry: dict, defaults: dict, where: str, suite_tasks: list[str], pos
         pooling=_choice(merged["pooling"], POOLINGS, f"{where}.pooling"),
         pair_head=_choice(merged["pair_head"], PAIR_HEADS, f"{where}.pair_head", PAIR_HEAD_ALIASES),
         position=position, tasks=_recipe_tasks(merged.get("tasks"), suite_tasks, where),
+        train=_recipe_train(merged.get("train", {}), train_table, f"{where}.train"),
     )
+    return dataclasses.replace(recipe, space=_recipe_space(merged.get("tune", {}), recipe, f"{where}.tune"))
+
+
+def _recipe_train(table: Any, suite_train: dict, where: str) -> dict[str, Any]:
+    """A recipe's own [train] values: the keys of RECIPE_TRAIN_KEYS, checked as [train] checks them."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table of [train] values, got {table!r}")
+    for key in table:
+        if key not in RECIPE_TRAIN_KEYS:
+            raise UserError(f"{where}: '{key}' cannot differ between recipes{nearest(key, RECIPE_TRAIN_KEYS)}; "
+                            f"a recipe may set {', '.join(RECIPE_TRAIN_KEYS)}")
+    checked = from_table(TrainSettings, {**suite_train, **table}, where)
+    return {k: getattr(checked, k) for k in table}
+
+
+def _search_range(value: Any, where: str) -> SearchRange:
+    return from_table(SearchRange, value, where)
+
+
+def _recipe_space(table: Any, recipe: Recipe, where: str) -> dict[str, SearchRange]:
+    """A recipe's own search dimensions: its strategies' numeric options, each range checked by
+    building the strategy at both ends."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table of \"axis.option\" = {{ low, high }}, got {table!r}")
+    space = {}
+    for path, value in table.items():
+        try:
+            axis, spec, _ = recipe.strategy(path)
+        except KeyError:
+            raise UserError(f"{where}: '{path}' names no strategy of the recipe; write \"combiner.OPTION\", "
+                            "\"sampler.OPTION\", \"freezing.OPTION\" or \"regularizers.NAME.OPTION\"") from None
+        option = path.rpartition(".")[2]
+        current = getattr(spec.options, option, None)
+        if option not in {f.name for f in dataclasses.fields(spec.options)} or not isinstance(
+                current, int | float) or isinstance(current, bool):
+            raise UserError(f"{where}.{path}: {axis} '{spec.name}' has no numeric option '{option}'")
+        found = _search_range(value, f"{where}.\"{path}\"")
+        for end in (found.low, found.high):  # both ends must be options the strategy takes
+            try:
+                recipe.with_values({path: int(end) if isinstance(current, int) else end})
+            except UserError as error:
+                raise UserError(f"{where}.\"{path}\": the range's end {end:g} is refused: {error}") from None
+        space[path] = found
+    return space
+
+
+def _tune(table: Any, train: TrainSettings, where: str) -> TuneSettings | None:
+    """[tune]; its space's keys are [train] settings (default: lr from a tenth to ten times the suite's)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    table = dict(table)
+    raw_space = table.pop("space", {"lr": {"low": train.lr / 10, "high": train.lr * 10, "log": True}})
+    if not isinstance(raw_space, dict) or not raw_space:
+        raise UserError(f"{where}.space: expected a table of setting = {{ low, high, log }}, got {raw_space!r}")
+    space = {}
+    for key, value in raw_space.items():
+        if key not in TUNABLE_TRAIN_KEYS:
+            raise UserError(f"{where}.space: '{key}' is not a setting tune searches{nearest(key, TUNABLE_TRAIN_KEYS)}; "
+                            f"searched: {', '.join(TUNABLE_TRAIN_KEYS)} (a recipe adds its strategy options with "
+                            "its own tune = {...})")
+        space[key] = _search_range(value, f"{where}.space.{key}")
+        for end in (space[key].low, space[key].high):
+            from_table(TrainSettings, {**dataclasses.asdict(train), key: end}, f"{where}.space.{key}")
+    return dataclasses.replace(from_table(TuneSettings, table, where), space=space)
+
+
+def front_points(baseline: Recipe, tasks: list[str], front: FrontSettings, first_position: int
+                 ) -> tuple[Recipe, ...]:
+    """The baseline recipe with the static-weight sum at every point of the simplex grid (bench.front)."""
+    from bench.front import simplex_grid
+
+    divisions = front.divisions_for(len(tasks))
+    points = []
+    for i, counts in enumerate(simplex_grid(len(tasks), divisions)):
+        weights = {t: len(tasks) * c / divisions for t, c in zip(tasks, counts)}
+        combiner = StrategySpec.make("combiner", "weighted", {"weights": weights})
+        points.append(dataclasses.replace(
+            baseline, name="front@" + "-".join(str(c) for c in counts), combiner=combiner,
+            position=first_position + i, space={}, front={"weights": weights, "grid": list(counts),
+                                                          "divisions": divisions}))
+    return tuple(points)
 
 
 def _strategy(axis: str, value: Any, where: str) -> StrategySpec:

@@ -72,8 +72,8 @@ def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str
 def comparable_config(config: dict) -> dict:
     """What a run's result depends on, from its record's `config`: not the suite's other seeds, the
     file it came from, its description or the gate's tolerances."""
-    suite = {k: v for k, v in config.get("suite", {}).items() if k not in ("seeds", "source", "check", "description",
-                                                                     "checkpoints")}
+    suite = {k: v for k, v in config.get("suite", {}).items() if k not in (
+        "seeds", "source", "check", "description", "checkpoints", "tune", "front")}
     return {"suite": suite, "recipe": config.get("recipe"), "tasks": config.get("tasks")}
 
 
@@ -91,8 +91,11 @@ class SuiteContext:
     torchrun, every rank trains each run together (one shard of every batch); rank 0 alone prepares
     first, logs and writes (bench.parallel)."""
 
-    def __init__(self, suite: Suite, out_dir: Path, log=print, progress: bool = True, predictions: bool = False):
+    def __init__(self, suite: Suite, out_dir: Path, log=print, progress: bool = True, predictions: bool = False,
+                 prepared: Prepared | None = None):
         self.suite, self.out_dir = suite, Path(out_dir)
+        if prepared is not None:  # another context's, of a suite with the same data (the trials of `tune`)
+            self.__dict__["prepared"] = prepared
         self.predictions = predictions  # write each task's per-split predictions (best dev epoch)
         device = select_device(suite.train.device)
         self.ranks = parallel.from_environment(device.type)
@@ -150,19 +153,19 @@ class SuiteContext:
         for recipe in suite.recipes + extra:
             tasks = suite.tasks_of(recipe)
             make_strategies(recipe, self.outline(recipe), dict.fromkeys(tasks, 1), dict.fromkeys(tasks, 1), 0,
-                            suite.train.epochs, self.where(recipe))
+                            suite.train_for(recipe).epochs, self.where(recipe))
 
     def outline(self, recipe: Recipe) -> MultiTaskModel:
         """The recipe's model on the meta device, its heads from the declared task definitions: the
         parameters' names that a freezing schedule reads, without building or loading an encoder."""
-        suite = self.suite
+        suite, train = self.suite, self.suite.train_for(recipe)
         encoder = backbone.encoder_outline(suite.model, suite.tiny_encoder)
         try:
             with torch.device("meta"), warnings.catch_warnings():
                 # A head whose label set is inferred from data not read yet has no outputs here.
                 warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
                 return MultiTaskModel(encoder, [suite.specs[t] for t in suite.tasks_of(recipe)], recipe.pooling,
-                                      recipe.pair_head, suite.train.single_head, suite.train.dropout, model_path=None)
+                                      recipe.pair_head, train.single_head, train.dropout, model_path=None)
         except ValueError as error:  # a pooling the encoder cannot give (last4_mean on 2 layers)
             raise UserError(f"{self.where(recipe)}.pooling: {error}") from None
 
@@ -170,12 +173,12 @@ class SuiteContext:
 
     def build(self, recipe: Recipe, seed: int) -> RunParts:
         """The model, strategies and data of one run (recipe x seed): everything seeded from `seed`."""
-        suite, prepared = self.suite, self.prepared
+        suite, prepared, train = self.suite, self.prepared, self.suite.train_for(recipe)
         seed_everything(seed)
         encoder = backbone.load_encoder(prepared.model_path)
         tasks = suite.tasks_of(recipe)
         model = MultiTaskModel(encoder, [self.specs[t] for t in tasks], recipe.pooling, recipe.pair_head,
-                               suite.train.single_head, suite.train.dropout, prepared.model_path)
+                               train.single_head, train.dropout, prepared.model_path)
         mode = model.pair_mode
         generator = torch.Generator().manual_seed(seed)
         train_sets = {}
@@ -185,9 +188,9 @@ class SuiteContext:
             spec = self.specs[task]
             # MLM masks are drawn from the run's seed, one generator per MLM task.
             masker = Masker(prepared.tokenizer, seed * 1000 + 500 + i) if spec.kind is TaskKind.MLM else None
-            train_sets[task] = TaskBatches(prepared.tokens[mode, task, "train"], spec, suite.train.batch_size,
+            train_sets[task] = TaskBatches(prepared.tokens[mode, task, "train"], spec, train.batch_size,
                                            prepared.pad_id, generator, masker)
-        strategies = build_strategies(recipe, model, train_sets, seed, suite.train.epochs, self.where(recipe))
+        strategies = build_strategies(recipe, model, train_sets, seed, train.epochs, self.where(recipe))
         return RunParts(model, strategies, train_sets,
                         dev_sets={t: prepared.tokens[mode, t, "dev"] for t in tasks},
                         test_sets={t: prepared.tokens[mode, t, "test"] for t in tasks} if suite.test else {},

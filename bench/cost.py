@@ -33,7 +33,7 @@ class _Stepper:
         parts = context.build(recipe, seed)  # a fresh model: the trained run's state stays as it was
         model, strategies, train_sets, device = parts.model, parts.strategies, parts.train_sets, context.device
         self.model, self.strategies, self.device, self.epochs = model.to(device), strategies, device, epochs
-        train = context.suite.train
+        train = context.suite.train_for(recipe)
         self.optimizer = make_optimizer(strategies.freezing.parameter_groups(train.lr, train.weight_decay)
                                         + strategies.combiner.optimizer_groups(train.lr, device))
         # The task sets of the sampler's first steps, repeated until a block holds `block_batches`
@@ -80,7 +80,7 @@ def paired_step_cost(context: SuiteContext, recipe: Recipe, seed: int) -> dict:
     """The recipe's step cost over the suite baseline's (see the module docstring); the spread is
     the interquartile range of the per-round ratios. Random streams are restored afterwards."""
     settings, baseline = context.suite.cost, context.suite.baseline
-    epochs = context.suite.train.epochs
+    epochs = context.suite.train_for(recipe).epochs
     python_state, numpy_state = random.getstate(), np.random.get_state()  # building a model reseeds them
     with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
         steppers = {"recipe": _Stepper(context, recipe, seed, settings.block_batches, epochs),

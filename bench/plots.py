@@ -13,32 +13,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
 
-from bench.files import atomic
+from bench.figures import colors as _colors
+from bench.figures import save as _save
 from bench.records import RunRecord
 from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
 from tasks.errors import UserError
 from tasks.metrics import HIGHER_IS_BETTER, lower_is_better
 
 FAMILY_COLORS = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
-
-
-def _colors(count: int) -> list:
-    """One distinct colour per recipe (matplotlib's default cycle repeats after ten)."""
-    if count <= 10:
-        return list(plt.get_cmap("tab10").colors)[:count]
-    if count <= 20:
-        return list(plt.get_cmap("tab20").colors)[:count]
-    return [plt.get_cmap("turbo")(i / (count - 1)) for i in range(count)]
-
-
-def _save(fig, path: Path) -> Path:
-    """Rendered to a temporary file beside `path`, then renamed: no half-written PNG."""
-    try:
-        with atomic(path, suffix=".png") as temporary:
-            fig.savefig(temporary, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
 
 
 def _order(table) -> list:
@@ -60,8 +42,11 @@ def write_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -
         raise UserError(f"{out_dir}: no finished runs to plot (every run diverged)")
     table = summary(records, select)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from bench.front_plots import front_plots
+
     return [_heatmap(table, records, out_dir, select), _dots(table, records, out_dir, select),
-            _quality_vs_cost(table, records, out_dir), *_conflict_plots(records, out_dir)]
+            _quality_vs_cost(table, records, out_dir), *_conflict_plots(records, out_dir),
+            *front_plots(records, out_dir, select)]
 
 
 def _heatmap(table, records, out_dir: Path, select: str) -> Path:

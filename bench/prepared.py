@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench import backbone
+from bench import backbone, holdout
 from bench.config import Suite
 from bench.data import encoding_for, tokenize
 from bench.files import check_writable_folder
@@ -31,6 +31,9 @@ class Prepared:
     tokens: dict
     unlabelled_test: frozenset
     seconds: float
+    # With a carved validation split (suite.validation = "carved"): per task, the indices of the
+    # original train rows that train and that score ({"train": [...], "dev": [...]}; bench.holdout).
+    carved_from_train: dict[str, dict[str, list[int]]] | None = None
 
 
 def prepare(suite: Suite, log=print) -> Prepared:
@@ -41,6 +44,15 @@ def prepare(suite: Suite, log=print) -> Prepared:
     # The definitions with their label sets resolved (read from a label map or inferred from train).
     specs = {t: suite.specs[t].with_labels(d.labels, d.label_origin) if d.labels else suite.specs[t]
              for t, d in data.items()}
+    carved_from_train = None
+    if suite.validation == "carved":  # bench.tuning's trials: dev is held out of train
+        carved_from_train = {}
+        for task in list(data):
+            try:
+                data[task], carved_from_train[task] = holdout.carved(data[task], specs[task], suite.tune.tune_fraction,
+                                                                     suite.tune.seed)
+            except ValueError as error:
+                raise UserError(f"{suite.source} [tune]: {error}") from None
     splits = ("train", "dev", "test") if suite.test else ("train", "dev")
     for task, loaded in data.items():
         if suite.test and not loaded.rows.get("test"):
@@ -67,4 +79,4 @@ def prepare(suite: Suite, log=print) -> Prepared:
     unlabelled = frozenset(t for t, d in data.items() if suite.test and d.rows["test"]
                            and specs[t].kind.info.labels != "none" and not {"label", "tags"} & set(d.rows["test"][0]))
     return Prepared(data, specs, splits, model_path, tokenizer, pad_id, max_length, tokens, unlabelled,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, carved_from_train)

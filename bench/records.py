@@ -2,8 +2,10 @@
 API) gets, written atomically and loaded with clear errors.
 
 The JSON schema is the record's fields in declaration order, by status: a finished run has every
-key but `diverged` (`test_at_best_dev` only when its suite scores test); a diverged one has the
-identity keys, `status`, `diverged`, `history` (the epochs before), `env` and `created`."""
+key but `diverged` and `pruned` (`test_at_best_dev` only when its suite scores test; `tuned`, `trial`
+and `front` only on runs of `mtlbench tune` and points of the scalarisation front); a diverged one
+has the identity keys, `status`, `diverged`, `history` (the epochs before), `env` and `created`; a
+trial the pruner stopped (status "pruned") has `pruned` in place of `diverged`, and `trial`."""
 
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ class RunRecord:
     config_hash: str
     primary_metrics: dict[str, str]  # task -> metric
     data: dict[str, Any] | None = None  # source, rows and skipped rows per task and split
-    status: Literal["finished", "diverged"] = "finished"  # absent in records before checkpoints: finished
+    status: Literal["finished", "diverged", "pruned"] = "finished"  # absent in records before checkpoints
     diverged: dict[str, Any] | None = None  # bench.step.Diverged.place(): what, task, epoch, step
+    pruned: dict[str, Any] | None = None  # a tuning trial stopped early: epoch, value (bench.tuning)
     model: dict[str, Any] | None = None
     metrics: dict[str, dict[str, float | None]] | None = None  # last epoch's dev metrics per task
     best: dict[str, dict[str, float | None]] | None = None  # each task's best dev epoch: {"epoch", metrics...}
@@ -57,6 +60,9 @@ class RunRecord:
     env: dict[str, Any] | None = None
     created: str | None = None
     test_at_best_dev: dict[str, dict[str, Any]] | None = None
+    trial: dict[str, Any] | None = None  # a tuning trial: study, recipe, number, parameters (bench.tuning)
+    tuned: dict[str, Any] | None = None  # a run with tuned settings: trials, best trial, parameters, budget
+    front: dict[str, Any] | None = None  # a point of the scalarisation front: its weights (bench.front)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer schema, kept as they were
     path: Path | None = None  # the file it was loaded from; not written
 
@@ -65,15 +71,18 @@ class RunRecord:
     KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
         "finished": IDENTITY + ("status", "model", "metrics", "best", "overall", "overall_best", "history", "train",
                                 "eval", "cost", "examples_file", "peak_memory_mb", "memory", "strategies", "env",
-                                "created", "test_at_best_dev"),
-        "diverged": IDENTITY + ("status", "diverged", "history", "env", "created"),
+                                "created", "test_at_best_dev", "trial", "tuned", "front"),
+        "diverged": IDENTITY + ("status", "diverged", "history", "env", "created", "trial", "tuned", "front"),
+        "pruned": IDENTITY + ("status", "pruned", "history", "env", "created", "trial"),
     }
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"test_at_best_dev"})  # written only when present
+    # written only when present
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"test_at_best_dev", "trial", "tuned", "front"})
     # What tables, plots and the gate read, by status: a record without one of these is refused.
     REQUIRED: ClassVar[dict[str, tuple[str, ...]]] = {
         "finished": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "metrics",
                      "best", "overall", "overall_best", "train", "peak_memory_mb"),
         "diverged": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "diverged"),
+        "pruned": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "pruned", "trial"),
     }
 
     @property
@@ -99,7 +108,7 @@ class RunRecord:
         where = path if path is not None else "run record"
         status = values.get("status", "finished")
         if status not in cls.REQUIRED:
-            raise UserError(f"{where}: unknown status {status!r} (expected 'finished' or 'diverged')")
+            raise UserError(f"{where}: unknown status {status!r} (expected 'finished', 'diverged' or 'pruned')")
         missing = [key for key in cls.REQUIRED[status] if key not in values]
         if missing:
             raise UserError(f"{where}: not a complete run record: missing key '{missing[0]}'"

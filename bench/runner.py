@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench import checkpoint, examples, executors, plots, tables
+from bench import checkpoint, examples, executors, plots, tables, verdict
 from bench.config import Suite
 from bench.context import SuiteContext, comparable_config
 from bench.executors.base import RunsLost, Todo
@@ -167,7 +167,7 @@ class Runner:
             every_record = load_records(self.out_dir, allow_empty=True)
             if not every_record:  # a shard with no runs of its own, into an empty directory
                 return every_record
-            tables.write_tables(every_record, self.out_dir)
+            tables.write_tables(every_record, self.out_dir, appendix=verdict.section(every_record))
             if any(r.finished for r in every_record):
                 plots.write_plots(every_record, self.out_dir)
             else:

@@ -118,3 +118,77 @@ class CheckpointSettings:
     def __post_init__(self):
         if self.keep < 0 or not isinstance(self.keep_best, (bool, type(None))):
             raise ValueError("keep must be >= 0 and keep_best true or false")
+
+
+# What a recipe may set for itself (`[[recipes]] train = {...}`) and what `mtlbench tune` searches:
+# the optimisation settings of one run, not the data's shape (max_length) or where it runs.
+RECIPE_TRAIN_KEYS = ("lr", "weight_decay", "warmup_ratio", "dropout", "max_grad_norm", "epochs", "batch_size")
+TUNABLE_TRAIN_KEYS = ("lr", "weight_decay", "warmup_ratio", "dropout", "max_grad_norm")
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """One dimension of the search: a number from `low` to `high` (log-uniform with `log`); an
+    integer option of a strategy is searched over the integers in the range."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low = {self.low}, high = {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """`[tune]` of a suite (bench.tuning): `trials` per recipe, the baseline's as many as any
+    other's; TPE from `seed` (the same for every recipe: each starts from the same random points);
+    the median pruner on the per-epoch validation score after `startup_trials`; the objective on a
+    validation split of `tune_fraction` of train (never dev or test). `space`: the [train] settings
+    searched, e.g. lr = { low = 1e-4, high = 1e-2, log = true }."""
+
+    trials: int = 8
+    tune_fraction: float = 0.2
+    seed: int = 0
+    objective: str = "mean"  # "mean" of the primary metrics, or "delta_m" % against the baseline's defaults
+    pruner: str = "median"  # or "none"
+    startup_trials: int = 3
+    space: dict[str, SearchRange] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.trials < 1 or self.startup_trials < 0:
+            raise ValueError("trials must be at least 1 and startup_trials at least 0")
+        if not 0.05 <= self.tune_fraction <= 0.5:
+            raise ValueError(f"tune_fraction is the share of train held out, from 0.05 to 0.5; got {self.tune_fraction}")
+        if self.objective not in ("mean", "delta_m"):
+            raise ValueError(f"objective must be 'mean' or 'delta_m', got {self.objective!r}")
+        if self.pruner not in ("median", "none"):
+            raise ValueError(f"pruner must be 'median' or 'none', got {self.pruner!r}")
+
+    def as_dict(self) -> dict:
+        return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "space"},
+                "space": {k: r.as_dict() for k, r in self.space.items()}}
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """`[front]` of a suite (bench.front): the static-weight sum at every point of a grid on the
+    task simplex (weights k/divisions, summing to the number of tasks, so the uniform point is the
+    plain sum), each with the suite's seeds and the baseline's settings (its tuned ones after
+    `tune`). divisions 0: 6 for two tasks (7 points), 4 for three (15 points), 3 beyond."""
+
+    enabled: bool = True
+    divisions: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.divisions <= 12:
+            raise ValueError(f"divisions must be from 1 to 12 (0: chosen by the number of tasks), got {self.divisions}")
+
+    def divisions_for(self, tasks: int) -> int:
+        return self.divisions or {1: 1, 2: 6, 3: 4}.get(tasks, 3)

@@ -5,6 +5,7 @@ written atomically. Every executor calls `run_one`; nothing here knows how runs 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from datetime import UTC, datetime
 
 import torch
@@ -20,9 +21,18 @@ from bench.trainer import TrainingLoop, TrainOutcome
 from tasks.errors import UserError
 
 
-def run_one(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | None:
+class Pruned(Exception):
+    """Raised by a `watch` callback: the run stops after this epoch (a tuning trial the pruner stopped)."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"pruned after epoch {epoch} (objective {value:.4f})")
+        self.epoch, self.value = epoch, value
+
+
+def run_one(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> RunRecord | None:
     """Train (or resume, or find finished) one run and write its record; None if another process
-    holds it. Workers call this too: the record is written under the run's lock."""
+    holds it. Workers call this too: the record is written under the run's lock. `watch(epoch,
+    history)` is called after each epoch's checkpoint and may raise `Pruned`."""
     stem = context.stem(recipe, seed)
     lock = context.out_dir / checkpoint.DIRECTORY / f".{stem}.lock"
     record_path = context.out_dir / f"{stem}.json"
@@ -37,7 +47,7 @@ def run_one(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | Non
             if not ranks.writes:
                 return None
             return RunRecord.from_dict(read_json(record_path), record_path)
-        record = train_run(context, recipe, seed)
+        record = train_run(context, recipe, seed, watch)
         if not ranks.writes:
             return None
         record.write(record_path)
@@ -49,8 +59,9 @@ class RunCheckpoints:
     """A run's epoch checkpoints (bench.checkpoint): the one to resume from, a save at each epoch's
     end, and what to keep. Rank 0 alone reads and writes them; every rank resumes from its find."""
 
-    def __init__(self, context: SuiteContext, stem: str, fingerprint: str, specs: dict):
+    def __init__(self, context: SuiteContext, stem: str, fingerprint: str, specs: dict, epochs: int):
         self.context, self.stem, self.fingerprint, self.specs = context, stem, fingerprint, specs
+        self.epochs = epochs
         self.settings = context.suite.checkpoints
         self.folder = checkpoint.run_directory(context.out_dir, stem)
         self.keep_best = context.suite.test if self.settings.keep_best is None else self.settings.keep_best
@@ -117,7 +128,7 @@ class RunCheckpoints:
             state = {**state_dict(), "config_hash": self.fingerprint}
             checkpoint.save(self.folder, epoch, model, state)
             checkpoint.prune(self.folder, max(self.settings.keep, 1), self.best_epochs(state["outcome"]["history"]))
-            self.context.log(f"      {self.stem}: epoch {epoch}/{self.context.suite.train.epochs} checkpoint saved")
+            self.context.log(f"      {self.stem}: epoch {epoch}/{self.epochs} checkpoint saved")
         return save
 
     def finish(self, history: list[dict]) -> None:
@@ -128,27 +139,38 @@ class RunCheckpoints:
                 self.folder.rmdir()
 
 
-def train_run(context: SuiteContext, recipe: Recipe, seed: int) -> RunRecord | None:
+def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> RunRecord | None:
     """Build, resume, train and score one run; its record (rank 0), or None on the other ranks."""
     suite, prepared = context.suite, context.prepared
-    torch.set_num_threads(suite.train.threads)
+    train = suite.train_for(recipe)
+    torch.set_num_threads(train.threads)
     stem = context.stem(recipe, seed)
     specs = {t: context.specs[t] for t in suite.tasks_of(recipe)}
     config = context.run_config(recipe)
     identity = _identity(context, recipe, seed, stem, config)
-    saves = RunCheckpoints(context, stem, identity["config_hash"], specs)
+    saves = RunCheckpoints(context, stem, identity["config_hash"], specs, train.epochs)
     parts = context.build(recipe, seed)
     resume, half_loaded = saves.resume_into(parts.model)
     if half_loaded:  # a broken checkpoint's weights went partly into the model: start from a fresh one
         parts = context.build(recipe, seed)
-    loop = TrainingLoop(parts, suite.train, context.device, context.ranks, context.progress, context.predictions)
+    loop = TrainingLoop(parts, train, context.device, context.ranks, context.progress, context.predictions)
     if resume is not None:
         loop.load_state_dict(resume)
+    save, history = saves.saver(parts.model), loop.state.outcome.history
+
+    def on_epoch_end(epoch, state_dict):
+        save(epoch, state_dict)
+        if watch is not None:
+            watch(epoch, history)
     try:
-        outcome = loop.run(on_epoch_end=saves.saver(parts.model))
+        outcome = loop.run(on_epoch_end=on_epoch_end)
     except Diverged as diverged:
         context.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
         return RunRecord(**identity, status="diverged", diverged=diverged.place(),
+                         history=loop.state.outcome.history, env=environment(context.device), created=_now())
+    except Pruned as pruned:
+        shutil.rmtree(saves.folder, ignore_errors=True)  # a stopped trial resumes nowhere
+        return RunRecord(**identity, status="pruned", pruned={"epoch": pruned.epoch, "value": pruned.value},
                          history=loop.state.outcome.history, env=environment(context.device), created=_now())
     parameters = sum(p.numel() for p in parts.model.parameters())
     model = {"name": suite.model, "path": prepared.model_path, "parameters": parameters,
@@ -196,6 +218,7 @@ def _identity(context: SuiteContext, recipe: Recipe, seed: int, stem: str, confi
         "data": {"source": context.suite.data, "sources": {t: d.source for t, d in data.items()},
                  "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in data.items()},
                  "skipped": {t: d.skipped for t, d in data.items()}},
+        "trial": recipe.trial, "tuned": recipe.tuned, "front": recipe.front,
     }
 
 

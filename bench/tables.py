@@ -119,7 +119,9 @@ def primary_columns(records: list[RunRecord]) -> list[str]:
 
 def summary(records: list[RunRecord], select: str = "last", significance: bool = True) -> pd.DataFrame:
     """Per recipe (suite order): mean, std and 95 % interval over seeds of every column; family,
-    Δm % and significance against the baseline recipe (the columns 'info' and 'p')."""
+    Δm % and significance against the baseline recipe (the columns 'info' and 'p'). The points of
+    the scalarisation front and pruned tuning trials are left out (bench.verdict shows the front)."""
+    records = [r for r in records if r.front is None and r.status != "pruned"] or records
     runs = runs_frame(records, select)
     keys = ["suite", "recipe"]
     order = runs.groupby(keys, sort=False)["recipe_index"].min().sort_values(kind="stable")
@@ -143,7 +145,7 @@ def summary(records: list[RunRecord], select: str = "last", significance: bool =
     table[("info", "family")] = [family(every_run[key][0], base_of[key]) for key in table.index]
     table[("info", "Δm %")] = _delta_m(table, records)
     primary = primary_columns(records)
-    p_values = (_significance(by_recipe, baselines, table.index, select) if significance and select != "test"
+    p_values = (paired_significance(by_recipe, baselines, table.index, select) if significance and select != "test"
                 else {})
     for column in primary:
         table[("p", column)] = [p_values.get((key, column), np.nan) for key in table.index]
@@ -181,7 +183,7 @@ def _delta_m(table: pd.DataFrame, records: list[RunRecord]) -> list[float]:
     return out
 
 
-def _significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
+def paired_significance(by_recipe: dict, baselines: dict, index, select: str) -> dict:
     """{((suite, recipe), column): p-value} of the paired bootstrap against the baseline recipe,
     over the seeds both have, where every run kept its per-example dev predictions."""
     from types import SimpleNamespace
@@ -313,10 +315,12 @@ def csv(table: pd.DataFrame) -> str:
     return flat.reset_index().to_csv(index=False, float_format="%.6g")
 
 
-def write_tables(records: list[RunRecord], out_dir: Path, select: str = "last") -> dict[str, Path]:
+def write_tables(records: list[RunRecord], out_dir: Path, select: str = "last", appendix: str = ""
+                 ) -> dict[str, Path]:
+    """table.md (then `appendix`: the verdict, bench.verdict.section), table.csv and table.tex."""
     table = summary(records, select)
     written = {}
-    for name, text in (("table.md", markdown(table) + "\n"), ("table.csv", csv(table)), ("table.tex", latex(table))):
+    for name, text in (("table.md", markdown(table) + "\n" + (f"\n{appendix}" if appendix else "")), ("table.csv", csv(table)), ("table.tex", latex(table))):
         write_text_atomic(out_dir / name, text)
         written[name] = out_dir / name
     return written

@@ -18,7 +18,7 @@ class SourceType:
 
 
 SOURCES: dict[str, SourceType] = {
-    "synthetic": SourceType(synthetic.read, ("generator",),
+    "synthetic": SourceType(synthetic.read, ("generator", *synthetic.DIALS),
                             "the embedded generator; offline, the default"),
     "files": SourceType(files.read, ("train", "dev", "test", "format", "columns", "quoting", "on_bad_row"),
                         "CSV, TSV or JSON-lines files with a column mapping"),

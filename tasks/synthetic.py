@@ -327,7 +327,22 @@ def tagging_example(rng: random.Random, config: SyntheticConfig, binary: bool) -
     return {"tokens": tokens, "tags": [int(t != "O") for t in tags] if binary else tags}
 
 
-GENERATORS = ("sst", "quora", "sts", "ner", "entity")
+def polarity_example(rng: random.Random) -> dict:
+    """A review whose label is its polarity (1 positive, 0 negative; neutral reviews are not drawn):
+    the feature the `direction` dial turns against itself (two tasks, the same sentences)."""
+    while True:
+        example = sentiment_example(rng, 0.0)
+        if example["label"] != 2:
+            return {"text": example["text"], "label": int(example["label"] > 2)}
+
+
+GENERATORS = ("sst", "quora", "sts", "ner", "entity", "polarity")
+CLASSES = {"sst": 5, "quora": 2, "polarity": 2}  # the generators whose labels `label_noise` flips
+# The dials where multi-task methods are said to differ (docs/fair-comparison.md), each off by default:
+# loss-scale imbalance (`scale` multiplies a regression target), training-size imbalance
+# (`train_fraction` keeps that share of train), label noise (`label_noise` moves that fraction of the
+# training labels to another class) and gradient conflict (`direction = -1` flips polarity's label).
+DIALS = {"scale": 1.0, "train_fraction": 1.0, "label_noise": 0.0, "direction": 1}
 
 
 def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData:
@@ -339,15 +354,54 @@ def generate(task: str, config: SyntheticConfig = SyntheticConfig()) -> TaskData
         "sts": lambda rng: similarity_example(rng, config.sts_noise, config.keep_form),
         "ner": lambda rng: tagging_example(rng, config, binary=False),
         "entity": lambda rng: tagging_example(rng, config, binary=True),
+        "polarity": polarity_example,
     }
     if task not in makers:
         raise KeyError(task)
-    stream = "ner" if task == "entity" else task
+    stream = {"entity": "ner", "polarity": "sst"}.get(task, task)  # polarity: the sst sizes
     rows = {}
     for split in SPLITS:
-        rng = _rng(config, stream, split)
+        rng = _rng(config, "polarity" if task == "polarity" else stream, split)
         rows[split] = [makers[task](rng) for _ in range(config.size(stream, split))]
     return TaskData(rows=rows)
+
+
+def turn_dials(generator: str, rows: dict[str, list[dict]], dials: dict, seed: int, where: str
+               ) -> dict[str, list[dict]]:
+    """The rows with the task's dials applied (see DIALS); dev and test keep their true labels, so
+    noise hurts the learning, never the scoring."""
+    for key, value in dials.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise UserError(f"{where}.{key}: expected a number, got {value!r}")
+    scale, fraction = float(dials.get("scale", 1.0)), float(dials.get("train_fraction", 1.0))
+    noise, direction = float(dials.get("label_noise", 0.0)), dials.get("direction", 1)
+    if scale != 1.0 and generator != "sts":
+        raise UserError(f"{where}.scale: only the sts generator's regression target scales (declare label_range "
+                        "scaled with it)")
+    if not 0 < scale <= 1e6 or not 0 < fraction <= 1 or not 0 <= noise <= 1 or direction not in (1, -1):
+        raise UserError(f"{where}: scale must be in (0, 1e6], train_fraction in (0, 1], label_noise in [0, 1] and "
+                        f"direction 1 or -1; got {dict(dials)}")
+    if (noise or direction != 1) and generator not in CLASSES:
+        raise UserError(f"{where}: label_noise and direction apply to the classification generators "
+                        f"({', '.join(CLASSES)}), not '{generator}'")
+    if direction == -1 and generator != "polarity":
+        raise UserError(f"{where}.direction: only the polarity generator's label turns round")
+    rng = random.Random(f"{seed}/{generator}/dials")
+    out = {}
+    for split, split_rows in rows.items():
+        split_rows = [dict(r) for r in split_rows]
+        for row in split_rows:
+            if scale != 1.0:
+                row["label"] = round(row["label"] * scale, 6)
+            if direction == -1:
+                row["label"] = 1 - row["label"]
+        if split == "train":
+            split_rows = split_rows[:max(1, round(fraction * len(split_rows)))]
+            for row in split_rows:
+                if rng.random() < noise:
+                    row["label"] = rng.choice([c for c in range(CLASSES[generator]) if c != row["label"]])
+        out[split] = split_rows
+    return out
 
 
 def read(spec, options: dict, context):
@@ -356,9 +410,11 @@ def read(spec, options: dict, context):
     if generator not in GENERATORS:
         raise UserError(f"{spec.origin}.sources.synthetic.generator: unknown generator '{generator}'"
                         f"{nearest(str(generator), GENERATORS)}; generators: {', '.join(GENERATORS)}")
-    data = generate(generator, context.synthetic)
+    dials = {k: v for k, v in options.items() if k in DIALS}
+    rows = turn_dials(generator, generate(generator, context.synthetic).rows, dials, context.synthetic.seed,
+                      f"{spec.origin}.sources.synthetic")
     return {split: RawSplit([(f"synthetic {generator} [{split}] row {i}", row) for i, row in enumerate(rows)])
-            for split, rows in data.rows.items()}, None
+            for split, rows in rows.items()}, None
 
 
 # --- a file fixture for seed 001's layout -------------------------------------------------------
