@@ -29,23 +29,25 @@ def front_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -
     metrics = front_runs[0].primary_metrics
     written = []
     for a, b in itertools.combinations(tasks, 2):
-        fig, axis = plt.subplots(figsize=(7.5, 6))
+        fig, axis = plt.subplots(figsize=(9.5, 6))
         xy = [(p[a][0], p[b][0]) for p in points.values()]
         axis.errorbar([x for x, _ in xy], [y for _, y in xy], xerr=[p[a][1] for p in points.values()],
                       yerr=[p[b][1] for p in points.values()], fmt="o", color="0.55", ms=5, capsize=2, lw=0.8,
                       label=f"static weights ({len(xy)} points of the simplex)")
         hull = sorted(xy[i] for i in front.non_dominated(xy))
-        axis.plot([x for x, _ in hull], [y for _, y in hull], "-", color="0.3", lw=1.2,
+        axis.plot([x for x, _ in hull], [y for _, y in hull], "--", color="black", lw=1.5, zorder=3,
                   label="non-dominated (on this pair)")
-        for (name, point), color in zip(recipes.items(), colors(len(recipes))):
+        palette = [c for c in colors(len(recipes) + 2) if len(set(c[:3])) > 1]  # no grey: the front is grey
+        for (name, point), color in zip(recipes.items(), palette):
             axis.errorbar(point[a][0], point[b][0], xerr=point[a][1], yerr=point[b][1], fmt="D" if name == base
-                          else "s", color=color, ms=7, capsize=3, label=name + (" (baseline)" if name == base else ""))
+                          else "s", color=color, ms=8 if name == base else 7, capsize=3, mec="black" if name == base
+                          else color, label=name + (" (baseline)" if name == base else ""))
         axis.set_xlabel(f"{a} {SHORT.get(metrics[a], metrics[a])} (dev)")
         axis.set_ylabel(f"{b} {SHORT.get(metrics[b], metrics[b])} (dev)")
         seeds = len({r.seed for r in front_runs})
         axis.set_title(f"Scalarisation front, {a} vs {b}: means over {seeds} seeds, 95 % intervals", fontsize=10)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="best", framealpha=0.85)
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         fig.tight_layout()
         written.append(save(fig, Path(out_dir) / f"front-{a}-{b}.png"))
     return written

@@ -32,8 +32,9 @@ import time
 import warnings
 from pathlib import Path
 
+from bench import gate
 from bench.config import Recipe, Suite, _tune
-from bench.context import SuiteContext
+from bench.context import SuiteContext, comparable_config
 from bench.files import exclusive
 from bench.records import RunRecord
 from bench.settings import CostSettings, SearchRange, TuneSettings
@@ -148,14 +149,34 @@ class RecipeStudy:
         return optuna.create_study(storage=self.storage, study_name=self.name, direction="maximize",
                                    sampler=sampler, pruner=pruner, load_if_exists=True)
 
+    def fingerprint(self) -> str:
+        """What the study's trials depend on: the suite's settings and data, the recipe and the
+        [tune] settings but its trial count (raising --trials extends a study)."""
+        context = SuiteContext(self.suite, self.trials_dir, progress=False, prepared=self.prepared)
+        tune = {k: v for k, v in self.tune.as_dict().items() if k != "trials"}
+        return gate.config_hash({**comparable_config(context.run_config(self.recipe)), "tune": tune,
+                                 "space": {k: r.as_dict() for k, r in self.space.items()}})
+
+    def _check_fingerprint(self, study) -> None:
+        mine, theirs = self.fingerprint(), study.user_attrs.get("fingerprint")
+        if theirs is None:
+            study.set_user_attr("fingerprint", mine)
+        elif theirs != mine:
+            raise UserError(f"study '{self.name}' in {shown_url(self.storage.url)} was made with other settings "
+                            "(the suite, its data, the recipe or [tune] changed); use another --out or --storage")
+
     def fill(self) -> None:
         optuna = _optuna()
         if self.tune.objective == "delta_m" and self.reference is None:
             self.reference = self._reference()
         lock = self.trials_dir / f".{self.name}.tune.lock"
+        checked = False
         while True:
             with exclusive(lock, wait=True):
                 study = self.study(optuna, len(self.storage.get_all_trials(self._id(optuna), deepcopy=False)))
+                if not checked:
+                    self._check_fingerprint(study)
+                    checked = True
                 self._retry_lost(optuna, study)
                 trials = study.get_trials(deepcopy=False)
                 counted = [t for t in trials if t.state != optuna.trial.TrialState.FAIL]

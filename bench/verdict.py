@@ -3,8 +3,10 @@
 Per task, Δ = the recipe's primary metric minus the baseline's (sign-adjusted: positive is better),
 averaged over the seeds both ran, with its 95 % t-interval over those seeds; p from the paired
 bootstrap over dev examples (bench.examples), Holm-corrected over every (recipe, task) test of the
-table. A recipe is "better" when some task is significantly better after the correction and none
-significantly worse; "worse" the other way round; "mixed" when both; otherwise "no detectable
+table. A task's difference is *detected* when p < 0.05 after the correction and, with two seeds or
+more, its interval over seeds excludes zero (significant over examples is not enough: the next seed
+could undo it). A recipe is "better" when some task's detected difference is positive and none
+negative; "worse" the other way round; "mixed" when both; otherwise "no detectable
 difference". With the scalarisation front in the records (bench.front), a recipe is "inside the
 front" when some static weighting is at least as good on every task (means over seeds), and its
 hypervolume is given beside the front's, above a stated reference point. The line names the budget
@@ -51,6 +53,13 @@ class TaskDifference:
     seeds: int
     p: float = math.nan  # paired bootstrap over dev examples
     p_holm: float = math.nan
+
+    @property
+    def detected(self) -> bool:
+        """Significant over dev examples after Holm's correction and, with two seeds or more, an
+        interval over seeds that excludes zero."""
+        over_seeds = self.seeds < 2 or self.low > 0 or self.high < 0
+        return self.p_holm < SIGNIFICANCE_LEVEL and over_seeds
 
 
 @dataclass
@@ -150,7 +159,7 @@ def _correct(found: list[Verdict]) -> None:
     for difference, adjusted in zip(tests, holm([d.p for d in tests])):
         difference.p_holm = adjusted
     for verdict in found:
-        significant = [d for d in verdict.tasks.values() if d.p_holm < SIGNIFICANCE_LEVEL]
+        significant = [d for d in verdict.tasks.values() if d.detected]
         better = any(d.difference > 0 for d in significant)
         worse = any(d.difference < 0 for d in significant)
         verdict.call = ("mixed" if better and worse else "better" if better else "worse" if worse
@@ -185,6 +194,11 @@ def _number(value: float, digits: int = 3, signed: bool = True) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:+.{digits}f}" if signed else f"{value:.{digits}g}"
 
 
+def _p(value: float) -> str:
+    """A bootstrap p of 1000 replicates resolves no finer than 0.001."""
+    return "–" if math.isnan(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def markdown(found: list[Verdict]) -> str:
     """The verdict table and one line per recipe."""
     if not found:
@@ -199,7 +213,7 @@ def markdown(found: list[Verdict]) -> str:
         for task in tasks:
             d = v.tasks.get(task)
             cells.append("–" if d is None else f"{_number(d.difference)} [{_number(d.low)}, {_number(d.high)}] "
-                                               f"({_number(d.p_holm, 3, False)})")
+                                               f"({_p(d.p_holm)}){' *' if d.detected else ''}")
         cells.append("–" if v.inside_front is None else "yes" if v.inside_front else "no")
         cells.append("–" if math.isnan(v.hypervolume) else f"{v.hypervolume:.4g} / {v.front_hypervolume:.4g}")
         cells += [v.budget, "–" if math.isnan(v.cost) else f"{v.cost:.2f}", v.call]
@@ -207,13 +221,14 @@ def markdown(found: list[Verdict]) -> str:
     lines.append("")
     for v in found:
         front_note = ("" if v.inside_front is None else
-                      "; a static weighting is at least as good on every task" if v.inside_front else
-                      "; outside the scalarisation front")
+                      "; inside the front: a static weighting is at least as good on every task" if v.inside_front
+                      else "; no static weighting of the front is as good on every task")
         cost = "" if math.isnan(v.cost) else f", cost {v.cost:.2f}x"
         lines.append(f"- **{v.recipe}**: {v.call} vs {v.baseline} (at {v.budget}{cost}){front_note}.")
     lines += ["", ("Δ: mean over seeds of the paired difference (positive = better); interval: 95 % t over seeds; "
-              "p: paired bootstrap over dev examples, Holm-corrected over the whole table (significant below "
-              f"{SIGNIFICANCE_LEVEL}). What it cannot say: docs/fair-comparison.md.")]
+              "p: paired bootstrap over dev examples, Holm-corrected over the whole table. * detected: p below "
+              f"{SIGNIFICANCE_LEVEL} and, with two seeds or more, an interval over seeds that excludes zero. "
+              "What it cannot say: docs/fair-comparison.md.")]
     return "\n".join(lines) + "\n"
 
 

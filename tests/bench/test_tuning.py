@@ -26,8 +26,8 @@ PLANTED_DATA = {**SMALL_DATA, "sst_train": 300, "sst_dev": 200, "quora_train": 3
 
 def _table(recipes: list[dict], trials: int = 3, **extra) -> dict:
     return {"name": "planted", "tasks": ["sst", "quora", "sts"], "synthetic": PLANTED_DATA,
-            "tiny_encoder": TINY_ENCODER, "seeds": 2, "baseline": "sum", "defaults": {"sampler": "joint"},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-3}, "cost": {"enabled": False},
+            "tiny_encoder": TINY_ENCODER, "seeds": 3, "baseline": "sum", "defaults": {"sampler": "joint"},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 2e-3}, "cost": {"enabled": False},
             "checkpoints": {"keep": 1},
             "tune": {"trials": trials, "startup_trials": 2, "space": {"lr": {"low": 1e-3, "high": 4e-3, "log": True}}},
             "recipes": recipes, **extra}
@@ -41,7 +41,7 @@ def test_planted_recipes_untuned_then_tuned(tmp_path):
     """The sum at a worse learning rate is called worse untuned and no different once both are tuned;
     the sum trained three times as long is really better, and stays better after tuning."""
     suite = Suite.from_dict(_table([{"name": "sum"}, {"name": "slow_sum", "train": {"lr": 2e-5}},
-                                    {"name": "long_sum", "train": {"epochs": 3}}]))
+                                    {"name": "long_sum", "train": {"epochs": 5}}]))
     untuned = api.run(suite, out=tmp_path / "untuned")
     assert _calls(untuned) == {"slow_sum": "worse", "long_sum": "better"}
     from bench.tune_runner import tune
@@ -202,3 +202,11 @@ def test_stress_suites_end_to_end_small(tmp_path, name):
         (found,) = verdict.verdicts(records)
         assert found.recipe == "imtl_g" and found.budget == budget and found.call in (
             "better", "worse", "mixed", "no detectable difference")
+
+
+def test_a_study_made_with_other_settings_is_refused(tmp_path):
+    path, out = _suite_file(tmp_path, trials=1), tmp_path / "out"
+    assert main(["tune", str(path), "--out", str(out), "--no-final", "--no-progress"]) == 0
+    assert main(["tune", str(path), "--out", str(out), "--trials", "2", "--no-final", "--no-progress"]) == 0
+    assert _states(out, "killed.sum")["counts"] == {"COMPLETE": 2}  # more trials extend the study
+    assert main(["tune", str(path), "--out", str(out), "--epochs", "1", "--no-final", "--no-progress"]) == 2
