@@ -481,7 +481,7 @@ def front_points(baseline: Recipe, tasks: list[str], front: FrontSettings, first
     points = []
     for i, counts in enumerate(simplex_grid(len(tasks), divisions)):
         weights = {t: len(tasks) * c / divisions for t, c in zip(tasks, counts)}
-        combiner = StrategySpec.make("combiner", "weighted", {"weights": weights})
+        combiner = StrategySpec.make("combiner", registry.scalarisation(), {"weights": weights})
         points.append(dataclasses.replace(
             baseline, name="front@" + "-".join(str(c) for c in counts), combiner=combiner,
             position=first_position + i, space={}, front={"weights": weights, "grid": list(counts),

@@ -38,11 +38,7 @@ def _ray_worker(suite: Suite, out_dir: str, url: str) -> None:
 
 def _fill_studies(suite: Suite, out: Path, url: str, jobs: int | None, executor: str, address: str | None,
                   log) -> None:
-    trials_dir = out / FOLDER / TRIALS
-    context = SuiteContext(suite, trials_dir, log=log, progress=False)
-    context.validate()
-    prepared = context.prepared  # held out once here; workers find the tokens in the cache
-    open_storage(url)  # its tables made here, before several processes would race to make them
+    prepared = SuiteContext(suite, out / FOLDER / TRIALS, log=log, progress=False).prepared  # held out once
     if executor == "ray":
         _on_ray(suite, out, url, jobs or 2, address, log)
     elif jobs and jobs > 1:
@@ -95,9 +91,13 @@ def tune(suite: Suite, out: Path, trials: int | None = None, storage: str | None
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
     settings = settings_of(suite, trials)
     out = Path(out)
-    check_output(out)
-    url = storage_url(out, storage)
     with_settings = tuning_suite(suite, settings)
+    SuiteContext(with_settings, out, log=log, progress=False).validate()  # before anything is written
+    check_output(out)
+    if storage:
+        open_storage(storage)  # a URL that does not open fails here, before any folder is made
+    url = storage_url(out, storage)
+    open_storage(url)  # its tables made here, before several processes would race to make them
     log(f"tuning {len(with_settings.recipes)} recipes of suite '{suite.name}', {settings.trials} trials each, on "
         f"{settings.tune_fraction:.0%} of train held out (never dev or test); studies in {shown_url(url)}")
     try:

@@ -140,6 +140,9 @@ class Combiner(Strategy, ABC):
     """Turns per-task losses into gradients on the model's parameters (left in `.grad`)."""
 
     needs_several_tasks: ClassVar[bool] = False  # meaningless when a step holds one task
+    # The static-weight sum whose `weights` option ({task: weight}) spans the scalarisation front
+    # (bench.front): exactly one registered combiner says so.
+    scalarisation: ClassVar[bool] = False
 
     def __init__(self, options, tasks: Sequence[str], generator: torch.Generator):
         super().__init__(options)

@@ -99,6 +99,15 @@ def build(axis: str, name: str, options, *args, where: str | None = None, **kwar
         raise UserError(f"{head}: {text}") from None
 
 
+def scalarisation() -> str:
+    """The name of the combiner that is the static-weight sum (its class sets `scalarisation`)."""
+    found = [name for name, cls in available("combiner").items() if getattr(cls, "scalarisation", False)]
+    if len(found) != 1:
+        raise UserError(f"the scalarisation front needs exactly one combiner with scalarisation = True, found "
+                        f"{found or 'none'}")
+    return found[0]
+
+
 def make_options(cls: type, options: dict[str, Any], where: str):
     """Validate `options` against `cls.Options`; returns the Options instance."""
     def unknown(key: str, fields: list[str]) -> str:

@@ -17,6 +17,8 @@ from tasks.errors import UserError, nearest
 class WeightedCombiner(Combiner):
     """Weighted sum of task losses with static weights (tasks not named weigh 1.0)."""
 
+    scalarisation = True  # the front of `mtlbench tune` sweeps its weights
+
     @dataclass
     class Options:
         weights: dict[str, float] = field(default_factory=dict)

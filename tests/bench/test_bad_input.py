@@ -286,6 +286,24 @@ CASES = [
     ("plot: empty directory", lambda t: ["plot", record_dir(t, None)], "no run records"),
     ("check: baseline missing", lambda t: ["check", record_dir(t, "[1,"), "--baseline", "b.json"],
      "b.json: file not found"),
+    ("tune: a setting tune does not search", lambda t: ["tune", suite(t, extra="[tune.space]\nepochs = { low = 1, "
+                                                                             "high = 3 }")],
+     "bad.toml [tune].space: 'epochs' is not a setting tune searches"),
+    ("tune: an empty range", lambda t: ["tune", suite(t, extra="[tune.space]\nlr = { low = 1e-2, high = 1e-3 }")],
+     "bad.toml [tune].space.lr: low must be below high"),
+    ("tune: a recipe option that is not there", lambda t: ["tune", suite(t, recipes=RECIPE + 'combiner = "cagrad"\n'
+                                                                        'tune = { "combiner.cc" = { low = 0, high = 1 } }\n')],
+     "recipes[0].tune.combiner.cc: combiner 'cagrad' has no numeric option 'cc'"),
+    ("tune: trials 0", lambda t: ["tune", suite(t), "--trials", "0"], "--trials: must be at least 1"),
+    ("tune: a storage that does not open", lambda t: ["tune", suite(t), "--storage", "nosuchdb://x"],
+     "--storage nosuchdb://x: cannot open it as an Optuna storage"),
+    ("run --tuned: no studies there", lambda t: ["run", suite(t), "--tuned", str(t / "nowhere")],
+     "no tune/study.db there"),
+    ("a dial on the wrong generator", lambda t: ["run", suite(t, top='[tasks.sst]\nfrom = "sst"\nsources = { synthetic = '
+                                                                   '{ generator = "sst", scale = 100 } }')],
+     "only the sts generator's regression target scales"),
+    ("a recipe's own max_length", lambda t: ["run", suite(t, recipes=RECIPE + "train = { max_length = 64 }\n")],
+     "recipes[0].train: 'max_length' cannot differ between recipes"),
 ]
 
 
@@ -294,7 +312,7 @@ def test_bad_input_is_one_line_naming_the_place_exit_2_nothing_written(make, wor
     monkeypatch.chdir(tmp_path)
     argv = make(tmp_path)
     out = tmp_path / "out"
-    if argv[0] == "run" and "--out" not in argv:
+    if argv[0] in ("run", "tune") and "--out" not in argv:
         argv += ["--out", str(out), "--no-progress"]
     before = sorted(p for p in tmp_path.rglob("*"))
     assert main(argv) == 2

@@ -210,3 +210,12 @@ def test_a_study_made_with_other_settings_is_refused(tmp_path):
     assert main(["tune", str(path), "--out", str(out), "--trials", "2", "--no-final", "--no-progress"]) == 0
     assert _states(out, "killed.sum")["counts"] == {"COMPLETE": 2}  # more trials extend the study
     assert main(["tune", str(path), "--out", str(out), "--epochs", "1", "--no-final", "--no-progress"]) == 2
+
+
+def test_tune_trials_as_ray_tasks_share_the_study(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtlbench[ray]'")
+    path, out = _suite_file(tmp_path, trials=2), tmp_path / "out"
+    assert main(["tune", str(path), "--out", str(out), "--executor", "ray", "--jobs", "2", "--no-final",
+                 "--no-progress"]) == 0
+    assert _states(out, "killed.sum")["counts"].get("COMPLETE", 0) == 2
+    assert {r.trial["number"] for r in load_records(out / tuning.FOLDER / tuning.TRIALS)} <= {0, 1, 2, 3}
