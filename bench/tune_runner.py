@@ -7,6 +7,7 @@ table with its verdict (bench.verdict)."""
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from pathlib import Path
 
 from bench import executors
@@ -29,7 +30,7 @@ from tasks.errors import UserError
 
 
 def _spawned_worker(suite: Suite, out_dir: str, url: str) -> None:
-    tune_worker(suite, out_dir, url, log=print)
+    tune_worker(suite, out_dir, url, log=lambda message: print(message, file=sys.stderr))  # stdout: the table
 
 
 def _ray_worker(suite: Suite, out_dir: str, url: str) -> None:

@@ -16,7 +16,9 @@ share. Each recipe's study is `SUITE.RECIPE`. The budget is exact under kill -9 
   interrupted is failed and enqueued again with the same parameters; its run, named by those
   parameters, resumes from its last epoch checkpoint or finds its record;
 - a trial counts when it is not failed; one asked past the budget (two processes asking at once)
-  is failed as surplus before it trains. Failed trials never count.
+  is failed as surplus before it trains, and so is one that drew the very point another live trial
+  holds (two machines seeding alike at once). Failed trials never count. On one host, a lock held
+  from the count to the trial's first draw gives each trial its own sampler seed.
 """
 
 from __future__ import annotations
@@ -169,10 +171,12 @@ class RecipeStudy:
         optuna = _optuna()
         if self.tune.objective == "delta_m" and self.reference is None:
             self.reference = self._reference()
-        lock = self.trials_dir / f".{self.name}.tune.lock"
         checked = False
         while True:
-            with exclusive(lock, wait=True):
+            # Held from the count to the trial's first suggestion: two processes on this host never
+            # draw with the same sampler seed (a trial's seed is its number, known under the lock).
+            self.lock = _HeldLock(self.trials_dir / f".{self.name}.tune.lock")
+            try:
                 study = self.study(optuna, len(self.storage.get_all_trials(self._id(optuna), deepcopy=False)))
                 if not checked:
                     self._check_fingerprint(study)
@@ -183,7 +187,9 @@ class RecipeStudy:
                 waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
                 if len(counted) >= self.tune.trials and not waiting:
                     return
-            study.optimize(self._objective, n_trials=1, catch=(Surplus,))
+                study.optimize(self._objective, n_trials=1, catch=(Surplus,))
+            finally:
+                self.lock.release()
 
     def _id(self, optuna) -> int:
         try:
@@ -220,6 +226,14 @@ class RecipeStudy:
             trial.set_user_attr("surplus", True)
             raise Surplus(f"trial {trial.number}: the budget of {self.tune.trials} was full")
         values = self._suggest(trial)
+        self.lock.release()
+        twin = next((t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number
+                     and t.state != optuna.trial.TrialState.FAIL and t.params == values
+                     and trial.number not in t.system_attrs.get("retry_history", [])
+                     and t.number not in trial.system_attrs.get("retry_history", [])), None)
+        if twin is not None:  # another machine drew the same point at the same moment: not a new trial
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"trial {trial.number}: the parameters of trial {twin.number}")
         record = self._run(trial, values)
         trial.set_user_attr("run_id", record.run_id)
         trial.set_user_attr("epochs", len(record.history))
@@ -276,6 +290,20 @@ class RecipeStudy:
             raise UserError(f"objective = \"delta_m\": the reference run ({baseline.name} with the suite's "
                             "settings) diverged; use objective = \"mean\"")
         return {t: record.metrics[t][suite.specs[t].primary_metric] or 0.0 for t in record.metrics}
+
+
+class _HeldLock:
+    """`bench.files.exclusive` taken now and released once, wherever that happens first."""
+
+    def __init__(self, path: Path):
+        self._held = exclusive(path, wait=True)
+        self._held.__enter__()
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._held.__exit__(None, None, None)
 
 
 def _shown(values: dict) -> str:

@@ -145,7 +145,7 @@ def test_two_tune_processes_share_one_study(tmp_path, private_cache):
     surplus = [t for t in states["trials"] if t.state.name == "FAIL"]
     assert all(t.user_attrs.get("surplus") for t in surplus)
     run_ids = [t.user_attrs["run_id"] for t in states["trials"] if t.state.name == "COMPLETE"]
-    assert len(run_ids) == len(set(run_ids))  # no trial's run trained twice
+    assert len(run_ids) == len(set(run_ids))  # no two trials drew the same point, no run trained twice
 
 
 def test_run_tuned_reads_the_studies_and_table_verdict_prints(tmp_path, capsys):
