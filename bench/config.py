@@ -273,7 +273,7 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
     seeds, train = _seeds(raw, where), _train(raw, where)
     recipes = _recipes(raw, list(specs), where, dataclasses.asdict(train))
     baseline = _baseline(raw, recipes, where)
-    tune = _tune(raw.get("tune"), train, f"{where} [tune]")
+    tune = tune_settings(raw.get("tune"), train, f"{where} [tune]")
     front = from_table(FrontSettings, raw["front"], f"{where} [front]") if "front" in raw else None
     if front is not None and front.enabled:
         if len(specs) < 2:
@@ -450,7 +450,7 @@ def _recipe_space(table: Any, recipe: Recipe, where: str) -> dict[str, SearchRan
     return space
 
 
-def _tune(table: Any, train: TrainSettings, where: str) -> TuneSettings | None:
+def tune_settings(table: Any, train: TrainSettings, where: str) -> TuneSettings | None:
     """[tune]; its space's keys are [train] settings (default: lr from a tenth to ten times the suite's)."""
     if table is None:
         return None

@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 from bench import gate
-from bench.config import Recipe, Suite, _tune
+from bench.config import Recipe, Suite, tune_settings
 from bench.context import SuiteContext, comparable_config
 from bench.files import exclusive
 from bench.records import RunRecord
@@ -67,7 +67,7 @@ class Surplus(Exception):
 
 def settings_of(suite: Suite, trials: int | None = None) -> TuneSettings:
     """The suite's [tune] (the default space, lr around the suite's, when it has none); --trials wins."""
-    tune = suite.tune or _tune({}, suite.train, f"{suite.source} [tune]")
+    tune = suite.tune or tune_settings({}, suite.train, f"{suite.source} [tune]")
     return dataclasses.replace(tune, trials=trials) if trials is not None else tune
 
 

@@ -190,8 +190,8 @@ def _place_on_front(found: list[Verdict], recipes: dict[str, dict[str, float]],
         verdict.front_hypervolume = front_volume
 
 
-def _number(value: float, digits: int = 3, signed: bool = True) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:+.{digits}f}" if signed else f"{value:.{digits}g}"
+def _number(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:+.3f}"
 
 
 def _p(value: float) -> str:
