@@ -218,3 +218,15 @@ def test_tune_trials_as_ray_tasks_share_the_study(tmp_path):
                  "--no-progress"]) == 0
     assert _states(out, "killed.sum")["counts"].get("COMPLETE", 0) == 2
     assert {r.trial["number"] for r in load_records(out / tuning.FOLDER / tuning.TRIALS)} <= {0, 1, 2, 3}
+
+
+def test_a_storage_url_holds_the_studies_and_run_tuned_reads_them(tmp_path):
+    path, out = _suite_file(tmp_path, trials=1), tmp_path / "out"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert main(["tune", str(path), "--out", str(out), "--storage", url, "--no-final", "--no-progress"]) == 0
+    assert (tmp_path / "shared.db").is_file() and not (out / tuning.FOLDER / tuning.DEFAULT_STORAGE).exists()
+    assert main(["run", str(path), "--tuned", str(out), "--out", str(tmp_path / "final")]) == 2  # not there
+    assert main(["run", str(path), "--tuned", str(out), "--storage", url, "--out", str(tmp_path / "final"),
+                 "--no-progress"]) == 0
+    (record,) = load_records(tmp_path / "final")
+    assert record.tuned["storage"] == url and record.tuned["trials"] == 1
