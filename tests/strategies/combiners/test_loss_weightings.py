@@ -113,3 +113,43 @@ def test_learned_and_epoch_based_combiners_train_through_the_harness(tmp_path):
     steps = record["famo"]["steps"]
     assert record["famo"]["extra_forward_passes"] == 3 * steps  # one per task and step
     assert any(abs(v) > 1e-3 for v in record["famo"]["logits"].values())
+
+
+# --- geometric loss strategy ----------------------------------------------------------------------
+
+def test_gls_weights_by_hand():
+    """L = (1, 4): the geometric mean is 2, so w = 2 / (2 * L) = (1, 0.25)."""
+    from strategies.combiners.gls import gls_weights
+
+    torch.testing.assert_close(gls_weights(torch.tensor([1.0, 4.0], dtype=torch.float64)),
+                               torch.tensor([1.0, 0.25], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e4])
+def test_gls_update_is_the_gradient_of_the_geometric_mean(dtype, scale):
+    """Its update equals autograd's gradient of (prod_t L_t)^(1/T), the paper's objective, with
+    losses at tiny, unit and huge scales."""
+    torch.manual_seed(0)
+    theta = torch.randn(5, dtype=dtype, requires_grad=True)
+    targets = torch.randn(3, 5, dtype=dtype)
+
+    def losses():
+        return {f"t{i}": scale * ((theta - targets[i]) ** 2).sum() * (i + 1) for i in range(3)}
+    expected = torch.autograd.grad(torch.stack(list(losses().values())).prod() ** (1 / 3), theta)[0]
+    combiner = build_combiner("gls", ["t0", "t1", "t2"])
+    combiner.backward(losses(), [theta], {}, IDENTITY_PIPELINE)
+    torch.testing.assert_close(theta.grad, expected, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
+
+
+def test_gls_is_blind_to_one_task_s_loss_scale():
+    """Multiplying one loss by 100 leaves the update's direction unchanged: that task's weight falls 100-fold
+    relative to the others (all grow by the geometric mean's 100^(1/3))."""
+    from strategies.combiners.gls import gls_weights
+
+    losses = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    scaled = losses * torch.tensor([100.0, 1.0, 1.0], dtype=torch.float64)
+    ratio = gls_weights(scaled) / gls_weights(losses)
+    factor = 100.0 ** (1 / 3)  # the geometric mean grows by 100^(1/3)
+    torch.testing.assert_close(ratio, torch.tensor([factor / 100, factor, factor], dtype=torch.float64))
+    torch.testing.assert_close(gls_weights(torch.tensor([0.0, 1.0])).isfinite(), torch.tensor([True, True]))
