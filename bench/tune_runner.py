@@ -95,9 +95,7 @@ def tune(suite: Suite, out: Path, trials: int | None = None, storage: str | None
     with_settings = tuning_suite(suite, settings)
     SuiteContext(with_settings, out, log=log, progress=False).validate()  # before anything is written
     check_output(out)
-    if storage:
-        open_storage(storage)  # a URL that does not open fails here, before any folder is made
-    url = storage_url(out, storage)
+    url = storage_url(out, storage)  # a --storage URL makes no folder: one that does not open leaves nothing
     open_storage(url)  # its tables made here, before several processes would race to make them
     log(f"tuning {len(with_settings.recipes)} recipes of suite '{suite.name}', {settings.trials} trials each, on "
         f"{settings.tune_fraction:.0%} of train held out (never dev or test); studies in {shown_url(url)}")
