@@ -47,9 +47,11 @@ class _Stepper:
         self.plan = plan
         streams = {t: s.stream() for t, s in train_sets.items()}
         needed = {t: sum(t in tasks for tasks in plan) for t in train_sets}
-        self.pool = {t: [{k: v.to(device) for k, v in next(streams[t]).items()} for _ in range(needed[t])]
+        self.draws = 1 + strategies.combiner.extra_batches  # the combiner's extra batches come from the pool too
+        self.pool = {t: [{k: v.to(device) for k, v in next(streams[t]).items()} for _ in range(needed[t] * self.draws)]
                      for t in train_sets if needed[t]}
-        self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches)
+        # per example the step trains on: the extra batches are the method's cost
+        self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches) / self.draws
         self.step = 0
         self.pipeline = StepPipeline(train.precision, device)  # the run's precision
 
@@ -65,11 +67,13 @@ class _Stepper:
         started = time.perf_counter()
         for tasks in self.plan:
             self.strategies.freezing.on_step(self.step)
-            batches = {}
+            draws = [{} for _ in range(self.draws)]
             for t in tasks:
-                batches[t] = self.pool[t][used[t]]
-                used[t] += 1
-            training_step(self.model, self.strategies, batches, self.optimizer, pipeline=self.pipeline)
+                for draw in draws:
+                    draw[t] = self.pool[t][used[t]]
+                    used[t] += 1
+            training_step(self.model, self.strategies, draws[0], self.optimizer, pipeline=self.pipeline,
+                          extra=draws[1:])
             self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

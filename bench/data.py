@@ -12,6 +12,7 @@ dev and test are masked once, from a fixed seed, so every run is scored on the s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -195,6 +196,14 @@ class TaskBatches:
 
     def stream(self) -> BatchStream:
         return BatchStream(self)
+
+    def independent(self, draw: int) -> TaskBatches:
+        """The same rows shuffled by a generator of their own (seeded from this one's seed and
+        `draw`): a second stream of training batches independent of the first (double sampling,
+        a held-out batch). MLM masks still come from the task's one masker."""
+        twin = copy.copy(self)
+        twin.generator = torch.Generator().manual_seed(self.generator.initial_seed() + 7919 * (draw + 1))
+        return twin
 
 
 class BatchStream:

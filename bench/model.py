@@ -111,6 +111,7 @@ class TaskOutput:
     predictions: Tensor  # class ids or scores, detached
     pooled: Tensor
     logits: Tensor
+    representation: Tensor  # what the head reads: the pooled vectors, or the output states (token kinds)
 
 
 def task_loss(spec: TaskSpec, logits: Tensor, labels: Tensor) -> Tensor:
@@ -294,31 +295,32 @@ class MultiTaskModel(nn.Module):
         return head(pooled)
 
     def task_outputs(self, task: str, batch: dict[str, Tensor], inputs_embeds: Tensor | None = None):
-        """(logits, the labels they are scored against, the pooled vectors)."""
+        """(logits, the labels they are scored against, the pooled vectors, what the head read)."""
         spec = self.specs[task]
         labels = batch.get("labels")
         if not spec.kind.is_token_level:
             pooled = self.encode(batch, inputs_embeds)
-            return self.logits(task, pooled), labels, pooled
+            return self.logits(task, pooled), labels, pooled, pooled
         outputs = self.hidden_states(batch, inputs_embeds)
         hidden = outputs.last_hidden_state
         pooled = _masked_mean(hidden, batch["attention_mask"])
         if spec.kind is TaskKind.MLM:
             scored = labels != IGNORE
-            return self.heads[task](hidden[scored]), labels[scored], pooled
-        return self.heads[task](hidden), labels, pooled
+            return self.heads[task](hidden[scored]), labels[scored], pooled, hidden
+        return self.heads[task](hidden), labels, pooled, hidden
 
     def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds: Tensor | None = None) -> TaskOutput:
-        logits, labels, pooled = self.task_outputs(task, batch, inputs_embeds)
+        logits, labels, pooled, representation = self.task_outputs(task, batch, inputs_embeds)
         spec = self.specs[task]
-        return TaskOutput(task_loss(spec, logits, labels), predictions(spec, logits.detach()), pooled, logits)
+        return TaskOutput(task_loss(spec, logits, labels), predictions(spec, logits.detach()), pooled, logits,
+                          representation)
 
     @torch.no_grad()
     def predict(self, task: str, batch: dict[str, Tensor]) -> tuple[list, list | None]:
         """Per example: the prediction and the gold label (None without labels). Token kinds give
         lists over the scored positions; MLM gives (predicted id, negative log-likelihood) pairs."""
         spec = self.specs[task]
-        logits, labels, _ = self.task_outputs(task, batch)
+        logits, labels, _, _ = self.task_outputs(task, batch)
         predicted = predictions(spec, logits)
         if not spec.kind.is_token_level:
             return predicted.cpu().tolist(), None if labels is None else labels.cpu().tolist()

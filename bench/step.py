@@ -11,7 +11,7 @@ import torch
 from bench.model import MultiTaskModel
 from bench.parallel import SINGLE, Ranks
 from bench.precision import MIN_LOSS_SCALE, SkippedStep, StepPipeline, all_finite
-from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, TaskStep, with_gradient
+from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, StepInputs, TaskStep, with_gradient
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,8 @@ def regularized_loss(model: MultiTaskModel, regularizers: list[Regularizer], tas
 
 def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], optimizer,
                   schedule=None, max_grad_norm: float | None = 1.0, pipeline: StepPipeline | None = None,
-                  shares: dict[str, float] | None = None, at: StepPlace = OUTSIDE_A_RUN) -> dict[str, torch.Tensor]:
+                  shares: dict[str, float] | None = None, at: StepPlace = OUTSIDE_A_RUN,
+                  extra: list[dict[str, dict]] | None = None) -> dict[str, torch.Tensor]:
     """One step of the contract: each task's loss plus its regulariser terms, the combiner's
     backward, clipping (before the step), the optimizer step. Returns each task's own loss, detached
     (over the whole batch: data parallel, `batches` are this rank's shards, `shares` their fractions).
@@ -161,14 +162,17 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     multiplied by its factor, and the gradients are unscaled and averaged before the combiner
     reads them (per task) or after its plain backward. fp16: a step whose gradients overflow is
     skipped (no update, no schedule step) and counted in the pipeline. A non-finite loss or gradient
-    raises `Diverged` at `at`, the step's place in its run."""
+    raises `Diverged` at `at`, the step's place in its run. `extra`: the combiner's
+    `extra_batches` more batches per task (StepInputs.extra_losses)."""
     pipeline = pipeline or StepPipeline()
     pipeline.begin(shares or {})
     combiner = strategies.combiner
-    losses, task_losses = _step_losses(model, strategies, batches, pipeline)
+    losses, task_losses, representations = _step_losses(model, strategies, batches, pipeline)
     task_losses = pipeline.global_values(task_losses)
     try:
         _check_finite(losses, "loss", at, pipeline.ranks)  # with the regularisers' terms
+        combiner.prepare(StepInputs(_extra_losses(model, extra, pipeline) if extra else None,
+                                    optimizer.param_groups[0]["lr"], representations))
         combiner.backward(losses, model.shared_parameters(), model.task_parameters(), pipeline)
         if pipeline.changes_gradients:
             pipeline.reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
@@ -202,11 +206,20 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     return task_losses
 
 
+def _extra_losses(model: MultiTaskModel, extra: list[dict[str, dict]], pipeline: StepPipeline):
+    def losses() -> list[dict[str, torch.Tensor]]:
+        with pipeline.autocast():
+            return [{task: pipeline.multiplier(task) * model(task, batch).loss for task, batch in draw.items()}
+                    for draw in extra]
+    return losses
+
+
 def _step_losses(model: MultiTaskModel, strategies: Strategies, batches: dict[str, dict], pipeline: StepPipeline
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """Each task's loss for the combiner (times the pipeline's multiplier, with the regularisers'
-    terms) and its own loss value (detached, this rank's)."""
+    terms), its own loss value (detached, this rank's) and, if the combiner asks, its representation."""
     losses, task_losses = {}, {}
+    representations = {} if strategies.combiner.needs_representations else None
     weights = strategies.combiner.fixed_loss_weights() if strategies.regularizers else None
     with pipeline.autocast():
         for task, batch in batches.items():
@@ -215,10 +228,13 @@ def _step_losses(model: MultiTaskModel, strategies: Strategies, batches: dict[st
                 losses[task], task_losses[task] = regularized_loss(model, strategies.regularizers, task, batch,
                                                                    weights[task] if weights else None, multiplier)
             else:
-                loss = model(task, batch).loss
+                output = model(task, batch)
+                loss = output.loss
                 task_losses[task] = loss.detach()
                 losses[task] = loss if multiplier == 1.0 else multiplier * loss
-    return losses, task_losses
+                if representations is not None:
+                    representations[task] = output.representation
+    return losses, task_losses, representations
 
 
 def _check_finite(losses: dict[str, torch.Tensor], what: str, at: StepPlace, ranks: Ranks = SINGLE) -> None:

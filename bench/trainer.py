@@ -124,15 +124,18 @@ class LoopState:
     each task's batch stream."""
 
     streams: dict[str, BatchStream]
+    # The combiner's extra batches per task per step (Combiner.extra_batches), each draw a stream of its own.
+    extra_streams: list[dict[str, BatchStream]] = field(default_factory=list)
     outcome: TrainOutcome = field(default_factory=TrainOutcome)
     epoch: int = 0  # epochs completed
     step: int = 0
     examples: int = 0  # training examples seen, the whole batch over every rank
+    extra_examples: int = 0  # of them, in the combiner's extra batches
     step_seconds: list[float] = field(default_factory=list)
     seen_changes: int = -1  # the freezing schedule's change count last recorded
     model_flops: float = 0.0
 
-    COUNTERS = ("step", "examples", "step_seconds", "seen_changes", "model_flops")
+    COUNTERS = ("step", "examples", "extra_examples", "step_seconds", "seen_changes", "model_flops")
 
     def counters(self) -> dict:
         return {**{name: getattr(self, name) for name in self.COUNTERS}, "step_seconds": list(self.step_seconds)}
@@ -152,7 +155,7 @@ class LoopState:
         outcome.dev_examples = {which: {t: tuple(pair) for t, pair in found.items()}
                                 for which, found in kept["dev_examples"].items()}
         for name in self.COUNTERS:
-            setattr(self, name, saved["counters"][name])
+            setattr(self, name, saved["counters"].get(name, getattr(self, name)))
         self.epoch = int(saved["epoch"])
 
 
@@ -181,7 +184,10 @@ class TrainingLoop:
         total_steps = self.steps_per_epoch * settings.epochs
         self.schedule = get_linear_schedule_with_warmup(self.optimizer, int(settings.warmup_ratio * total_steps),
                                                         total_steps)
-        self.state = LoopState(streams={task: batches.stream() for task, batches in parts.train_sets.items()})
+        self.state = LoopState(streams={task: batches.stream() for task, batches in parts.train_sets.items()},
+                               extra_streams=[{task: batches.independent(draw).stream()
+                                               for task, batches in parts.train_sets.items()}
+                                              for draw in range(strategies.combiner.extra_batches)])
         self.flop_costs = flops.per_token(model)
         self.resumed_from: int | None = None
 
@@ -197,6 +203,8 @@ class TrainingLoop:
             "rng": checkpoint.global_rng_state(),
             "streams": {t: {"shuffle": parts.train_sets[t].generator.get_state(), **stream.state_dict()}
                         for t, stream in state.streams.items()},
+            "extra_streams": [{t: {"shuffle": stream.batches.generator.get_state(), **stream.state_dict()}
+                               for t, stream in streams.items()} for streams in state.extra_streams],
             "strategies": {"sampler": strategies.sampler.state_dict(), "combiner": strategies.combiner.state_dict(),
                            "regularizers": [r.state_dict() for r in strategies.regularizers],
                            "freezing": strategies.freezing.state_dict()},
@@ -224,6 +232,10 @@ class TrainingLoop:
         for task, stream_state in saved["streams"].items():
             parts.train_sets[task].generator.set_state(stream_state["shuffle"])
             self.state.streams[task].load_state_dict(stream_state)
+        for streams, saved_streams in zip(self.state.extra_streams, saved.get("extra_streams", []), strict=True):
+            for task, stream_state in saved_streams.items():
+                streams[task].batches.generator.set_state(stream_state["shuffle"])
+                streams[task].load_state_dict(stream_state)
         self.state.load(saved)
         checkpoint.set_global_rng_state(saved["rng"])
         self.pipeline.load_state_dict(saved.get("pipeline", {}))
@@ -272,9 +284,10 @@ class TrainingLoop:
             self._note_trainable(epoch)
             started = self.timer.start()
             batches, shares = self._next_batches(step_tasks)
+            extra = [self._next_batches(step_tasks, streams)[0] for streams in state.extra_streams]
             task_losses = training_step(parts.model, strategies, batches, self.optimizer, self.schedule,
                                         self.settings.max_grad_norm, self.pipeline, shares,
-                                        at=StepPlace(epoch, state.step + 1))
+                                        at=StepPlace(epoch, state.step + 1), extra=extra)
             self.timer.stop(started)
             state.step += 1
             for task, loss in task_losses.items():
@@ -283,12 +296,15 @@ class TrainingLoop:
         state.step_seconds = self.timer.drain()
         return {t: loss_sums[t].item() / loss_counts[t] for t in loss_sums}
 
-    def _next_batches(self, step_tasks) -> tuple[dict[str, dict], dict[str, float]]:
-        """Each task's next batch (this rank's shard of it, on the device) and the shard's share."""
+    def _next_batches(self, step_tasks, streams: dict[str, BatchStream] | None = None
+                      ) -> tuple[dict[str, dict], dict[str, float]]:
+        """Each task's next batch (this rank's shard of it, on the device) and the shard's share;
+        from `streams` (an extra draw) if given."""
         state, batches, shares = self.state, {}, {}
         for task in step_tasks:
-            batch = next(state.streams[task])
+            batch = next((streams or state.streams)[task])
             state.examples += batch["labels"].shape[0]  # the whole batch, over all ranks
+            state.extra_examples += batch["labels"].shape[0] if streams else 0
             state.model_flops += flops.batch_flops(self.flop_costs, batch["input_ids"])
             batch, shares[task] = self.ranks.shard(batch)
             batches[task] = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -332,7 +348,8 @@ class TrainingLoop:
         step_seconds = state.step_seconds
         seconds = sum(step_seconds)  # steps include fetching their batches, exclude evaluation
         return {
-            "examples": state.examples, "steps": state.step, "steps_per_epoch": self.steps_per_epoch,
+            "examples": state.examples, "steps": state.step,
+            **({"extra_examples": state.extra_examples} if state.extra_streams else {}), "steps_per_epoch": self.steps_per_epoch,
             "seconds": seconds,
             "examples_per_second": state.examples / seconds if seconds else float("nan"),
             "step_seconds_median": statistics.median(step_seconds) if step_seconds else float("nan"),

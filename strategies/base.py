@@ -136,10 +136,30 @@ class GradientPipeline:
 IDENTITY_PIPELINE = GradientPipeline()  # fp32 losses of one process: gradients as they are
 
 
+@dataclass
+class StepInputs:
+    """What the step hands a combiner besides the losses (`Combiner.prepare`), each made on demand.
+
+    `extra_losses()`: for each of the combiner's `extra_batches` more batches per task, drawn from
+    the training split by a stream of their own (never dev), each task's loss on it (times the
+    pipeline's multiplier, in the graph): double sampling (SDMGrad, MoDo), Auto-Lambda's held-out
+    batch. `learning_rate`: the optimizer's current base rate (Auto-Lambda's virtual step).
+    `representations`: each task's representation, the tensor its head reads (pooled vectors, or
+    the encoder's output states for token kinds), in the graph: `on = "representation"`."""
+
+    extra_losses: Callable[[], list[dict[str, Tensor]]] | None = None
+    learning_rate: float = 0.0
+    representations: Mapping[str, Tensor] | None = None
+
+
 class Combiner(Strategy, ABC):
     """Turns per-task losses into gradients on the model's parameters (left in `.grad`)."""
 
     needs_several_tasks: ClassVar[bool] = False  # meaningless when a step holds one task
+    # More batches per task per step than the step's own, from the training split (StepInputs).
+    extra_batches: ClassVar[int] = 0
+    # Needs each task's representation in the graph (StepInputs.representations) this run.
+    needs_representations: bool = False
     # The static-weight sum whose `weights` option ({task: weight}) spans the scalarisation front
     # (bench.front): exactly one registered combiner says so.
     scalarisation: ClassVar[bool] = False
@@ -156,6 +176,10 @@ class Combiner(Strategy, ABC):
         `pipeline`'s multiplier: take per-task gradients through `pipeline.per_task` (as
         strategies.gradients.task_gradients does) and loss values from `pipeline.loss_values`; after
         a plain backward of a weighted sum, the trainer reduces `.grad` itself."""
+
+    def prepare(self, inputs: StepInputs) -> None:
+        """Called by the step before `backward` with what else the step offers."""
+        self.step_inputs = inputs
 
     def task_rows(self, tasks: Sequence[str]) -> list[int]:
         """Each task's index in the run's task list: where a method keeps its per-task state."""

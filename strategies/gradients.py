@@ -315,3 +315,63 @@ class LossWeightingCombiner(Combiner):
             return {}
         return {"steps": self.steps, "mean_weights": self.weight_trajectory.means(),
                 "weight_trajectory": self.weight_trajectory.as_dict()}
+
+
+def project_onto_simplex(y: Tensor) -> Tensor:
+    """The Euclidean projection of `y` onto the probability simplex {x >= 0, sum x = 1} (the
+    sort-based algorithm of Held, Wolfe & Crowder, 1974; Duchi et al., 2008)."""
+    ordered = torch.sort(y, descending=True).values
+    cumulative = ordered.cumsum(0) - 1.0
+    index = torch.arange(1, len(y) + 1, dtype=y.dtype, device=y.device)
+    support = int((ordered - cumulative / index > 0).sum())
+    return (y - cumulative[support - 1] / support).clamp_min(0.0)
+
+
+def cross_gramian64(first: Tensor, second: Tensor) -> Tensor:
+    """A B^T of two T x n matrices accumulated in float64, in column blocks (as `gramian64`)."""
+    if first.dtype == torch.float64 and second.dtype == torch.float64:
+        return first @ second.T
+    product = torch.zeros(first.shape[0], second.shape[0], dtype=torch.float64, device=first.device)
+    for start in range(0, first.shape[1], GRAMIAN_CHUNK):
+        product += first[:, start:start + GRAMIAN_CHUNK].double() @ second[:, start:start + GRAMIAN_CHUNK].double().T
+    return product
+
+
+class DoubleSampledWeighting(GradientCombiner):
+    """Base for methods whose weights come from two independent batches per task (SDMGrad, MoDo):
+    A = J_1 J_2^T, an unbiased estimate of the true Gramian where J_1 J_1^T is not. The step's own
+    batch gives J_1, one extra batch per task (`extra_batches`, StepInputs.extra_losses) J_2; the
+    update is weights @ (J_1 + J_2) / 2, each head the mean of its two gradients (MoDo's
+    Equation 2.9b: both batches' losses). Cost: one more forward and backward per task per step,
+    and a second T x n matrix. The statistics are J_1's."""
+
+    extra_batches = 1
+
+    @abstractmethod
+    def cross_weights(self, cross: Tensor, first_squares: Tensor, second_squares: Tensor, step: StepInfo) -> Tensor:
+        """T task weights (float64) from A = J_1 J_2^T (float64 on the CPU, T x T, not symmetric) and
+        the squared row norms of J_1 and J_2 (for a scale-free normalisation)."""
+
+    def aggregate(self, gradients, gramian, step):  # pragma: no cover - backward does the work
+        raise NotImplementedError
+
+    def backward(self, losses, shared, task_specific, pipeline):
+        tasks = tuple(losses)
+        values = pipeline.loss_values(losses)
+        first, heads = task_gradients(losses, shared, task_specific, pipeline)
+        extra = self.step_inputs.extra_losses()[0]
+        second, second_heads = task_gradients({task: extra[task] for task in tasks}, shared, task_specific, pipeline)
+        gramian = gramian64(first)
+        eps = max(torch.finfo(first.dtype).eps, pipeline.compute_eps)
+        step = StepInfo(tasks, torch.stack(list(values.values())).to("cpu", torch.float64), eps)
+        second_squares = torch.stack([row.double().square().sum() for row in second]).cpu() if len(second[0]) \
+            else torch.zeros(len(tasks), dtype=torch.float64)
+        weights = self.cross_weights(cross_gramian64(first, second).cpu(), gramian.diagonal().cpu(), second_squares, step)
+        if shared:
+            first += second
+            first *= 0.5
+            write_shared_gradient(weights.to(first.device, first.dtype) @ first, shared)
+        write_head_gradients({task: [None if a is None else (a + b) / 2 if b is not None else a / 2
+                                     for a, b in zip(heads[task], second_heads[task])] for task in tasks},
+                             task_specific)
+        self._record(gramian, weights, list(tasks))

@@ -130,7 +130,7 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     it, with the last task's 0.99 (for methods that watch the decrease)."""
     import torch
 
-    from strategies.base import IDENTITY_PIPELINE
+    from strategies.base import IDENTITY_PIPELINE, StepInputs
 
     tasks = [f"t{i}" for i in range(len(jacobians[0]))]
     combiner = build_combiner(name, task_order or tasks, seed, **(options or {}))
@@ -139,6 +139,10 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     for epoch, (jacobian, value) in enumerate(zip(jacobians, values), 1):
         combiner.on_epoch_start(epoch)
         theta = torch.nn.Parameter(torch.zeros(jacobian.shape[1], dtype=jacobian.dtype))
+        # extra batches (double sampling, a held-out batch) have the same Jacobian here
+        combiner.prepare(StepInputs(
+            lambda jacobian=jacobian, value=value, theta=theta: [linear_losses(jacobian, value, theta, order)
+                                                                 for _ in range(combiner.extra_batches)], 1e-3))
         combiner.backward(linear_losses(jacobian, value, theta, order), [theta], {}, IDENTITY_PIPELINE)
         updates.append(theta.grad.detach().clone())
         decrease = torch.full_like(value, 0.9)
