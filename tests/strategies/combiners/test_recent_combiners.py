@@ -43,7 +43,8 @@ def test_simplex_projection_is_the_closest_point_of_the_simplex():
         y = torch.randn(5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
         x = project_onto_simplex(y)
         assert x.min() >= 0 and x.sum().item() == pytest.approx(1.0)
-        best = minimize(lambda v: ((v - y.numpy()) ** 2).sum(), np.full(5, 0.2), method="SLSQP",
+        target = y.numpy()
+        best = minimize(lambda v, target=target: ((v - target) ** 2).sum(), np.full(5, 0.2), method="SLSQP",
                         bounds=[(0, None)] * 5, constraints={"type": "eq", "fun": lambda v: v.sum() - 1},
                         options={"ftol": 1e-14})
         assert np.allclose(x.numpy(), best.x, atol=1e-6)
@@ -224,7 +225,7 @@ def test_moco_first_step_by_hand_and_convergence_to_the_min_norm_weights():
     torch.testing.assert_close(update, lam @ J)
     # constant gradients: y = g, and the projected-gradient iteration converges to MGDA's min-norm weights
     for scale in SCALES:
-        updates, combiner = combiner_updates("moco", [scale * J] * 400, [torch.ones(3, dtype=torch.float64)] * 400,
+        updates, _ = combiner_updates("moco", [scale * J] * 400, [torch.ones(3, dtype=torch.float64)] * 400,
                                              options={"gamma": 1.0, "gamma_sigma": 0.0})
         torch.testing.assert_close(updates[-1], scale * (min_norm_weights(G) @ J), rtol=1e-6, atol=1e-12 * scale)
 
@@ -284,7 +285,7 @@ def test_sdmgrad_inner_solve_reaches_its_quadratic_programme():
 @pytest.mark.parametrize("scale", SCALES)
 def test_modo_agrees_with_torchjd_on_the_normalised_cross_gramian(scale):
     pairs = [(scale * random_jacobian(3, 10, 2 * s), scale * random_jacobian(3, 10, 2 * s + 1)) for s in range(4)]
-    ours, combiner = double_sampled_updates("modo", pairs)
+    ours, _ = double_sampled_updates("modo", pairs)
     theirs = aggregation.MoDoWeighting(gamma=0.1, rho=0.1)
     for (first, second), update in zip(pairs, ours):
         cross = first @ second.T / (first.norm() * second.norm())
