@@ -56,9 +56,23 @@ def make_strategies(recipe: Recipe, model: MultiTaskModel, batches_per_epoch: di
     if combiner.needs_several_tasks and (sampler.single_task or len(tasks) < 2):
         raise UserError(f"{where}.combiner: '{recipe.combiner.name}' needs several task losses per step, "
                         f"but sampler '{recipe.sampler.name}' gives one task per step")
+    _check_representation_mode(combiner, regularizers, model, f"{where}.combiner")
     freezing = registry.build("freezing", recipe.freezing.name, recipe.freezing.options, model,
                               where=f"{where}.freezing")
     return Strategies(sampler, combiner, regularizers, freezing)
+
+
+def _check_representation_mode(combiner, regularizers, model: MultiTaskModel, where: str) -> None:
+    """`on = "representation"` needs every loss to reach the encoder only through what its head reads."""
+    if not combiner.needs_representations:
+        return
+    if regularizers:
+        raise UserError(f"{where}.on: 'representation' takes each task's gradient at its head's input, but a "
+                        "regulariser's terms reach the encoder through other inputs; use on = 'parameters'")
+    tied = [name for name, spec in model.specs.items() if spec.kind is TaskKind.MLM]
+    if tied:
+        raise UserError(f"{where}.on: 'representation' cannot serve MLM task(s) {', '.join(tied)}: their "
+                        "decoder is the encoder's embedding, reached besides the representation; use on = 'parameters'")
 
 
 def build_strategies(recipe: Recipe, model: MultiTaskModel, train_sets: dict[str, TaskBatches], seed: int,

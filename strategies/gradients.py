@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -254,9 +254,59 @@ class GradientCombiner(Combiner):
         return summary
 
 
+@dataclass
+class GramianOptions:
+    """The option every Gramian weighting has: which gradients the Gramian is made of.
+    "parameters": each task's gradient of the shared parameters (T backwards through the encoder).
+    "representation": each task's gradient of its representation, the tensor its head reads
+    (Sener & Koltun's MGDA-UB; LibMTL's rep_grad): the weights come from those, and the encoder
+    gets one backward of sum_t w_t L_t through the representations."""
+
+    on: Literal["parameters", "representation"] = "parameters"
+
+
 class GramianWeighting(GradientCombiner):
     """A method that is a weighting: task weights from the Gramian (and the method's own explicit
-    state), applied by the base as `weights @ G`."""
+    state), applied by the base as `weights @ G`; on the shared parameters' gradients or, with
+    `on = "representation"`, on the representations' (`backward_on_representation`)."""
+
+    @property
+    def needs_representations(self) -> bool:
+        return getattr(self.options, "on", "parameters") == "representation"
+
+    def backward(self, losses, shared, task_specific, pipeline):
+        if self.needs_representations:
+            return self.backward_on_representation(losses, shared, task_specific, pipeline)
+        return super().backward(losses, shared, task_specific, pipeline)
+
+    def backward_on_representation(self, losses, shared, task_specific, pipeline):
+        """Weights from the Gramian of the tasks' representation gradients (each task's flattened,
+        zero-padded to the longest: with a batch per task, row entries pair the i-th element of
+        each task's representation, as LibMTL's rep_grad does with an input per task); then one
+        backward through the encoder of sum_t w_t dL_t/dz_t, and each head its own gradient.
+        Gradients stay multiplied by the pipeline's factor (the same for every task on one process,
+        so the weights do not see it); the trainer unscales `.grad` after."""
+        tasks = tuple(losses)
+        representations = self.step_inputs.representations
+        rows, heads = [], {}
+        for task, loss in losses.items():
+            own = list(task_specific.get(task, ()))
+            grads = torch.autograd.grad(loss, [representations[task], *own], retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(representations[task]) if grads[0] is None else grads[0])
+            heads[task] = list(grads[1:])
+        width = max(row.numel() for row in rows)
+        matrix = torch.stack([torch.nn.functional.pad(row.reshape(-1), (0, width - row.numel())) for row in rows])
+        gramian = gramian64(matrix)
+        values = pipeline.loss_values(losses)
+        eps = max(torch.finfo(matrix.dtype).eps, pipeline.compute_eps)
+        weights = self.task_weights(gramian, StepInfo(tasks, torch.stack(list(values.values())).to("cpu", torch.float64),
+                                                      eps))
+        if shared:
+            torch.autograd.backward([representations[t] for t in tasks],
+                                    [w * row for w, row in zip(weights.tolist(), rows)], inputs=list(shared))
+        scales = dict(zip(tasks, weights.tolist())) if self.weights_scale_heads else None
+        write_head_gradients(heads, task_specific, scales)
+        self._record(gramian, weights, list(tasks))
 
     @abstractmethod
     def task_weights(self, gramian: Tensor, step: StepInfo) -> Tensor:

@@ -112,7 +112,9 @@ def linear_losses(jacobian, values, parameter, order=None):
     """Task losses with the given values whose gradients w.r.t. `parameter` are the Jacobian's rows
     (tasks named t0, t1, ...), listed in `order` (default: row order)."""
     order = range(len(jacobian)) if order is None else order
-    return {f"t{i}": values[i] + (jacobian[i] @ parameter - (jacobian[i] @ parameter).detach()) for i in order}
+    inputs = parameter if isinstance(parameter, dict) else {f"t{i}": parameter for i in order}
+    return {f"t{i}": values[i] + (jacobian[i] @ inputs[f"t{i}"] - (jacobian[i] @ inputs[f"t{i}"]).detach())
+            for i in order}
 
 
 def build_combiner(name, tasks, seed=0, **options):
@@ -139,11 +141,15 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     for epoch, (jacobian, value) in enumerate(zip(jacobians, values), 1):
         combiner.on_epoch_start(epoch)
         theta = torch.nn.Parameter(torch.zeros(jacobian.shape[1], dtype=jacobian.dtype))
-        # extra batches (double sampling, a held-out batch) have the same Jacobian here
+        # extra batches (double sampling, a held-out batch) have the same Jacobian here; with
+        # `on = "representation"` each task reads its own copy z_t = theta (an identity encoder)
+        representations = ({t: theta * 1.0 for t in tasks} if combiner.needs_representations else None)
         combiner.prepare(StepInputs(
             lambda jacobian=jacobian, value=value, theta=theta: [linear_losses(jacobian, value, theta, order)
-                                                                 for _ in range(combiner.extra_batches)], 1e-3))
-        combiner.backward(linear_losses(jacobian, value, theta, order), [theta], {}, IDENTITY_PIPELINE)
+                                                                 for _ in range(combiner.extra_batches)], 1e-3,
+            representations))
+        combiner.backward(linear_losses(jacobian, value, representations or theta, order), [theta], {},
+                          IDENTITY_PIPELINE)
         updates.append(theta.grad.detach().clone())
         decrease = torch.full_like(value, 0.9)
         decrease[-1] = 0.99

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, normalized
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
 from strategies.registry import register
 
 SCALES = ("min", "median", "rmse")
@@ -53,7 +53,7 @@ class AlignedMTL(GramianWeighting):
     """Aligned-MTL (Senushkin et al., 2023): align task gradients to an orthogonal, equal-norm set."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         scale: Literal["min", "median", "rmse"] = "min"
 
     def task_weights(self, gramian, step: StepInfo):

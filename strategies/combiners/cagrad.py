@@ -28,7 +28,7 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -92,7 +92,7 @@ class CAGrad(GramianWeighting):
     """CAGrad (Liu et al., 2021): the best worst-task improvement near the average gradient."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         c: float = 0.5  # radius of the ball around the average gradient, relative to its norm
         rescale: bool = True  # divide the update by 1 + c^2
 

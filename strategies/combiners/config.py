@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -49,7 +49,7 @@ class ConFIG(GramianWeighting):
     """ConFIG (Liu et al., 2025): the equal-cosine direction, as long as the summed projections."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         pass
 
     def task_weights(self, gramian, step: StepInfo):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from strategies.combiners.upgrad import dual_cone_projection_weights
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -40,7 +40,7 @@ class DualProj(GramianWeighting):
     """DualProj (TorchJD): the mean gradient projected onto the dual cone of the task gradients."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         pass
 
     def task_weights(self, gramian, step: StepInfo):

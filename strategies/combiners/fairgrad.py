@@ -28,7 +28,7 @@ import torch
 from scipy.optimize import least_squares
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -68,7 +68,7 @@ class FairGrad(GramianWeighting):
     """FairGrad (Ban & Ji, 2024): the alpha-fair update, G G^T w = w^(-1/alpha)."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         alpha: float = 2.0  # fairness: 0 linear scalarisation, 1 proportional, larger nearer max-min
 
         def __post_init__(self):

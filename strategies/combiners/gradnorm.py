@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, normalized
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
 from strategies.registry import register
 
 
@@ -51,7 +51,7 @@ class GradNorm(GramianWeighting):
     weights_scale_heads = True  # GradNorm re-weights whole task losses
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         alpha: float = 1.5  # strength of the pull towards equal training rates (LibMTL's default)
         lr: float = 0.025  # step size of the weights on L_grad / mean(G)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, task_permutations, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
 from strategies.registry import register
 
 # A target cosine within this of 1 cannot be reached by adding a finite multiple of g_j.
@@ -66,7 +66,7 @@ class GradVac(GramianWeighting):
     """GradVac (Wang et al., 2021): steer each pair's gradient cosine to an adaptive target."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         beta: float = 0.01  # EMA rate of the target similarities (the paper's value)
 
         def __post_init__(self):

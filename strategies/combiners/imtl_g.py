@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -48,7 +48,7 @@ class IMTLG(GramianWeighting):
     """IMTL-G (Liu et al., 2021): the update projects equally onto every task's gradient direction."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         pass
 
     def task_weights(self, gramian, step: StepInfo):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, normalized
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
 from strategies.registry import register
 from tasks.errors import UserError
 
@@ -107,7 +107,7 @@ class MGDA(GramianWeighting):
     """MGDA (Sener & Koltun, 2018): the min-norm point of the convex hull of task gradients."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         normalization: Literal["none", "l2", "loss", "loss+"] = "none"
         # what the weights scale: the normalised gradients (LibMTL) or the raw ones (the authors' code)
         apply_to: Literal["normalized", "raw"] = "normalized"

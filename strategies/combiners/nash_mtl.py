@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from strategies.combiners.mgda import min_norm_weights
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 MAX_NEWTON_STEPS = 500
@@ -75,7 +75,7 @@ class NashMTL(GramianWeighting):
     """Nash-MTL (Navon et al., 2022): the tasks' Nash bargaining solution, G G^T alpha = 1 / alpha."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         pass
 
     def task_weights(self, gramian, step: StepInfo):

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, task_permutations, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
 from strategies.registry import register
 
 REDUCTIONS = ("sum", "mean")
@@ -65,7 +65,7 @@ class PCGrad(GramianWeighting):
     """PCGrad gradient surgery (Yu et al., 2020): project away conflicting components."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         reduction: Literal["sum", "mean"] = "sum"
 
     def task_weights(self, gramian, step: StepInfo):

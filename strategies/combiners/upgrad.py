@@ -25,7 +25,7 @@ import torch
 from scipy.optimize import nnls
 from torch import Tensor
 
-from strategies.gradients import GramianWeighting, StepInfo, unit_gramian
+from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
 from strategies.registry import register
 
 
@@ -56,7 +56,7 @@ class UPGrad(GramianWeighting):
     """UPGrad (Quinton & Rey, 2024): the mean of each gradient's projection onto the dual cone."""
 
     @dataclass
-    class Options:
+    class Options(GramianOptions):
         pass
 
     def task_weights(self, gramian, step: StepInfo):

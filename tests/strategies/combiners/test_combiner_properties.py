@@ -17,9 +17,14 @@ import pytest
 import torch
 
 from strategies import registry
+from strategies.gradients import GramianWeighting
 from tests.conftest import combiner_updates
 
-COMBINERS = sorted(registry.available("combiner"))
+# Every Gramian weighting also with `on = "representation"` (named NAME:representation here): on an
+# identity encoder (z_t = theta) it must give exactly what the parameter gradients give.
+GRAMIAN_WEIGHTINGS = sorted(n for n in registry.available("combiner")
+                            if issubclass(registry.get("combiner", n), GramianWeighting))
+COMBINERS = sorted(registry.available("combiner")) + [f"{n}:representation" for n in GRAMIAN_WEIGHTINGS]
 SCALES = [1e-8, 1e-4, 1.0, 1e2, 1e4]
 DTYPES = [torch.float32, torch.float64]
 FAMILIES = ["random", "conflicting", "spread", "zero_row", "nearly_parallel", "more_tasks_than_dims"]
@@ -27,7 +32,7 @@ STEPS = 3
 
 
 def test_the_suite_covers_every_combiner_of_the_method_family():
-    assert len(COMBINERS) >= 28, COMBINERS
+    assert len(registry.available("combiner")) >= 28, COMBINERS
 
 
 def jacobian(family: str, tasks: int, seed: int, dtype) -> torch.Tensor:
@@ -53,7 +58,23 @@ def loss_values(tasks: int, step: int, dtype) -> torch.Tensor:
 def run(name, family, tasks, dtype, scale=1.0, **kwargs):
     jacobians = [jacobian(family, tasks, 10 * step + tasks, dtype) * scale for step in range(STEPS)]
     size = len(jacobians[0])
-    return combiner_updates(name, jacobians, [loss_values(size, step, dtype) for step in range(STEPS)], **kwargs)
+    name, _, on = name.partition(":")
+    return combiner_updates(name, jacobians, [loss_values(size, step, dtype) for step in range(STEPS)],
+                            options={"on": on} if on else None, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", GRAMIAN_WEIGHTINGS)
+def test_representation_gradients_on_an_identity_encoder_equal_the_parameter_gradients(name, dtype):
+    for family in FAMILIES:
+        for seed in (0, 1):
+            on_parameters, _ = run(name, family, 3, dtype, seed=seed)
+            on_representation, combiner = run(f"{name}:representation", family, 3, dtype, seed=seed)
+            assert combiner.options.on == "representation"
+            for step, (got, want) in enumerate(zip(on_representation, on_parameters)):
+                # the same weights; sum_t w_t g_t summed by autograd instead of a matmul: rounding only
+                size = jacobian(family, 3, 10 * step + 3, torch.float64).norm(dim=1).sum().item()
+                assert close(got.double(), want.double(), 100 * torch.finfo(dtype).eps, 10 * size), (family, seed)
 
 
 def weights_of(combiner) -> dict | None:

@@ -337,3 +337,50 @@ def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
     assert "conflicts" not in rw and sum(rw["mean_weights"].values()) == pytest.approx(1.0)
     for name in ("gradient_conflicts.png", "task_weights.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "mgda", "cagrad", "nash_mtl", "upgrad", "fairgrad"])
+def test_on_representation_weights_come_from_the_representation_gradients_of_a_real_model(real_step, name):
+    """Weights from the Gramian of each task's dL_t/dz_t (z: what its head reads, flattened and
+    zero-padded), then one backward: the shared gradient is sum_t w_t grad L_t; heads their own."""
+    from strategies.base import StepInputs
+    model, batches = real_step
+    shared, heads = model.shared_parameters(), model.task_parameters()
+    by_hand, head_expected = gradients_by_hand(model, batches)
+    rows = []
+    for task, batch in batches.items():
+        output = model(task, batch)
+        rows.append(torch.autograd.grad(output.loss, output.representation)[0].reshape(-1).double())
+    width = max(len(r) for r in rows)
+    rep = torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+    cls = registry.get("combiner", name)
+    twin = cls(cls.Options(on="representation"), list(batches), torch.Generator().manual_seed(5))
+    outputs = {t: model(t, b) for t, b in batches.items()}
+    values = torch.stack([o.loss.detach() for o in outputs.values()]).double()
+    weights = twin.task_weights(rep @ rep.T, StepInfo(tuple(batches), values, torch.finfo(torch.float32).eps))
+
+    combiner = cls(cls.Options(on="representation"), list(batches), torch.Generator().manual_seed(5))
+    combiner.prepare(StepInputs(representations={t: o.representation for t, o in outputs.items()}))
+    combiner.backward({t: o.loss for t, o in outputs.items()}, shared, heads, IDENTITY_PIPELINE)
+    got = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in shared])
+    torch.testing.assert_close(got, weights.float() @ by_hand, rtol=1e-4, atol=1e-6)
+    for task, grads in head_expected.items():
+        for parameter, grad in zip(heads[task], grads):
+            torch.testing.assert_close(parameter.grad, grad)
+
+
+def test_on_representation_refuses_regularisers_with_one_line_and_trains_without(tmp_path, capsys):
+    from bench.cli import main
+    from tests.conftest import write_suite
+    suite = write_suite(tmp_path / "s.toml", '[[recipes]]\nname = "pc"\nsampler = "joint"\n'
+                        'combiner = { name = "pcgrad", on = "representation" }\nregularizers = ["fgm"]\n')
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "s.toml recipes[0].combiner.on: 'representation'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))
+    suite = write_suite(tmp_path / "t.toml", '[[recipes]]\nname = "pc"\nsampler = "joint"\n'
+                        'combiner = { name = "mgda", on = "representation" }\n')
+    assert main(["run", str(suite), "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
+    import json
+    record = json.loads(next((tmp_path / "ok").glob("*-seed0.json")).read_text())
+    assert record["recipe"]["combiner"]["options"]["on"] == "representation"
+    assert record["strategies"]["combiner"]["steps"] > 0
