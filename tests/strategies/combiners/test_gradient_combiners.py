@@ -382,5 +382,5 @@ def test_on_representation_refuses_regularisers_with_one_line_and_trains_without
     assert main(["run", str(suite), "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
     import json
     record = json.loads(next((tmp_path / "ok").glob("*-seed0.json")).read_text())
-    assert record["recipe"]["combiner"]["options"]["on"] == "representation"
+    assert record["config"]["recipe"]["combiner"]["options"]["on"] == "representation"
     assert record["strategies"]["combiner"]["steps"] > 0
