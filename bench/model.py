@@ -264,6 +264,11 @@ class MultiTaskModel(nn.Module):
                            {task: [p for p in ps if p.requires_grad] for task, ps in heads.items()})
         return self._split
 
+    def parameters_changed(self) -> None:
+        """Modules were added to the model (adapters): the shared/per-task split is found again."""
+        if hasattr(self, "_parameter_groups"):
+            del self._parameter_groups
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return self._trainable_split()[0]
 

@@ -167,6 +167,9 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     pipeline = pipeline or StepPipeline()
     pipeline.begin(shares or {})
     combiner = strategies.combiner
+    if len(extra or ()) != combiner.extra_batches:
+        raise ValueError(f"combiner '{combiner.name}' takes {combiner.extra_batches} extra batches per task per step, "
+                         f"given {len(extra or ())}")
     losses, task_losses, representations = _step_losses(model, strategies, batches, pipeline)
     task_losses = pipeline.global_values(task_losses)
     try:

@@ -265,8 +265,9 @@ class TrainingLoop:
         if freezing.changes != state.seen_changes:
             state.seen_changes = freezing.changes
             names = freezing.trainable()
+            elements = sum(p.numel() for p in self.parts.model.parameters() if p.requires_grad)
             state.outcome.trainable.append({"epoch": epoch, "step": state.step, "parameters": len(names),
-                                            "names": names})
+                                            "elements": elements, "names": names})
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """The epoch's steps; returns each task's mean training loss over them."""

@@ -18,14 +18,17 @@ MTLBENCH = str(Path(sys.executable).with_name("mtlbench"))
 NO_COST = "[cost]\nenabled = false\n"
 # The strategies with state: GradVac's targets, uncertainty weighting's learned log-variances,
 # FAMO's logits and own optimizer, gradual unfreezing's stage, SMART's noise generator, the
-# proportional sampler's generator.
+# proportional sampler's generator; LoRA's adapters with Auto-Lambda's weights, own optimizer and
+# held-out batch stream.
 STATEFUL = (NO_COST
             + '[[recipes]]\nname = "gradvac_gu"\nsampler = "joint"\ncombiner = "gradvac"\n'
               'freezing = "gradual_unfreezing"\nregularizers = ["fgm"]\n'
             + '[[recipes]]\nname = "uw_smart"\nsampler = "joint"\ncombiner = "uw"\n'
               'regularizers = [{ name = "smart", steps = 1 }]\n'
             + '[[recipes]]\nname = "famo"\nsampler = "joint"\ncombiner = "famo"\n'
-            + '[[recipes]]\nname = "proportional"\nsampler = "proportional"\n')
+            + '[[recipes]]\nname = "proportional"\nsampler = "proportional"\n'
+            + '[[recipes]]\nname = "lora_autol"\nsampler = "joint"\ncombiner = "auto_lambda"\n'
+              'freezing = { name = "lora", rank = 4 }\n')
 COMPARED = ("metrics", "best", "overall", "history", "strategies", "seed", "config")
 
 
