@@ -170,6 +170,8 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     if len(extra or ()) != combiner.extra_batches:
         raise ValueError(f"combiner '{combiner.name}' takes {combiner.extra_batches} extra batches per task per step, "
                          f"given {len(extra or ())}")
+    if combiner.needs_representations and strategies.regularizers:
+        raise ValueError(f"combiner '{combiner.name}' with on = 'representation' does not compose with regularisers")
     losses, task_losses, representations = _step_losses(model, strategies, batches, pipeline)
     task_losses = pipeline.global_values(task_losses)
     try:

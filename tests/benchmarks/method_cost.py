@@ -119,6 +119,25 @@ def measure(family: str, size: str, batch: int, length: int, rounds: int, steps:
             "tasks": len(SPECS), "shared_parameters": shared, "variants": found}
 
 
+def render(folder: Path) -> str:
+    """Markdown tables of every measurement in `folder` (one per JSON file)."""
+    import json
+    parts = []
+    for path in sorted(folder.glob("*.json")):
+        found = json.loads(path.read_text())
+        parts.append(f"`{path.name}`: {found['family']}, {found['size']} encoder ({found['shared_parameters']:,} "
+                     f"encoder parameters), {found['tasks']} tasks x batch {found['batch_per_task']} x length "
+                     f"{found['length']}, {found['rounds']} rounds of {found['steps_per_block']} step(s), {found['device']}\n")
+        parts.append("| variant | step x sum (median) | IQR over rounds | step peak tensor MiB | x sum | live MiB | trained parameters |")
+        parts.append("|---|---:|---:|---:|---:|---:|---:|")
+        for name, row in found["variants"].items():
+            parts.append(f"| {name} | {row['ratio_to_sum']:.3f} | {row['iqr'][0]:.3f}-{row['iqr'][1]:.3f} | "
+                         f"{row['peak_tensor_mib']:.1f} | {row['peak_over_sum']:.2f} | {row['live_mib']:.0f} | "
+                         f"{row['trained_parameters']:,} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=["representation", "combiners", "regularizers", "peft"],
@@ -130,7 +149,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--render", type=Path, help="print the tables of the measurements in this folder and stop")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return {}
     torch.set_num_threads(args.threads)
     found = measure(args.family, args.size, args.batch, args.length, args.rounds, args.steps)
     found.update({"device": f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
