@@ -94,10 +94,12 @@ class Stepper:
         return (time.perf_counter() - started) / len(self.batches)
 
 
-def measure(family: str, size: str, batch: int, length: int, rounds: int, steps: int) -> dict:
+def measure(family: str, size: str, batch: int, length: int, rounds: int, steps: int,
+            only: list[str] | None = None) -> dict:
     config = BertConfig(**SIZES[size])
     batches = make_batches(config.vocab_size, batch, length, steps)
-    steppers = {name: Stepper(variant, config, batches) for name, variant in variants(family).items()}
+    chosen = {name: v for name, v in variants(family).items() if name == "sum" or not only or name in only}
+    steppers = {name: Stepper(variant, config, batches) for name, variant in chosen.items()}
     for stepper in steppers.values():  # warm-up: the optimizer's state is allocated at the first step
         stepper.block()
     peaks = {name: step_peak_tensor_memory(lambda s=s: s.step(batches[0])) for name, s in steppers.items()}
@@ -148,6 +150,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", help="comma-separated variants of the family to measure (sum always)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--render", type=Path, help="print the tables of the measurements in this folder and stop")
     args = parser.parse_args(argv)
@@ -155,7 +158,8 @@ def main(argv=None) -> dict:
         print(render(args.render))
         return {}
     torch.set_num_threads(args.threads)
-    found = measure(args.family, args.size, args.batch, args.length, args.rounds, args.steps)
+    found = measure(args.family, args.size, args.batch, args.length, args.rounds, args.steps,
+                    args.only.split(",") if args.only else None)
     found.update({"device": f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
                   "torch": torch.__version__, "precision": "fp32"})
     for name, row in found["variants"].items():
