@@ -1,5 +1,5 @@
-"""ConFIG: Liu, Chu, Thuerey (2025), "ConFIG: Towards Conflict-free Training of Physics Informed
-Neural Networks", ICLR (Equation 2).
+"""ConFIG, conflict-free inverse gradients (registered as `conflict_free`): Liu, Chu & Thuerey (2025),
+"ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks", ICLR (Equation 2).
 
 With u_t = g_t / ||g_t|| the unit gradients, the direction is the one with an equal, positive
 cosine to every gradient, d = pinv(U) 1 (U the unit gradients as rows), and its length the sum of
@@ -44,9 +44,9 @@ def config_weights(gramian: torch.Tensor, eps: float | None = None) -> torch.Ten
     return weights
 
 
-@register("combiner", "config")
+@register("combiner", "conflict_free")
 class ConFIG(GramianWeighting):
-    """ConFIG (Liu et al., 2025): the equal-cosine direction, as long as the summed projections."""
+    """ConFIG, conflict-free inverse gradients (Liu et al., 2025): the equal-cosine direction, as long as the summed projections."""
 
     @dataclass
     class Options(GramianOptions):

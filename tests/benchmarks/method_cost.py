@@ -36,7 +36,7 @@ from strategies import registry
 from tests.benchmarks.step_vs_loop import SIZES, SPECS, make_batches
 from tests.benchmarks.test_step_cost import step_peak_tensor_memory
 
-NEW_COMBINERS = ("stch", "fairgrad", "excess_mtl", "moco", "sdmgrad", "modo", "config", "dualproj", "imtl",
+NEW_COMBINERS = ("stch", "fairgrad", "excess_mtl", "moco", "sdmgrad", "modo", "conflict_free", "dualproj", "imtl",
                  "auto_lambda", "gls")
 
 
@@ -110,15 +110,15 @@ def measure(family: str, size: str, batch: int, length: int, rounds: int, steps:
             seconds[name].append(steppers[name].block())
     shared = sum(p.numel() for p in steppers["sum"].model.encoder.parameters())
     found = {}
-    for name in steppers:
+    for name, stepper in steppers.items():
         ratios = [mine / base for mine, base in zip(seconds[name], seconds["sum"])]
         low, _, high = statistics.quantiles(ratios, n=4)
         found[name] = {"ratio_to_sum": statistics.median(ratios), "iqr": [low, high],
                        "step_seconds": statistics.median(seconds[name]), "peak_tensor_mib": peaks[name],
-                       "peak_over_sum": peaks[name] / peaks["sum"], "trained_parameters": steppers[name].trained(),
-                       "live_mib": steppers[name].live_bytes() / 2**20}
-    return {"family": family, "size": size, "batch_per_task": batch, "length": length, "rounds": rounds, "steps_per_block": steps,
-            "tasks": len(SPECS), "shared_parameters": shared, "variants": found}
+                       "peak_over_sum": peaks[name] / peaks["sum"], "trained_parameters": stepper.trained(),
+                       "live_mib": stepper.live_bytes() / 2**20}
+    return {"family": family, "size": size, "batch_per_task": batch, "length": length, "rounds": rounds,
+            "steps_per_block": steps, "tasks": len(SPECS), "shared_parameters": shared, "variants": found}
 
 
 def render(folder: Path) -> str:

@@ -166,10 +166,10 @@ def test_config_on_orthogonal_gradients_and_its_equal_cosines(dtype):
     norms = torch.tensor([1.0, 4.0, 0.25], dtype=torch.float64)
     for scale in SCALES:
         J = (scale * torch.diag(norms)).to(dtype)
-        update, _ = one_update("config", J)  # d_hat = 1 / sqrt(3); length sum_i n_i / sqrt(3)
+        update, _ = one_update("conflict_free", J)  # d_hat = 1 / sqrt(3); length sum_i n_i / sqrt(3)
         assert rel(update, scale * norms.sum() / 3 * torch.ones(3, dtype=torch.float64)) < tol(dtype)
         J = (scale * random_jacobian(3, 7, 5)).to(dtype)
-        update, _ = one_update("config", J)
+        update, _ = one_update("conflict_free", J)
         cosines = (J.double() @ update.double()) / (J.double().norm(dim=1) * update.double().norm())
         assert cosines.min().item() == pytest.approx(cosines.max().item(), rel=10 * tol(dtype))
         length = (J.double() @ (update.double() / update.double().norm())).sum()
@@ -180,7 +180,7 @@ def test_config_on_orthogonal_gradients_and_its_equal_cosines(dtype):
 def test_config_agrees_with_torchjd(scale):
     for seed, (tasks, dims) in enumerate([(2, 5), (3, 8), (5, 3), (4, 40)]):
         J = scale * random_jacobian(tasks, dims, seed)
-        ours, _ = one_update("config", J)
+        ours, _ = one_update("conflict_free", J)
         assert rel(ours, aggregation.ConFIG()(J)) < 1e-9
 
 
