@@ -176,8 +176,9 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     task_losses = pipeline.global_values(task_losses)
     try:
         _check_finite(losses, "loss", at, pipeline.ranks)  # with the regularisers' terms
+        groups = getattr(optimizer, "param_groups", None)  # a stand-in optimizer may have none
         combiner.prepare(StepInputs(_extra_losses(model, extra, pipeline) if extra else None,
-                                    optimizer.param_groups[0]["lr"], representations))
+                                    groups[0]["lr"] if groups else 0.0, representations))
         combiner.backward(losses, model.shared_parameters(), model.task_parameters(), pipeline)
         if pipeline.changes_gradients:
             pipeline.reduce_grads([p for group in optimizer.param_groups for p in group["params"]])

@@ -92,7 +92,11 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
     if textbook_fgm:
         step = lambda: _textbook_fgm_step(model, next(cycle), optimizer)
     else:
-        step = lambda: training_step(model, strategies, next(cycle), optimizer)
+        extra = strategies.combiner.extra_batches  # double sampling, a held-out batch: the cycle's next steps
+
+        def step():
+            batches = next(cycle)
+            return training_step(model, strategies, batches, optimizer, extra=[next(cycle) for _ in range(extra)])
     step.model, step.optimizer = model, optimizer  # for tests that compare variants
     return step
 
