@@ -18,11 +18,12 @@ import pandas as pd
 
 from bench import config, executors, gate, records, tables
 from bench.config import Suite
+from bench.own_loop import StrategyStep, TaskInputs
 from bench.records import RunRecord
 from strategies.registry import register
 from tasks.errors import UserError
 
-__all__ = ["RunRecord", "Suite", "UserError", "check", "load_baseline", "load_records", "load_suite",
+__all__ = ["RunRecord", "StrategyStep", "Suite", "TaskInputs", "UserError", "check", "load_baseline", "load_records", "load_suite",
            "make_baseline", "markdown", "register", "run", "table", "tune", "verdict"]
 
 

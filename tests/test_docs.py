@@ -39,8 +39,9 @@ def _section(name: str) -> str:
 
 def test_every_python_block_is_run_here():
     """The blocks the tests below run, by their section: a new block without a test fails here."""
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3
     assert "```python" in _section("Add a strategy") and "```python" in _section("Python API")
+    assert "```python" in _section("Use a strategy in your own code")
 
 
 def test_the_readme_strategy_example_registers_a_working_sampler():
@@ -78,6 +79,27 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert all(r.status == "finished" and len(r.history) == 2 for r in records)
     assert (tmp_path / "runs" / "notebook" / "table.md").exists()
     assert ("mean", "sst acc") in namespace["frame"].columns
+
+
+def test_the_readme_own_loop_example_trains_with_pcgrad_and_fgm():
+    namespace = {}
+    code = re.search(r"```python\n(.*?)```", _section("Use a strategy in your own code"), re.DOTALL).group(1)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 -- the README, on purpose
+    step, heads, forward, encoder = namespace["step"], namespace["heads"], namespace["forward"], namespace["encoder"]
+    ids = namespace["ids"]
+    before = {t: forward[t](encoder(ids))[0].item() for t in heads}
+    assert step.combiner.name == "pcgrad" and step.regularizers[0].name == "fgm"
+    assert step.regularizers[0].extra_forward_passes == 2 * 20  # one adversarial pass per task per step
+    assert step.combiner.summary()["steps"] == 20
+    # 20 more steps lower both training losses
+    for _ in range(20):
+        step.backward({t: namespace["mtlbench"].TaskInputs(encoder(ids), forward[t], namespace["mask"]) for t in heads})
+        namespace["optimizer"].step()
+        namespace["optimizer"].zero_grad()
+    after = {t: forward[t](encoder(ids))[0].item() for t in heads}
+    assert all(after[t] < before[t] for t in heads), (before, after)
 
 
 @pytest.mark.parametrize("where, code", blocks("toml"), ids=[w for w, _ in blocks("toml")])
