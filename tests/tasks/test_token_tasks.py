@@ -178,3 +178,20 @@ def test_iob_tags_inferred_from_a_tsv_are_tags_not_characters(tmp_path):
     data = load_task("files", registry.find(str(tmp_path / "ner.toml")))
     assert data.labels == ("O", "B-LOC", "B-PER") and data.label_origin == "inferred from the training split"
     assert data.rows["train"][0] == {"tokens": ["alice", "saw", "bob"], "tags": [2, 0, 2]}
+
+
+def test_representation_level_gradients_read_the_output_states_of_token_tasks_and_refuse_mlm(tmp_path, capsys):
+    """Token kinds' heads read the encoder's output states: on = "representation" takes those, of
+    different lengths per task (zero-padded rows), and trains; an MLM task (its decoder is the
+    encoder's embedding) is refused at load, naming the key."""
+    recipes = '[[recipes]]\nname = "mgda_rep"\nsampler = "joint"\ncombiner = { name = "mgda", on = "representation" }\n'
+    out = tmp_path / "out"
+    suite = _suite(tmp_path, 'tasks = ["entity", "ner", "sst"]', recipes)
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--jobs", "1"]) == 0
+    record = json.loads((out / "suite.mgda_rep-seed0.json").read_text())
+    combiner = record["strategies"]["combiner"]
+    assert combiner["steps"] > 0 and sum(combiner["mean_weights"].values()) == pytest.approx(1.0)
+    assert all(math.isfinite(v) for task in ("entity", "ner", "sst") for v in record["metrics"][task].values())
+    suite = _suite(tmp_path, 'tasks = ["mlm", "ner"]', recipes)
+    assert main(["run", str(suite), "--out", str(tmp_path / "refused"), "--no-progress"]) == 2
+    assert "combiner.on: 'representation' cannot serve MLM task(s) mlm" in capsys.readouterr().err
