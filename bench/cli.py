@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from datetime import datetime
@@ -51,6 +52,18 @@ def _shard(value: str | None) -> tuple[int, int]:
         raise UserError(f"--shard {value}: expected I/N, e.g. 0/4 for the first of four shards") from None
 
 
+def _reporting_to(suite, value: str):
+    """The suite with --report-to's trackers instead of its [tracking] report_to."""
+    from bench.settings import TrackingSettings
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    try:
+        tracking = TrackingSettings(report_to=names, log_every=suite.tracking.log_every)
+    except ValueError as error:
+        raise UserError(f"--report-to {value}: {error}") from None
+    return dataclasses.replace(suite, tracking=tracking)
+
+
 def _run(args) -> int:
     from bench import api, tables
 
@@ -60,6 +73,8 @@ def _run(args) -> int:
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
         suite = suite.with_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    if args.report_to is not None:
+        suite = _reporting_to(suite, args.report_to)
     if args.tuned:
         suite = _tuned(suite, Path(args.tuned), args.storage)
     elif args.storage:
@@ -265,6 +280,8 @@ def _run_parser(sub) -> None:
                      "`threads` cores; on an accelerator, 1); results do not depend on it")
     run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
                      "part of the setting, recorded")
+    run.add_argument("--report-to", help="comma-separated trackers for live scalars: csv, tensorboard (overrides the "
+                     "suite's [tracking] report_to; files under OUT/tracking/)")
     run.add_argument("--precision", help="fp32, bf16 or fp16 (default: the suite's [train] precision, fp32); "
                      "part of the setting, recorded")
     run.add_argument("--executor", choices=executors.CHOICES, default=executors.LOCAL,

@@ -52,6 +52,7 @@ from bench.settings import (
     CostSettings,
     FrontSettings,
     SearchRange,
+    TrackingSettings,
     TrainSettings,
     TuneSettings,
 )
@@ -71,7 +72,7 @@ RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooli
                "tune")
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
               "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check",
-              "checkpoints", "tune", "front")
+              "checkpoints", "tune", "front", "tracking")
 STRATEGY_AXES = ("sampler", "combiner", "freezing")  # "regularizers.NAME" besides
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
@@ -182,6 +183,7 @@ class Suite:
     cost: CostSettings = field(default_factory=CostSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     tune: TuneSettings | None = None
     front: FrontSettings | None = None
     validation: str = "dev"  # "carved": dev is tune_fraction of train, held out (bench.tuning's trials)
@@ -227,6 +229,7 @@ class Suite:
                 "model": self.model, "seeds": list(self.seeds), "train": dataclasses.asdict(self.train),
                 "baseline": self.baseline.name if self.baseline else None, "cost": dataclasses.asdict(self.cost),
                 "check": self.check.as_dict(), "checkpoints": dataclasses.asdict(self.checkpoints),
+                "tracking": dataclasses.asdict(self.tracking),
                 "synthetic": self.synthetic.as_dict() if self.data == "synthetic" else None,
                 "tiny_encoder": dataclasses.asdict(self.tiny_encoder) if self.model == TINY else None,
                 "source": self.source,
@@ -281,6 +284,7 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         recipes += front_points(baseline, list(specs), front, len(recipes))
     cost = from_table(CostSettings, raw.get("cost", {}), f"{where} [cost]")
     checkpoints = from_table(CheckpointSettings, raw.get("checkpoints", {}), f"{where} [checkpoints]")
+    tracking = from_table(TrackingSettings, raw.get("tracking", {}), f"{where} [tracking]")
     return Suite(
         name=check_name(raw.get("name", path.stem), f"{where}: name"), description=raw.get("description", ""),
         specs=specs, data=data, data_dir=raw.get("data_dir"), model=raw.get("model", TINY), seeds=seeds,
@@ -288,6 +292,7 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         tiny_encoder=from_table(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
         recipes=recipes, source=str(path), test=test, baseline=baseline, cost=cost,
         check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
+        tracking=tracking,
         tune=tune, front=front,
     )
 

@@ -87,7 +87,7 @@ def comparable_config(config: dict) -> dict:
     """What a run's result depends on, from its record's `config`: not the suite's other seeds, the
     file it came from, its description or the gate's tolerances."""
     suite = {k: v for k, v in config.get("suite", {}).items() if k not in (
-        "seeds", "source", "check", "description", "checkpoints", "tune", "front")}
+        "seeds", "source", "check", "description", "checkpoints", "tune", "front", "tracking")}
     return {"suite": suite, "recipe": config.get("recipe"), "tasks": config.get("tasks")}
 
 

@@ -75,6 +75,8 @@ class StepPipeline(GradientPipeline):
     trainer multiplies each task's loss by `multiplier(task)`; gradients come back through
     `per_task` (a per-task combiner) or `reduce_grads` (after a plain backward)."""
 
+    grad_norm: torch.Tensor | None = None  # the last step's gradient norm (before clipping), on the device
+
     def __init__(self, precision: str = "fp32", device: torch.device | None = None, ranks: Ranks = SINGLE):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -192,3 +192,25 @@ class FrontSettings:
 
     def divisions_for(self, tasks: int) -> int:
         return self.divisions or {1: 1, 2: 6, 3: 4}.get(tasks, 3)
+
+
+TRACKERS = ("csv", "tensorboard")  # bench.tracking; MLflow and W&B are not wired yet
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """`[tracking]` of a suite: where each run's live scalars go, every `log_every` training steps.
+    Off by default: a run's record already keeps its per-epoch history, and a tracker is an extra
+    dependency and files that a suite asks for. Not part of a run's identity (turning it on never
+    makes a finished run "other settings")."""
+
+    report_to: list[str] = field(default_factory=list)
+    log_every: int = 10
+
+    def __post_init__(self):
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker(s) {', '.join(map(repr, unknown))}; available: "
+                             f"{', '.join(TRACKERS)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")

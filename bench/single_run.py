@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 
 import torch
 
-from bench import checkpoint, cost, examples, predictions
+from bench import checkpoint, cost, examples, predictions, tracking
 from bench.config import Recipe
 from bench.context import SuiteContext, config_hash
 from bench.evaluation import best_epoch
 from bench.files import exclusive
 from bench.records import SCHEMA_VERSION, RunRecord, environment, read_json
 from bench.step import Diverged
+from bench.tracking import Trackers
 from bench.trainer import TrainingLoop, TrainOutcome
 from tasks.errors import UserError
 
@@ -153,9 +154,13 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
     resume, half_loaded = saves.resume_into(parts.model)
     if half_loaded:  # a broken checkpoint's weights went partly into the model: start from a fresh one
         parts = context.build(recipe, seed)
-    loop = TrainingLoop(parts, train, context.device, context.ranks, context.progress, context.predictions)
+    loop = TrainingLoop(parts, train, context.device, context.ranks, context.progress, context.predictions,
+                        log_every=suite.tracking.log_every)
     if resume is not None:
         loop.load_state_dict(resume)
+    if suite.tracking.report_to and context.ranks.writes:  # rank 0 alone logs; resumed: from its step on
+        loop.trackers = Trackers(suite.tracking.report_to, context.out_dir, f"{suite.name}/{recipe.name}/seed{seed}",
+                                 loop.state.step, tracking.flatten("config", config))
     save, history = saves.saver(parts.model), loop.state.outcome.history
 
     def on_epoch_end(epoch, state_dict):
@@ -172,6 +177,9 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
         shutil.rmtree(saves.folder, ignore_errors=True)  # a stopped trial resumes nowhere
         return RunRecord(**identity, status="pruned", pruned={"epoch": pruned.epoch, "value": pruned.value},
                          history=loop.state.outcome.history, env=environment(context.device), created=_now())
+    finally:
+        if loop.trackers:
+            loop.trackers.close()
     parameters = sum(p.numel() for p in parts.model.parameters())
     model = {"name": suite.model, "path": prepared.model_path, "parameters": parameters,
              "max_length": prepared.max_length,

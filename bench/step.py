@@ -183,7 +183,8 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
         if pipeline.changes_gradients:
             pipeline.reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
         # The norm is needed anyway for clipping; an infinite limit measures without clipping.
-        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)))
+        pipeline.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+        finite = bool(torch.isfinite(pipeline.grad_norm))
     except SkippedStep:
         finite = False
     except Diverged:

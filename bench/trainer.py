@@ -8,6 +8,7 @@ import os
 import random
 import statistics
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from bench import checkpoint, flops
+from bench import checkpoint, flops, tracking
 from bench.data import BatchStream, TaskBatches
 from bench.evaluation import best_epoch, evaluate
 from bench.model import MultiTaskModel
@@ -25,6 +26,7 @@ from bench.parallel import SINGLE, Ranks
 from bench.precision import StepPipeline, StepTimer
 from bench.settings import TrainSettings
 from bench.step import StepPlace, Strategies, make_optimizer, training_step
+from bench.tracking import Trackers
 from tasks.errors import UserError
 
 
@@ -170,8 +172,11 @@ class TrainingLoop:
     loss or gradient raises bench.step.Diverged; `state.outcome` then holds the epochs before it."""
 
     def __init__(self, parts: RunParts, settings: TrainSettings, device: torch.device, ranks: Ranks = SINGLE,
-                 progress: bool = False, keep_predictions: bool = False):
+                 progress: bool = False, keep_predictions: bool = False, trackers: Trackers | None = None,
+                 log_every: int = 10):
         self.parts, self.settings, self.device, self.ranks = parts, settings, device, ranks
+        self.trackers, self.log_every = trackers, log_every  # live scalars (bench.tracking); None: off
+        self._logged = (0, time.perf_counter())  # examples and clock at the last log: examples/s between logs
         self.progress, self.keep_predictions = progress, keep_predictions
         model, strategies = parts.model, parts.strategies
         model.to(device)
@@ -291,6 +296,8 @@ class TrainingLoop:
                                         at=StepPlace(epoch, state.step + 1), extra=extra)
             self.timer.stop(started)
             state.step += 1
+            if self.trackers and state.step % self.log_every == 0:
+                self.trackers.log(state.step, self._step_scalars(task_losses))
             for task, loss in task_losses.items():
                 loss_sums[task] = loss_sums.get(task, 0) + loss
                 loss_counts[task] += 1
@@ -311,6 +318,22 @@ class TrainingLoop:
             batches[task] = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return batches, shares
 
+    def _step_scalars(self, task_losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """What a tracker shows of this step (read from the device only when logging)."""
+        state, pipeline = self.state, self.pipeline
+        rates = sorted({group["lr"] for group in self.optimizer.param_groups})
+        examples, clock = self._logged
+        now = time.perf_counter()
+        self._logged = (state.examples, now)
+        scalars = {**{f"loss/{task}": float(loss) for task, loss in task_losses.items()},
+                   "lr": rates[-1], **({f"lr/{i}": rate for i, rate in enumerate(rates)} if len(rates) > 1 else {}),
+                   "grad_norm": float(pipeline.grad_norm) if pipeline.grad_norm is not None else None,
+                   "examples_per_second": (state.examples - examples) / (now - clock) if now > clock else None,
+                   **self.parts.strategies.combiner.step_scalars()}
+        if pipeline.scaler is not None:
+            scalars.update({"loss_scale": pipeline.loss_scale(), "skipped_steps": pipeline.skipped_steps})
+        return scalars
+
     def _score_epoch(self, epoch: int, train_loss: dict[str, float]) -> None:
         parts, outcome, settings = self.parts, self.state.outcome, self.settings
         dev_predictions, dev_golds = {}, {}
@@ -321,6 +344,9 @@ class TrainingLoop:
                                         if dev_golds[t] is not None}
         outcome.history.append({"epoch": epoch, "step": self.state.step, "dev": metrics,
                                 "train_loss": train_loss})
+        if self.trackers:
+            self.trackers.log(self.state.step, {**tracking.flatten("dev", metrics),
+                                                **tracking.flatten("epoch_train_loss", train_loss)})
         outcome.eval = eval_info
         self._score_at_best(epoch, dev_predictions)
 

@@ -211,6 +211,11 @@ class Combiner(Strategy, ABC):
         """What the run record keeps of this combiner (weights, statistics)."""
         return {}
 
+    def step_scalars(self) -> dict[str, float]:
+        """The last step's task weights and pair cosines by name ("weight/sst", "cosine/sst|sts"),
+        where the method computes them: what a tracker shows step by step."""
+        return dict(getattr(self, "latest", {}))
+
 
 @dataclass
 class TaskStep:

@@ -237,6 +237,8 @@ class GradientCombiner(Combiner):
             self.weight_trajectory.add(dict(zip(tasks, weights.tolist())))
         self.cosine_trajectory.add(step_cosines)
         self.steps += 1
+        self.latest = {**({f"weight/{t}": w for t, w in zip(tasks, weights.tolist())} if weights is not None else {}),
+                       **{f"cosine/{pair}": c for pair, c in step_cosines.items()}}
 
     def summary(self) -> dict:
         if not self.steps:
@@ -358,6 +360,7 @@ class LossWeightingCombiner(Combiner):
             objective = objective + pipeline.loss_scale() * penalty
         objective.backward()
         self.weight_trajectory.add(dict(zip(losses, weights.detach().tolist())))
+        self.latest = {f"weight/{task}": w for task, w in zip(losses, weights.detach().tolist())}
         self.steps += 1
 
     def summary(self) -> dict:

@@ -13,7 +13,7 @@ from torch import nn
 
 _SKIP = object()
 # Set at construction from the recipe and the model, never changed by training.
-NOT_STATE = frozenset({"options", "model", "tasks", "step_inputs"})  # step_inputs: this step's only
+NOT_STATE = frozenset({"options", "model", "tasks", "step_inputs", "latest"})  # step_inputs: this step's only
 
 
 def capture(value):

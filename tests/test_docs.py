@@ -109,7 +109,7 @@ def test_every_toml_block_is_a_valid_suite_task_or_section(where, code, tmp_path
         SuiteContext(mtlbench.Suite.from_dict(table, source=where), tmp_path).validate()
     elif "kind" in table:  # a task definition
         task_registry.parse(table, "example", where, tmp_path)
-    elif "check" in table:  # a [check] section, in a suite of its own
+    elif "check" in table or "tracking" in table:  # a section, in a suite of its own
         mtlbench.Suite.from_dict({"recipes": [{"sampler": "joint"}], **table}, source=where)
     else:  # pyproject's entry-point table
         assert "mtlbench.strategies" in table["project"]["entry-points"], where
