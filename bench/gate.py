@@ -41,7 +41,7 @@ def _suite_config(record: RunRecord) -> dict:
     """The suite settings that decide results: without the seeds, the recipe list, the gate's own
     tolerances and where the file lay."""
     suite = dict(record.config.get("suite", {}))
-    for key in ("seeds", "source", "check", "data_dir", "checkpoints"):
+    for key in ("seeds", "source", "check", "data_dir", "checkpoints", "tracking"):  # tracking: where scalars go
         suite.pop(key, None)
     return suite
 

@@ -68,6 +68,21 @@ def test_results_pass_against_their_own_baseline(tmp_path, baseline_file, capsys
     assert "| pcgrad | sst accuracy | 0.9100 | 0.9100 | +0.0000 | 0.8900 | pass |" in out
 
 
+def test_tracking_settings_are_not_results_settings(tmp_path, baseline_file, capsys):
+    """Turning live logging on changes where scalars go, not what a run gives: no settings note.
+    A training setting does draw it."""
+    import copy
+    tracked = copy.deepcopy(BASE)
+    for r in tracked:
+        r["config"]["suite"]["tracking"] = {"report_to": ["tensorboard"], "log_every": 5}
+    assert run_check(tmp_path, tracked, baseline_file) == 0
+    assert "differ from the baseline" not in capsys.readouterr().out
+    for r in tracked:
+        r["config"]["suite"]["train"]["lr"] = 2e-3
+    assert run_check(tmp_path, tracked, baseline_file) == 0
+    assert "differ from the baseline" in capsys.readouterr().out
+
+
 def test_a_metric_drop_beyond_the_tolerance_fails_and_names_recipe_and_task(tmp_path, baseline_file, capsys):
     # sum's sst std is 0.0141: the limit is 0.91 - max(0.02, 3 x 0.0141) = 0.8676
     now = [*BASE[2:], record("sum", 0, 0.87, 0.80), record("sum", 1, 0.87, 0.82)]
