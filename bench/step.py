@@ -167,11 +167,7 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
     pipeline = pipeline or StepPipeline()
     pipeline.begin(shares or {})
     combiner = strategies.combiner
-    if len(extra or ()) != combiner.extra_batches:
-        raise ValueError(f"combiner '{combiner.name}' takes {combiner.extra_batches} extra batches per task per step, "
-                         f"given {len(extra or ())}")
-    if combiner.needs_representations and strategies.regularizers:
-        raise ValueError(f"combiner '{combiner.name}' with on = 'representation' does not compose with regularisers")
+    _check_inputs(strategies, extra)
     losses, task_losses, representations = _step_losses(model, strategies, batches, pipeline)
     task_losses = pipeline.global_values(task_losses)
     try:
@@ -211,6 +207,16 @@ def training_step(model: MultiTaskModel, strategies: Strategies, batches: dict[s
 
     combiner.after_step(task_losses, losses_after)
     return task_losses
+
+
+def _check_inputs(strategies: Strategies, extra: list | None) -> None:
+    """What a step outside the trainer can get wrong (the suite's loading refuses it before)."""
+    combiner = strategies.combiner
+    if len(extra or ()) != combiner.extra_batches:
+        raise ValueError(f"combiner '{combiner.name}' takes {combiner.extra_batches} extra batches per task per step, "
+                         f"given {len(extra or ())}")
+    if combiner.needs_representations and strategies.regularizers:
+        raise ValueError(f"combiner '{combiner.name}' with on = 'representation' does not compose with regularisers")
 
 
 def _extra_losses(model: MultiTaskModel, extra: list[dict[str, dict]], pipeline: StepPipeline):
