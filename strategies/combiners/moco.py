@@ -72,7 +72,7 @@ class MoCo(GradientCombiner):
         tracked = self.estimates[rows]
         gram, _ = normalized(gramian64(tracked))
         gamma = self.options.gamma / self.step_count ** self.options.gamma_sigma
-        lambdas = self.lambdas[rows] / self.lambdas[rows].sum()
-        self.lambdas[rows] = moco_lambda_step(lambdas, gram, gamma, self.options.rho) * self.lambdas[rows].sum()
-        weights = self.lambdas[rows] / self.lambdas[rows].sum()
+        mass = self.lambdas[rows].sum()  # a step holding some of the tasks keeps the others' weight
+        weights = moco_lambda_step(self.lambdas[rows] / mass, gram, gamma, self.options.rho)
+        self.lambdas[rows] = weights * mass
         return weights.to(tracked.device, tracked.dtype) @ tracked, weights

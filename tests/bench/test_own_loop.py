@@ -9,24 +9,12 @@ import torch
 
 from bench.step import Strategies, training_step
 from strategies import registry
+from tests.strategies.regularizers.test_adversarial import _GradientCapture
 
 CASES = {"sum": {}, "pcgrad": {"combiner": "pcgrad"}, "mgda": {"combiner": {"name": "mgda", "normalization": "l2"}},
          "fgm": {"regularizers": [{"name": "fgm", "epsilon": 0.5}]},
          "pcgrad+fgm": {"combiner": "pcgrad", "regularizers": ["fgm"]},
          "frozen_embeddings": {"combiner": "pcgrad", "freezing": "frozen_embeddings"}}
-
-
-class _Capture:
-    """An optimizer stand-in: keeps the gradients the harness's step leaves."""
-
-    def __init__(self, model):
-        self.model, self.grads = model, None
-
-    def step(self):
-        self.grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.model.named_parameters()}
-
-    def zero_grad(self, set_to_none=True):
-        self.model.zero_grad(set_to_none=True)
 
 
 def _spec(entry):
@@ -39,7 +27,7 @@ def harness_gradients(model, batches, case):
     regularizers = [registry.build("regularizer", *_spec(r), torch.Generator().manual_seed(1 + i))
                     for i, r in enumerate(case.get("regularizers", ()))]
     freezing = registry.build("freezing", *_spec(case.get("freezing", "none")), model)
-    capture = _Capture(model)
+    capture = _GradientCapture(model)
     training_step(model, Strategies(None, combiner, regularizers, freezing), batches, capture, max_grad_norm=None)
     return capture.grads
 
