@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench import backbone, gate, parallel
+from bench import backbone, gate, parallel, tracking
 from bench.config import Recipe, Suite
 from bench.data import Masker, TaskBatches
 from bench.model import MultiTaskModel
@@ -163,6 +163,7 @@ class SuiteContext:
         without pair tasks, a pooling the encoder cannot give). The model is an outline (no weights)
         and every task counts one batch."""
         suite = self.suite
+        tracking.check_installed(suite.tracking.report_to)  # a missing extra fails before any run starts
         extra = (suite.baseline,) if suite.baseline and suite.baseline not in suite.recipes else ()
         for recipe in suite.recipes + extra:
             tasks = suite.tasks_of(recipe)

@@ -1,6 +1,6 @@
 """Plots from run records: a recipes x tasks heat map, per-task dot plots with intervals, quality
-against paired cost by recipe family, and for gradient combiners the per-pair gradient conflicts
-and the task-weight trajectories. Every plot is written atomically."""
+against paired cost by recipe family, for gradient combiners the per-pair gradient conflicts, and
+the curves over training (bench.curve_plots). Every plot is written atomically."""
 
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ def write_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -
         raise UserError(f"{out_dir}: no finished runs to plot (every run diverged)")
     table = summary(records, select)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from bench.curve_plots import curve_plots
     from bench.front_plots import front_plots
 
     return [_heatmap(table, records, out_dir, select), _dots(table, records, out_dir, select),
             _quality_vs_cost(table, records, out_dir), *_conflict_plots(records, out_dir),
-            *front_plots(records, out_dir, select)]
+            *curve_plots(records, out_dir), *front_plots(records, out_dir, select)]
 
 
 def _heatmap(table, records, out_dir: Path, select: str) -> Path:
@@ -197,23 +198,4 @@ def _conflict_plots(records: list[RunRecord], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out_dir / "gradient_conflicts.png"))
 
-    trajectories = _by_recipe(records, "weight_trajectory")
-    if trajectories:
-        recipes = list(trajectories)
-        columns = min(3, len(recipes))
-        rows = -(-len(recipes) // columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-        for ax, recipe in zip(axes.flat, recipes):
-            trajectory = trajectories[recipe][0]["weight_trajectory"]  # the first seed
-            for task in (k for k in trajectory if k not in ("every", "step")):
-                ax.plot(trajectory["step"], trajectory[task], label=task)
-            ax.set_title(recipe, fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(f"task weight (mean of {trajectory['every']} steps)", fontsize=7)
-        for ax in list(axes.flat)[len(recipes):]:
-            ax.set_visible(False)
-        axes.flat[0].legend(fontsize=7)
-        fig.suptitle("task weights w in the update w @ G over training (first seed)")
-        fig.tight_layout()
-        written.append(_save(fig, out_dir / "task_weights.png"))
     return written

@@ -50,6 +50,7 @@ class RunRecord:
     overall: float | None = None
     overall_best: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: epoch, step, dev metrics, train_loss
+    series: dict[str, Any] | None = None  # the tracked step scalars, thinned: every, steps, values (bench.tracking)
     train: dict[str, Any] | None = None  # examples, steps, seconds, examples_per_second, step_seconds_median
     eval: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None  # paired step cost against the baseline recipe (bench.cost)
@@ -69,14 +70,14 @@ class RunRecord:
     IDENTITY: ClassVar[tuple[str, ...]] = ("schema", "run_id", "suite", "recipe_name", "recipe_index", "recipe",
                                           "seed", "tasks", "config", "config_hash", "primary_metrics", "data")
     KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "finished": IDENTITY + ("status", "model", "metrics", "best", "overall", "overall_best", "history", "train",
+        "finished": IDENTITY + ("status", "model", "metrics", "best", "overall", "overall_best", "history", "series", "train",
                                 "eval", "cost", "examples_file", "peak_memory_mb", "memory", "strategies", "env",
                                 "created", "test_at_best_dev", "trial", "tuned", "front"),
-        "diverged": IDENTITY + ("status", "diverged", "history", "env", "created", "trial", "tuned", "front"),
+        "diverged": IDENTITY + ("status", "diverged", "history", "series", "env", "created", "trial", "tuned", "front"),
         "pruned": IDENTITY + ("status", "pruned", "history", "env", "created", "trial"),
     }
     # written only when present
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"test_at_best_dev", "trial", "tuned", "front"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"test_at_best_dev", "trial", "tuned", "front", "series"})
     # What tables, plots and the gate read, by status: a record without one of these is refused.
     REQUIRED: ClassVar[dict[str, tuple[str, ...]]] = {
         "finished": ("run_id", "suite", "recipe_name", "recipe_index", "seed", "primary_metrics", "metrics",

@@ -194,7 +194,7 @@ class FrontSettings:
         return self.divisions or {1: 1, 2: 6, 3: 4}.get(tasks, 3)
 
 
-TRACKERS = ("csv", "tensorboard")  # bench.tracking; MLflow and W&B are not wired yet
+TRACKERS = ("csv", "tensorboard", "mlflow", "wandb")  # bench.tracking
 
 
 @dataclass(frozen=True)

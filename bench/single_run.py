@@ -17,7 +17,7 @@ from bench.evaluation import best_epoch
 from bench.files import exclusive
 from bench.records import SCHEMA_VERSION, RunRecord, environment, read_json
 from bench.step import Diverged
-from bench.tracking import Trackers
+from bench.tracking import TrackedRun, Trackers
 from bench.trainer import TrainingLoop, TrainOutcome
 from tasks.errors import UserError
 
@@ -159,8 +159,7 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
     if resume is not None:
         loop.load_state_dict(resume)
     if suite.tracking.report_to and context.ranks.writes:  # rank 0 alone logs; resumed: from its step on
-        loop.trackers = Trackers(suite.tracking.report_to, context.out_dir, f"{suite.name}/{recipe.name}/seed{seed}",
-                                 loop.state.step, tracking.flatten("config", config))
+        loop.trackers = _open_trackers(context, TrackedRun(suite.name, recipe.name, seed), loop, config)
     save, history = saves.saver(parts.model), loop.state.outcome.history
 
     def on_epoch_end(epoch, state_dict):
@@ -169,10 +168,15 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
             watch(epoch, history)
     try:
         outcome = loop.run(on_epoch_end=on_epoch_end)
+        if loop.trackers:
+            loop.trackers.finish(loop.state.step, _final_scalars(outcome.history, specs))
     except Diverged as diverged:
         context.log(f"      {recipe.name} seed {seed} diverged: {diverged}")
-        return RunRecord(**identity, status="diverged", diverged=diverged.place(),
-                         history=loop.state.outcome.history, env=environment(context.device), created=_now())
+        if loop.trackers:
+            loop.trackers.finish(loop.state.step, {}, failed=True)
+        series = loop.state.outcome.series
+        return RunRecord(**identity, status="diverged", diverged=diverged.place(), history=loop.state.outcome.history,
+                         series=series.to_dict() if series else None, env=environment(context.device), created=_now())
     except Pruned as pruned:
         shutil.rmtree(saves.folder, ignore_errors=True)  # a stopped trial resumes nowhere
         return RunRecord(**identity, status="pruned", pruned={"epoch": pruned.epoch, "value": pruned.value},
@@ -193,6 +197,24 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
     return record
 
 
+def _open_trackers(context: SuiteContext, run: TrackedRun, loop: TrainingLoop, config: dict) -> Trackers:
+    """The run's trackers from its step on; resumed, they get again what it had logged (for a tracker
+    that may have lost it: W&B offline)."""
+    trackers = Trackers(context.suite.tracking.report_to, context.out_dir, run, loop.state.step,
+                        tracking.flatten("config", config))
+    if loop.state.step:
+        series = loop.state.outcome.series
+        trackers.replay(tracking.logged_points(series.to_dict() if series else None, loop.state.outcome.history))
+    return trackers
+
+
+def _final_scalars(history: list[dict], specs: dict) -> dict[str, float]:
+    """What a tracker keeps as the run's result: the last epoch's dev metrics and the overall scores."""
+    last, _, overall, overall_best = _summarise(history, specs)
+    return {**tracking.flatten("final", last),
+            **tracking.flatten("final", {"overall": overall, "overall_best": overall_best})}
+
+
 def _finished(context: SuiteContext, recipe: Recipe, seed: int, identity: dict, outcome: TrainOutcome,
               specs: dict, model: dict, strategies) -> RunRecord:
     """A finished run's record, with its predictions and per-example dev file written beside it."""
@@ -205,7 +227,8 @@ def _finished(context: SuiteContext, recipe: Recipe, seed: int, identity: dict, 
     last, best, overall, overall_best = _summarise(outcome.history, specs)
     return RunRecord(
         **identity, status="finished", model=model, metrics=last, best=best, overall=overall,
-        overall_best=overall_best, history=outcome.history, train=outcome.train, eval=outcome.eval, cost=step_cost,
+        overall_best=overall_best, history=outcome.history, series=outcome.series.to_dict() if outcome.series else None,
+        train=outcome.train, eval=outcome.eval, cost=step_cost,
         examples_file=examples_file.name, peak_memory_mb=outcome.memory["peak_memory_mb"], memory=outcome.memory,
         strategies={"combiner": strategies.combiner.summary(),
                     "regularizers": {r.name: r.summary() for r in strategies.regularizers},

@@ -1,26 +1,70 @@
 """Live scalars of a run for the trackers people watch (`[tracking] report_to`): every `log_every`
 training steps each task's loss, the learning rate, the gradient norm, the combiner's task weights
 and pairwise gradient cosines where it computes them, the loss scale and skipped steps, examples/s;
-after each epoch the dev metrics. One tracker run per run, named SUITE/RECIPE/seedN, under
-OUT/tracking/. A resumed run continues the same series from the checkpoint's step: what a killed
-run logged after it is dropped (TensorBoard's purge_step; the CSV is cut back), so no step appears
-twice. Under data parallelism rank 0 alone logs (its caller's rule)."""
+after each epoch the dev metrics; once the resolved config and, at the end, the final metrics.
+One tracker run per run, named SUITE/RECIPE/seedN, under OUT/tracking/ (one suite is one
+experiment). A resumed run continues the same tracker run from the checkpoint's step and no step
+appears twice: TensorBoard and the CSV drop what a killed run logged after the checkpoint
+(purge_step; cut back); MLflow and W&B cannot delete points, so they skip steps the killed run
+already logged (a resumed run repeats them exactly). Under data parallelism rank 0 alone logs
+(its caller's rule). A tracker that fails while logging is dropped with a warning; the run goes on."""
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import sys
+import time
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.files import exclusive, write_text_atomic
 from tasks.errors import UserError
+
+SERIES_POINTS = 256  # the most steps a record's series keeps (thinned by halving, bench.tracking.StepSeries)
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """Whose scalars: one suite is one experiment, a recipe's seeds are runs side by side."""
+
+    suite: str
+    recipe: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}/{self.recipe}/seed{self.seed}"
+
+
+LIBRARIES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module
+
+
+def check_installed(names: list[str]) -> None:
+    """A one-line error naming the extra of the first tracker whose library is missing."""
+    for name in names:
+        if name in LIBRARIES:
+            _needs(name)
+
+
+def _needs(tracker: str):
+    """The tracker's library (its extra has the tracker's name), or a one-line error naming the extra."""
+    try:
+        return __import__(LIBRARIES[tracker], fromlist=["_"])
+    except ImportError as error:
+        raise UserError(f"report_to '{tracker}' needs the {tracker} extra: pip install 'mtlbench[{tracker}]'") \
+            from error
 
 
 class CsvTracker:
     """OUT/tracking/csv/SUITE/RECIPE/seedN.csv, one `step,name,value` row per scalar."""
 
-    def __init__(self, root: Path, name: str, resume_step: int):
-        self.path = root / "csv" / f"{name}.csv"
+    def __init__(self, root: Path, run: TrackedRun, resume_step: int, hyperparameters: Mapping[str, object]):
+        self.path = root / "csv" / f"{run.name}.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step and self.path.exists():  # cut back to the checkpoint: no step twice
@@ -35,6 +79,9 @@ class CsvTracker:
         self.writer.writerows([step, name, repr(value)] for name, value in scalars.items())
         self.handle.flush()
 
+    def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
+        self.log(step, final)
+
     def close(self) -> None:
         self.handle.close()
 
@@ -43,14 +90,11 @@ class TensorBoardTracker:
     """Event files under OUT/tracking/tensorboard/SUITE/RECIPE/seedN (point `tensorboard --logdir`
     at OUT/tracking/tensorboard: one suite is one experiment, a recipe's seeds side by side)."""
 
-    def __init__(self, root: Path, name: str, resume_step: int, hyperparameters: Mapping[str, object]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:  # torch's writer needs the tensorboard package
-            raise UserError("report_to 'tensorboard' needs the tensorboard extra: pip install 'mtlbench[tensorboard]'") \
-                from error
-        self.writer = SummaryWriter(log_dir=str(root / "tensorboard" / name),
-                                    purge_step=resume_step + 1 if resume_step else None)
+    def __init__(self, root: Path, run: TrackedRun, resume_step: int, hyperparameters: Mapping[str, object]):
+        tensorboard = _needs("tensorboard")
+        # purge_step: what a killed run (or one that restarted from scratch) logged after it is hidden
+        self.writer = tensorboard.SummaryWriter(log_dir=str(root / "tensorboard" / run.name),
+                                                purge_step=resume_step + 1)
         if not resume_step:
             self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in hyperparameters.items()), 0)
 
@@ -59,31 +103,194 @@ class TensorBoardTracker:
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
+    def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
+        self.log(step, final)
+
     def close(self) -> None:
         self.writer.close()
+
+
+MLFLOW_NAME = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric or param name ("|" of a task pair)
+
+
+class MlflowTracker:
+    """One MLflow run per run in the experiment named after the suite, tagged with its recipe and
+    seed. The store is MLFLOW_TRACKING_URI if set, else SQLite at OUT/tracking/mlflow.db (MLflow's
+    file store is in maintenance mode): `mlflow ui --backend-store-uri sqlite:///OUT/tracking/mlflow.db`."""
+
+    def __init__(self, root: Path, run: TrackedRun, resume_step: int, hyperparameters: Mapping[str, object]):
+        _needs("mlflow")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        root.mkdir(parents=True, exist_ok=True)
+        with exclusive(root / "mlflow.lock", wait=True):  # --jobs: one process creates the tables and experiment
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(run.suite)
+            experiment = found.experiment_id if found else self.client.create_experiment(
+                run.suite, artifact_location=(root / "mlflow-artifacts").resolve().as_uri())  # not the cwd's mlruns/
+        earlier = self.client.search_runs([experiment], f"tags.`mtlbench.run` = '{run.name}'")
+        self.logged = 0  # steps up to here were logged by the killed run this one resumes
+        if resume_step and earlier:
+            self.run_id = earlier[0].info.run_id
+            self.logged = max((m.step for key in earlier[0].data.metrics
+                               for m in self.client.get_metric_history(self.run_id, key)), default=0)
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            for stale in earlier:  # started afresh: the old series would mix with the new one
+                self.client.delete_run(stale.info.run_id)
+            self.run_id = self.client.create_run(experiment, run_name=run.name, tags={
+                "mtlbench.run": run.name, "suite": run.suite, "recipe": run.recipe, "seed": str(run.seed)}).info.run_id
+            params = [Param(MLFLOW_NAME.sub(":", k), str(v)[:6000]) for k, v in hyperparameters.items()]
+            for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+                self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        if step <= self.logged:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(MLFLOW_NAME.sub(":", name), value, now, step)
+                                                    for name, value in scalars.items()])
+
+    def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
+        self.logged = 0
+        self.log(step, final)
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+    def close(self) -> None:
+        pass  # a killed run stays RUNNING in MLflow, as MLflow shows any interrupted run
+
+
+class WandbTracker:
+    """One W&B run per run: project WANDB_PROJECT (default "mtlbench"), group = the suite, job type =
+    the recipe, name SUITE/RECIPE/seedN, files under OUT/tracking/wandb; offline with
+    WANDB_MODE=offline (then `wandb sync`). The run's id is kept in OUT/tracking/wandb-runs/ so that a
+    resumed run continues the same W&B run. W&B keeps a run's steps increasing: online, a resumed run
+    starts after the last step the server holds (`starting_step`) and sends nothing before it; offline
+    (where a kill -9 loses what W&B had not flushed, often everything) it logs from the checkpoint on
+    and `wandb sync` drops the steps the killed run's file already holds."""
+
+    def __init__(self, root: Path, run: TrackedRun, resume_step: int, hyperparameters: Mapping[str, object]):
+        wandb = _needs("wandb")
+        identity = (root / "wandb-runs" / run.name).with_suffix(".id")
+        if resume_step and identity.exists():
+            self.id = identity.read_text().strip()
+        else:
+            self.id = uuid.uuid4().hex[:16]
+            write_text_atomic(identity, self.id)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mtlbench"), group=run.suite,
+                              job_type=run.recipe, name=run.name, id=self.id, resume="allow", dir=str(root),
+                              config=dict(hyperparameters), tags=[run.recipe, f"seed{run.seed}"],
+                              reinit="finish_previous", settings=wandb.Settings(silent=True))
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        if step >= self.run.starting_step:
+            self.run.log(dict(scalars), step=step)
+
+    def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
+        """A resumed run's points up to its checkpoint, from the record's series and history: what a
+        killed offline run may not have flushed (online, the server has them: nothing is sent)."""
+        for step, scalars in points:
+            self.log(step, scalars)
+
+    def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
+        self.run.summary.update(dict(final))
+        self.run.finish(exit_code=1 if failed else 0)
+
+    def close(self) -> None:
+        pass  # finish() ends the W&B run; a killed one is continued by its resume
+
+
+TRACKER_TYPES = {"csv": CsvTracker, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker,
+                 "wandb": WandbTracker}
 
 
 class Trackers:
     """The run's trackers, one `log` for all (none: nothing is done, nothing is read from the device)."""
 
-    def __init__(self, names: list[str], out_dir: Path, run_name: str, resume_step: int = 0,
+    def __init__(self, names: list[str], out_dir: Path, run: TrackedRun, resume_step: int = 0,
                  hyperparameters: Mapping[str, object] | None = None):
         root = out_dir / "tracking"
-        made = {"csv": lambda: CsvTracker(root, run_name, resume_step),
-                "tensorboard": lambda: TensorBoardTracker(root, run_name, resume_step, hyperparameters or {})}
-        self.trackers = [made[name]() for name in names]
+        self.trackers = {name: TRACKER_TYPES[name](root, run, resume_step, hyperparameters or {}) for name in names}
+        self.run = run
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         finite = {name: float(value) for name, value in scalars.items() if value is not None}
-        for tracker in self.trackers:
-            tracker.log(step, finite)
+        self._each("log", step, finite)
+
+    def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
+        """On resume, to trackers that may have lost what a killed run logged (W&B offline)."""
+        for name, tracker in list(self.trackers.items()):
+            if hasattr(tracker, "replay"):
+                self._each_one(name, tracker, "replay", points)
+
+    def finish(self, step: int, final: Mapping[str, float], failed: bool = False) -> None:
+        """The final metrics, and the tracker run marked finished (or failed: a diverged run)."""
+        self._each("finish", step, final, failed)
 
     def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close()
+        self._each("close")
+
+    def _each(self, method: str, *arguments) -> None:
+        for name, tracker in list(self.trackers.items()):
+            self._each_one(name, tracker, method, *arguments)
+
+    def _each_one(self, name: str, tracker, method: str, *arguments) -> None:
+        try:
+            getattr(tracker, method)(*arguments)
+        except Exception as error:  # noqa: BLE001 -- a tracker's fault (any library's) never costs the run
+                del self.trackers[name]
+                print(f"warning: {self.run.name}: tracker '{name}' stopped ({type(error).__name__}: {error}); "
+                      "the run goes on", file=sys.stderr)
+
+
+class StepSeries:
+    """The logged step scalars a record keeps: at most SERIES_POINTS steps, thinned by keeping every
+    other one (the steps kept are the multiples of `every`), so any run length fits the same size and
+    a resumed run's series equals an uninterrupted one's."""
+
+    def __init__(self, every: int, kept: Mapping | None = None):
+        kept = kept or {}
+        self.every = kept.get("every", every)
+        self.steps: list[int] = list(kept.get("steps", []))
+        self.values: dict[str, list[float | None]] = {k: list(v) for k, v in kept.get("values", {}).items()}
+
+    def add(self, step: int, scalars: Mapping[str, float | None]) -> None:
+        if step % self.every:
+            return
+        for name in scalars:
+            if name not in self.values:  # first seen now (in the order logged: plots colour by it)
+                self.values[name] = [None] * len(self.steps)
+        self.steps.append(step)
+        for name, column in self.values.items():
+            value = scalars.get(name)
+            column.append(None if value is None or not math.isfinite(value) else float(value))
+        if len(self.steps) > SERIES_POINTS:
+            self.every *= 2
+            keep = [i for i, s in enumerate(self.steps) if s % self.every == 0]
+            self.steps = [self.steps[i] for i in keep]
+            self.values = {name: [column[i] for i in keep] for name, column in self.values.items()}
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "steps": self.steps, "values": self.values}
+
+
+def logged_points(series: Mapping | None, history: list[dict]) -> list[tuple[int, dict[str, float]]]:
+    """What a run logged up to now, by step, from its record's series (thinned) and per-epoch history."""
+    points: dict[int, dict[str, float]] = {}
+    if series:
+        for i, step in enumerate(series["steps"]):
+            points[step] = {name: column[i] for name, column in series["values"].items() if column[i] is not None}
+    for epoch in history:
+        points.setdefault(epoch["step"], {}).update({**flatten("dev", epoch["dev"]),
+                                                     **flatten("epoch_train_loss", epoch["train_loss"])})
+    return sorted(points.items())
 
 
 def flatten(prefix: str, table: Mapping) -> dict[str, float]:

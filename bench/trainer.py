@@ -26,7 +26,7 @@ from bench.parallel import SINGLE, Ranks
 from bench.precision import StepPipeline, StepTimer
 from bench.settings import TrainSettings
 from bench.step import StepPlace, Strategies, make_optimizer, training_step
-from bench.tracking import Trackers
+from bench.tracking import StepSeries, Trackers
 from tasks.errors import UserError
 
 
@@ -117,6 +117,7 @@ class TrainOutcome:
     # Per-row dev predictions and gold labels, for paired significance tests between runs:
     # {"last" | "best": {task: (predictions, golds)}}
     dev_examples: dict = field(default_factory=lambda: {"last": {}, "best": {}})
+    series: StepSeries | None = None  # the logged step scalars, thinned (only when tracking is on)
 
 
 @dataclass
@@ -147,7 +148,8 @@ class LoopState:
         return {"history": outcome.history, "trainable": outcome.trainable,
                 "test_at_best_dev": outcome.test_at_best_dev, "predictions": outcome.predictions,
                 "dev_examples": {which: {t: list(pair) for t, pair in found.items()}
-                                 for which, found in outcome.dev_examples.items()}}
+                                 for which, found in outcome.dev_examples.items()},
+                "series": outcome.series.to_dict() if outcome.series else None}
 
     def load(self, saved: dict) -> None:
         """The counters and outcome of a `TrainingLoop.state_dict` (the streams load with their tasks)."""
@@ -156,6 +158,7 @@ class LoopState:
         outcome.test_at_best_dev, outcome.predictions = kept["test_at_best_dev"], kept["predictions"]
         outcome.dev_examples = {which: {t: tuple(pair) for t, pair in found.items()}
                                 for which, found in kept["dev_examples"].items()}
+        outcome.series = StepSeries(0, kept["series"]) if kept.get("series") else None
         for name in self.COUNTERS:
             setattr(self, name, saved["counters"].get(name, getattr(self, name)))
         self.epoch = int(saved["epoch"])
@@ -297,7 +300,7 @@ class TrainingLoop:
             self.timer.stop(started)
             state.step += 1
             if self.trackers and state.step % self.log_every == 0:
-                self.trackers.log(state.step, self._step_scalars(task_losses))
+                self._log_step(task_losses)
             for task, loss in task_losses.items():
                 loss_sums[task] = loss_sums.get(task, 0) + loss
                 loss_counts[task] += 1
@@ -317,6 +320,13 @@ class TrainingLoop:
             batch, shares[task] = self.ranks.shard(batch)
             batches[task] = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return batches, shares
+
+    def _log_step(self, task_losses: dict[str, torch.Tensor]) -> None:
+        scalars, outcome = self._step_scalars(task_losses), self.state.outcome
+        if outcome.series is None:
+            outcome.series = StepSeries(self.log_every)
+        outcome.series.add(self.state.step, scalars)
+        self.trackers.log(self.state.step, scalars)
 
     def _step_scalars(self, task_losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """What a tracker shows of this step (read from the device only when logging)."""

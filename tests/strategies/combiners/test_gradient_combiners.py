@@ -335,7 +335,7 @@ def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
     assert pc["weight_trajectory"]["step"][-1] == pc["steps"] and len(pc["weight_trajectory"]["sts"]) >= 1
     rw = json.loads((tmp_path / "out" / "tiny-test.rw-seed0.json").read_text())["strategies"]["combiner"]
     assert "conflicts" not in rw and sum(rw["mean_weights"].values()) == pytest.approx(1.0)
-    for name in ("gradient_conflicts.png", "task_weights.png"):
+    for name in ("gradient_conflicts.png", "combiner_curves.png", "training_curves.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
 
 
