@@ -27,6 +27,16 @@ __all__ = ["RunRecord", "StrategyStep", "Suite", "TaskInputs", "UserError", "che
            "make_baseline", "markdown", "register", "run", "table", "tune", "verdict"]
 
 
+def __getattr__(name: str):
+    """`mtlbench.MultiTaskTrainer` (docs/hf_trainer.md), imported when first used: the Trainer and
+    accelerate are slow to import and the rest of the API does not need them (so it is not in
+    __all__, which a star import would resolve at once)."""
+    if name == "MultiTaskTrainer":
+        from bench.hf_trainer import MultiTaskTrainer
+        return MultiTaskTrainer
+    raise AttributeError(f"module 'mtlbench' has no attribute {name!r}")
+
+
 def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
     """A suite by name ("quick"), path to a .toml file, or dict shaped like one. `overrides`:
     top-level keys (model, data, data_dir, seeds, test, baseline, ...) or [train] settings

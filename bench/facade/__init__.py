@@ -2,4 +2,7 @@
 from bench.api, so importing this folder as `bench.facade` too gives the same objects."""
 
 from bench.api import *
-from bench.api import __all__  # noqa: F401
+from bench.api import (
+    __all__,  # noqa: F401
+    __getattr__,  # noqa: F401 -- mtlbench.MultiTaskTrainer, imported when first used
+)
