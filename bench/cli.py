@@ -280,8 +280,8 @@ def _run_parser(sub) -> None:
                      "`threads` cores; on an accelerator, 1); results do not depend on it")
     run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
                      "part of the setting, recorded")
-    run.add_argument("--report-to", help="comma-separated trackers for live scalars: csv, tensorboard (overrides the "
-                     "suite's [tracking] report_to; files under OUT/tracking/)")
+    run.add_argument("--report-to", help="comma-separated trackers for live scalars: csv, tensorboard, mlflow, wandb "
+                     "(overrides the suite's [tracking] report_to; files under OUT/tracking/)")
     run.add_argument("--precision", help="fp32, bf16 or fp16 (default: the suite's [train] precision, fp32); "
                      "part of the setting, recorded")
     run.add_argument("--executor", choices=executors.CHOICES, default=executors.LOCAL,

@@ -82,10 +82,11 @@ class _AfterOptimizerStep(TrainerCallback):
 
 
 class MultiTaskTrainer(Trainer):
-    """A Trainer whose step is a recipe's: `sampler`, `combiner`, `regularizers`, `freezing` as a
-    suite names them (a name, or {"name": ..., option: value}). See the module docstring."""
+    """A Trainer whose step is a recipe's: `sampler` (required, as in a suite), `combiner`,
+    `regularizers`, `freezing` as a suite names them (a name, or {"name": ..., option: value}). See
+    the module docstring."""
 
-    def __init__(self, *args, sampler="joint", combiner="sum", regularizers=(), freezing=None,
+    def __init__(self, *args, sampler, combiner="sum", regularizers=(), freezing=None,
                  task_specs: Mapping | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._check_scope()

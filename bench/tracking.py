@@ -12,10 +12,13 @@ already logged (a resumed run repeats them exactly). Under data parallelism rank
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
-import re
+import queue
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.files import exclusive, write_text_atomic
+from bench.mlflow_writer import MLFLOW_NAME
 from tasks.errors import UserError
 
 SERIES_POINTS = 256  # the most steps a record's series keeps (thinned by halving, bench.tracking.StepSeries)
@@ -77,6 +81,8 @@ class CsvTracker:
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.writer.writerows([step, name, repr(value)] for name, value in scalars.items())
+
+    def flush(self) -> None:  # at each epoch's end (Trackers.flush); Python's buffer between
         self.handle.flush()
 
     def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
@@ -88,19 +94,30 @@ class CsvTracker:
 
 class TensorBoardTracker:
     """Event files under OUT/tracking/tensorboard/SUITE/RECIPE/seedN (point `tensorboard --logdir`
-    at OUT/tracking/tensorboard: one suite is one experiment, a recipe's seeds side by side)."""
+    at OUT/tracking/tensorboard: one suite is one experiment, a recipe's seeds side by side). Through
+    TensorBoard's own event writer, one event a logged step holding all its scalars (torch's
+    SummaryWriter makes one a scalar: ~3 % of a tiny model's step at 12 scalars)."""
 
     def __init__(self, root: Path, run: TrackedRun, resume_step: int, hyperparameters: Mapping[str, object]):
-        tensorboard = _needs("tensorboard")
-        # purge_step: what a killed run (or one that restarted from scratch) logged after it is hidden
-        self.writer = tensorboard.SummaryWriter(log_dir=str(root / "tensorboard" / run.name),
-                                                purge_step=resume_step + 1)
+        _needs("tensorboard")
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from torch.utils.tensorboard.summary import text
+
+        self.Event, self.Summary = Event, Summary
+        self.writer = EventFileWriter(str(root / "tensorboard" / run.name), flush_secs=5)
+        # a restart at resume_step + 1: readers drop what a killed run (or an earlier start) logged after it
+        self.writer.add_event(Event(step=resume_step + 1, session_log=SessionLog(status=SessionLog.START)))
         if not resume_step:
-            self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in hyperparameters.items()), 0)
+            config = "\n".join(f"    {k}: {v}" for k, v in hyperparameters.items())
+            self.writer.add_event(Event(wall_time=time.time(), step=0, summary=text("config", config)))
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
+        values = [self.Summary.Value(tag=name, simple_value=value) for name, value in scalars.items()]
+        self.writer.add_event(self.Event(wall_time=time.time(), step=step, summary=self.Summary(value=values)))
+
+    def flush(self) -> None:
         self.writer.flush()
 
     def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
@@ -110,7 +127,6 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-MLFLOW_NAME = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric or param name ("|" of a task pair)
 
 
 class MlflowTracker:
@@ -131,7 +147,7 @@ class MlflowTracker:
             experiment = found.experiment_id if found else self.client.create_experiment(
                 run.suite, artifact_location=(root / "mlflow-artifacts").resolve().as_uri())  # not the cwd's mlruns/
         earlier = self.client.search_runs([experiment], f"tags.`mtlbench.run` = '{run.name}'")
-        self.logged = 0  # steps up to here were logged by the killed run this one resumes
+        self.logged = 0  # steps up to here are in the store (a killed run's)
         if resume_step and earlier:
             self.run_id = earlier[0].info.run_id
             self.logged = max((m.step for key in earlier[0].data.metrics
@@ -146,22 +162,38 @@ class MlflowTracker:
             for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
                 self.client.log_batch(self.run_id, params=params[start:start + 100])
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
+        # The writes go through a process of their own (bench.mlflow_writer; a subprocess, which a
+        # worker of --jobs may start): here a logged step is one JSON line down a pipe.
+        package_root = str(Path(__file__).resolve().parents[1])
+        self.writer = subprocess.Popen(
+            [sys.executable, "-m", "bench.mlflow_writer", uri, self.run_id], stdin=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))})
 
-        if step <= self.logged:
-            return
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(MLFLOW_NAME.sub(":", name), value, now, step)
-                                                    for name, value in scalars.items()])
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        if step > self.logged:
+            self.writer.stdin.write(json.dumps([step, int(time.time() * 1000), dict(scalars)]) + "\n")
+
+    def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
+        """A resumed run's points up to its checkpoint that the store does not hold (lost on the way)."""
+        for step, scalars in points:
+            self.log(step, scalars)
+
+    def flush(self) -> None:
+        if not self.writer.stdin.closed:  # closed: finished
+            self.writer.stdin.write("flush\n")
+            self.writer.stdin.flush()
 
     def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
         self.logged = 0
         self.log(step, final)
+        self.close()
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
     def close(self) -> None:
-        pass  # a killed run stays RUNNING in MLflow, as MLflow shows any interrupted run
+        if not self.writer.stdin.closed:
+            self.writer.stdin.close()  # the writer writes what is pending and ends
+        if self.writer.wait():
+            raise RuntimeError(f"the MLflow writer process ended with exit code {self.writer.returncode}")
 
 
 class WandbTracker:
@@ -184,7 +216,7 @@ class WandbTracker:
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mtlbench"), group=run.suite,
                               job_type=run.recipe, name=run.name, id=self.id, resume="allow", dir=str(root),
                               config=dict(hyperparameters), tags=[run.recipe, f"seed{run.seed}"],
-                              reinit="finish_previous", settings=wandb.Settings(silent=True))
+                              reinit="create_new", settings=wandb.Settings(silent=True))
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         if step >= self.run.starting_step:
@@ -209,45 +241,67 @@ TRACKER_TYPES = {"csv": CsvTracker, "tensorboard": TensorBoardTracker, "mlflow":
 
 
 class Trackers:
-    """The run's trackers, one `log` for all (none: nothing is done, nothing is read from the device)."""
+    """The run's trackers behind one `log`, written by a thread of their own: the training step pays
+    a queue put, never a tracker's I/O or serialisation (tests/benchmarks/tracking_overhead.py).
+    `flush` waits until all that was logged is written. No trackers: nothing is done, nothing is
+    read from the device. A tracker that fails is dropped with a warning; the run goes on."""
 
     def __init__(self, names: list[str], out_dir: Path, run: TrackedRun, resume_step: int = 0,
                  hyperparameters: Mapping[str, object] | None = None):
         root = out_dir / "tracking"
         self.trackers = {name: TRACKER_TYPES[name](root, run, resume_step, hyperparameters or {}) for name in names}
-        self.run = run
+        self.run, self.requested = run, bool(names)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._write, daemon=True, name=f"trackers {run.name}")
+        self.thread.start()
 
     def __bool__(self) -> bool:
-        return bool(self.trackers)
+        return self.requested
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         finite = {name: float(value) for name, value in scalars.items() if value is not None}
-        self._each("log", step, finite)
+        self.queue.put(("log", step, finite))
 
     def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
-        """On resume, to trackers that may have lost what a killed run logged (W&B offline)."""
-        for name, tracker in list(self.trackers.items()):
-            if hasattr(tracker, "replay"):
-                self._each_one(name, tracker, "replay", points)
+        """On resume, to trackers that may have lost what a killed run logged (MLflow, W&B offline)."""
+        self.queue.put(("replay", points))
+
+    def flush(self) -> None:
+        """Everything logged so far on disk (called at the end of each epoch, before its checkpoint:
+        what a resumed run does not log again must not be lost to a kill)."""
+        written = threading.Event()
+        self.queue.put(("flush", written))
+        while not written.wait(1.0) and self.thread.is_alive():
+            pass
 
     def finish(self, step: int, final: Mapping[str, float], failed: bool = False) -> None:
         """The final metrics, and the tracker run marked finished (or failed: a diverged run)."""
-        self._each("finish", step, final, failed)
+        self.queue.put(("finish", step, final, failed))
+        self.flush()
 
     def close(self) -> None:
-        self._each("close")
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
 
-    def _each(self, method: str, *arguments) -> None:
+    def _write(self) -> None:
+        for method, *arguments in iter(self.queue.get, None):
+            written = arguments.pop() if method == "flush" else None
+            for name, tracker in list(self.trackers.items()):
+                if hasattr(tracker, method):  # replay and flush: the trackers that have them
+                    self._call(name, tracker, method, *arguments)
+            if written is not None:
+                written.set()
         for name, tracker in list(self.trackers.items()):
-            self._each_one(name, tracker, method, *arguments)
+            self._call(name, tracker, "close")
 
-    def _each_one(self, name: str, tracker, method: str, *arguments) -> None:
+    def _call(self, name: str, tracker, method: str, *arguments) -> None:
         try:
             getattr(tracker, method)(*arguments)
         except Exception as error:  # noqa: BLE001 -- a tracker's fault (any library's) never costs the run
-                del self.trackers[name]
-                print(f"warning: {self.run.name}: tracker '{name}' stopped ({type(error).__name__}: {error}); "
-                      "the run goes on", file=sys.stderr)
+            del self.trackers[name]
+            print(f"warning: {self.run.name}: tracker '{name}' stopped ({type(error).__name__}: {error}); "
+                  "the run goes on", file=sys.stderr)
 
 
 class StepSeries:

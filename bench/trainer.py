@@ -357,6 +357,7 @@ class TrainingLoop:
         if self.trackers:
             self.trackers.log(self.state.step, {**tracking.flatten("dev", metrics),
                                                 **tracking.flatten("epoch_train_loss", train_loss)})
+            self.trackers.flush()  # before the epoch's checkpoint
         outcome.eval = eval_info
         self._score_at_best(epoch, dev_predictions)
 

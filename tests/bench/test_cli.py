@@ -36,7 +36,7 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
     names = sorted(p.name for p in first_run.iterdir())
     assert names == ["checkpoints", "heatmap.png", "metrics.png", "quality_vs_cost.png", "table.csv", "table.md",
                      "table.tex", "tiny-test.joint-seed0.examples.safetensors", "tiny-test.joint-seed0.json",
-                     "tiny-test.rr-seed0.examples.safetensors", "tiny-test.rr-seed0.json"]
+                     "tiny-test.rr-seed0.examples.safetensors", "tiny-test.rr-seed0.json", "training_curves.png"]
     # the last epoch's checkpoint of each run is kept ([checkpoints] keep = 1)
     assert sorted(p.name for p in (first_run / "checkpoints" / "tiny-test.rr-seed0").iterdir()) == ["epoch-0001"]
     record = json.loads((first_run / "tiny-test.rr-seed0.json").read_text())

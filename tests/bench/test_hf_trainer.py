@@ -66,7 +66,8 @@ def _trained(example, out, stop=None, resume=False):
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=16, num_train_epochs=2,
                              learning_rate=1e-3, save_steps=3, report_to=[], use_cpu=True, seed=0,
                              disable_tqdm=True)
-    trainer = mtlbench.MultiTaskTrainer(model=model, args=args, train_dataset=example["datasets"], combiner="famo",
+    trainer = mtlbench.MultiTaskTrainer(model=model, args=args, train_dataset=example["datasets"], sampler="joint",
+                                        combiner="famo",
                                         callbacks=[StopAt(stop)] if stop else None)
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer
@@ -88,7 +89,8 @@ def test_the_trainer_s_step_leaves_the_strategy_step_s_gradients(example, tmp_pa
     torch.manual_seed(1)
     model = example["TwoTaskBert"]()
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True)
-    trainer = mtlbench.MultiTaskTrainer(model=model, args=args, train_dataset=example["datasets"], combiner="pcgrad")
+    trainer = mtlbench.MultiTaskTrainer(model=model, args=args, train_dataset=example["datasets"], sampler="joint",
+                                        combiner="pcgrad")
     step = next(iter(trainer.get_train_dataloader()))
     batches = {t: b for t, b in step.items() if not t.startswith("__")}
     torch.manual_seed(2)  # the same dropout masks in both
@@ -113,6 +115,6 @@ def test_the_trainer_s_step_leaves_the_strategy_step_s_gradients(example, tmp_pa
 ])
 def test_what_it_cannot_do_is_one_line(example, tmp_path, change, message):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **change.get("args", {}))
-    kwargs = {"train_dataset": example["datasets"], **{k: v for k, v in change.items() if k != "args"}}
+    kwargs = {"train_dataset": example["datasets"], "sampler": "joint", **{k: v for k, v in change.items() if k != "args"}}
     with pytest.raises(mtlbench.UserError, match=message):
         mtlbench.MultiTaskTrainer(model=example["TwoTaskBert"](), args=args, **kwargs)
