@@ -360,8 +360,11 @@ def _records_parsers(sub) -> None:
     gate_check.set_defaults(handler=_check)
 
 
-def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # a scheduler's SIGTERM stops the suite as Ctrl-C does: cleanly
+def _stop_on_signal(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's SIGTERM, a closed terminal's SIGHUP: stop as Ctrl-C does, cleanly
+
+
+STOPPING_SIGNALS = ("SIGTERM", "SIGHUP")  # SIGINT is Python's KeyboardInterrupt already
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
+    previous = {name: signal.signal(getattr(signal, name), _stop_on_signal)
+                for name in STOPPING_SIGNALS if hasattr(signal, name)} if main_thread else {}
     try:
         return args.handler(args)
     except UserError as error:
@@ -380,15 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mtlbench: {lost}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print(f"mtlbench: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone says it
+            print(f"mtlbench: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `mtlbench list | head -1`: the reader has gone; not an error
         # Python would complain again flushing stdout at exit; point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.executors.base import Executor, Landed, Todo
+from bench.files import remove_stray_temporaries
+from tasks.errors import UserError
 
 if TYPE_CHECKING:
     from bench.config import Recipe, Suite
@@ -47,7 +50,7 @@ class PoolExecutor(Executor):
         # like a fault of ours; the tracker process takes its warning filters from these options.
         if "ignore::UserWarning:multiprocessing.resource_tracker" not in sys.warnoptions:
             sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
-        context = self.context
+        context, self.grace = self.context, stop_grace()
         context.log(f"{len(todo)} runs, {self.jobs} at a time in worker processes ({context.suite.train.threads} "
                     "thread each)")
         # Runs with regularisers (2-5x a plain step) first, so that the slowest do not start last.
@@ -61,11 +64,9 @@ class PoolExecutor(Executor):
             while any(w.run is not None for w in self.workers):
                 self._wait_once(landed)
         except KeyboardInterrupt:
-            # Workers ignore SIGINT; SIGTERM stops the running ones (an interrupt in the worker: a
-            # checkpoint being written is removed, no record written).
-            self._stop(terminate=True)
+            self._interrupt()
             raise
-        self._stop(terminate=False)
+        self._stop()
         if self.error is not None:
             raise self.error
         return self.lost
@@ -133,18 +134,58 @@ class PoolExecutor(Executor):
         if self.waiting and self.error is None:
             self._give_work(self._start_worker())
 
-    def _stop(self, terminate: bool) -> None:
+    def _stop(self) -> None:
+        """Every run answered: each worker told to end, and waited for."""
         for worker in self.workers:
             try:
-                if terminate:
-                    worker.process.terminate()
-                else:
-                    worker.pipe.send(None)
+                worker.pipe.send(None)
             except (OSError, ValueError):  # already gone
                 pass
         for worker in self.workers:
             worker.process.join()
             worker.pipe.close()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: no run starts after it; the running ones are stopped (SIGTERM: an
+        interrupt in the worker, at its next Python instruction, so within the step; a checkpoint
+        being written is removed, no record written) and waited for at most `self.grace` seconds,
+        then killed; a second interrupt kills them at once. Returns when every worker is gone."""
+        self.waiting.clear()
+        try:
+            for worker in self.workers:
+                if worker.process.is_alive():
+                    worker.process.terminate()
+            self.context.log(f"interrupted: stopping the runs under way (killed after {self.grace:g} s; "
+                             "interrupt again to kill them now)")
+            deadline = time.monotonic() + self.grace
+            for worker in self.workers:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            self.context.log("second interrupt: killing the workers now")
+        killed = [worker for worker in self.workers if worker.process.is_alive()]
+        for worker in killed:
+            worker.process.kill()
+        for worker in self.workers:
+            worker.process.join()
+            worker.pipe.close()
+        if killed:
+            runs = ", ".join(f"{w.run[0].name} seed {w.run[1]}" for w in killed if w.run is not None)
+            self.context.log(f"killed {len(killed)} worker(s) still running after the interrupt ({runs or 'idle'}); "
+                             "their runs resume from their last epoch checkpoint")
+            remove_stray_temporaries(self.context.out_dir)  # a checkpoint a killed worker was writing
+
+
+def stop_grace() -> float:
+    """Seconds a worker gets to stop after an interrupt before it is killed (MTLBENCH_STOP_GRACE,
+    default 30): a step that does not return to Python (one long native op) cannot be interrupted."""
+    value = os.environ.get("MTLBENCH_STOP_GRACE", "30")
+    try:
+        grace = float(value)
+    except ValueError:
+        raise UserError(f"MTLBENCH_STOP_GRACE={value!r}: expected seconds, e.g. 30") from None
+    if not grace >= 0:
+        raise UserError(f"MTLBENCH_STOP_GRACE={value!r}: expected seconds, 0 or more")
+    return grace
 
 
 def _die_with_parent(parent: int) -> None:

@@ -13,9 +13,13 @@ Ray is an optional extra: `pip install "mtlbench[ray]"`.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 
 from bench.executors.base import Executor, Landed, Todo
+from bench.executors.pool import stop_grace
+from bench.files import remove_stray_temporaries
 from tasks.errors import UserError
 
 # Ray reuses its worker processes: one context per (suite, output directory) in each, so the data,
@@ -53,17 +57,22 @@ class RayExecutor(Executor):
                             "and do not start it under torchrun")
 
     def run(self, todo: Todo, landed: Landed) -> list[str]:
-        """Ctrl-C cancels the tasks (their checkpoints stay)."""
+        """Ctrl-C cancels the tasks (their last epoch checkpoints stay)."""
         try:
             import ray
         except ImportError:
             raise UserError('--executor ray needs Ray: pip install "mtlbench[ray]"') from None
         started_here = not ray.is_initialized()
         if started_here:
+            ours = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             except ConnectionError as error:
                 raise UserError(f"--address {self.address}: no Ray cluster there ({error})") from None
+            if callable(ours) and threading.current_thread() is threading.main_thread():
+                # Ray's core worker puts a fatal handler on SIGTERM (the process aborts): ours back,
+                # so that SIGTERM stops the suite as Ctrl-C does
+                signal.signal(signal.SIGTERM, ours)
         try:
             return self._submit_and_wait(ray, todo, landed)
         finally:
@@ -97,7 +106,17 @@ class RayExecutor(Executor):
                     cause = getattr(error, "cause", None)
                     raise (cause if isinstance(cause, Exception) else error) from None
         except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            self._cancel(ray, pending)
             raise
         return lost
+
+    def _cancel(self, ray, pending: list) -> None:
+        """An interrupt: the waiting tasks never start, the running ones' workers are killed
+        (force), and this returns once Ray reports them all ended (a second interrupt: at once)."""
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        try:
+            ray.wait(pending, num_returns=len(pending), timeout=stop_grace())
+        except KeyboardInterrupt:
+            self.context.log("second interrupt: not waiting for the cancelled Ray tasks")
+        remove_stray_temporaries(self.context.out_dir)  # a checkpoint a killed worker was writing
