@@ -203,7 +203,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_stopping = False  # set by SIGTERM in a worker: it takes no run after it, even if its interrupt were swallowed
+
+
 def _interrupt(signum, frame):
+    global _stopping
+    _stopping = True
     raise KeyboardInterrupt
 
 
@@ -220,7 +225,7 @@ def _serve(pipe: Connection, suite: Suite, parent: int, out_dir: Path, predictio
     signal.signal(signal.SIGTERM, _interrupt)
     context = None
     try:
-        while (job := pipe.recv()) is not None:
+        while (job := pipe.recv()) is not None and not _stopping:
             try:
                 if context is None:
                     context = SuiteContext(suite, out_dir, log=lambda message: None, progress=False,
