@@ -131,6 +131,15 @@ def test_under_ray_sigterm_cancels_the_queued_run_and_kills_the_running_ones(blo
     assert not _processes_named(b"_run_remote")
     assert not list(out.glob("*.json")) and not list(out.rglob("*.tmp"))
     assert sorted(p.name for p in out.rglob("*.lock")) == locks_before  # the third run never started
+    suite, env, _ = blocking  # the same command afterwards: the records of an uninterrupted (local) run
+    command = [MTLBENCH, "run", str(suite), "--no-progress"]
+    again = subprocess.run([*command, "--out", str(out), "--executor", "ray"], check=False, env=env, capture_output=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    whole = subprocess.run([*command, "--out", str(tmp_path / "whole"), "--jobs", "1"], check=False, env=env,
+                           capture_output=True)
+    assert whole.returncode == 0
+    resumed = {r.run_id: r.history for r in load_records(out)}
+    assert resumed == {r.run_id: r.history for r in load_records(tmp_path / "whole")} and len(resumed) == 3
 
 
 def test_under_torchrun_sigterm_stops_both_ranks_within_the_step(blocking, tmp_path):
