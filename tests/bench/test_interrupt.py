@@ -154,6 +154,13 @@ def test_under_torchrun_sigterm_stops_both_ranks_within_the_step(blocking, tmp_p
     assert log.count("mtlbench: interrupted: 0 of 3 runs finished this time") == 1, log
     assert not list(out.glob("*.json")) and not list(out.rglob("*.tmp"))
     assert sorted(p.name for p in out.rglob("*.lock")) == locks_before  # the next run never started
+    suite, env, _ = blocking  # the same launch afterwards: the records of an uninterrupted launch
+    launch = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "bench.cli", "run", str(suite), "--no-progress"]
+    for folder in (out, tmp_path / "whole"):
+        done = subprocess.run([*launch, "--out", str(folder)], check=False, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    resumed = {r.run_id: r.history for r in load_records(out)}
+    assert resumed == {r.run_id: r.history for r in load_records(tmp_path / "whole")} and len(resumed) == 3
 
 
 def test_the_same_command_afterwards_gives_the_uninterrupted_records(blocking, tmp_path):
