@@ -130,6 +130,7 @@ class TensorBoardTracker:
 
 
 class MlflowTracker:
+    replays = True  # on resume it logs again what its store lacks (its `log` skips what it holds)
     """One MLflow run per run in the experiment named after the suite, tagged with its recipe and
     seed. The store is MLFLOW_TRACKING_URI if set, else SQLite at OUT/tracking/mlflow.db (MLflow's
     file store is in maintenance mode): `mlflow ui --backend-store-uri sqlite:///OUT/tracking/mlflow.db`."""
@@ -173,11 +174,6 @@ class MlflowTracker:
         if step > self.logged:
             self.writer.stdin.write(json.dumps([step, int(time.time() * 1000), dict(scalars)]) + "\n")
 
-    def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
-        """A resumed run's points up to its checkpoint that the store does not hold (lost on the way)."""
-        for step, scalars in points:
-            self.log(step, scalars)
-
     def flush(self) -> None:
         if not self.writer.stdin.closed:  # closed: finished
             self.writer.stdin.write("flush\n")
@@ -197,6 +193,7 @@ class MlflowTracker:
 
 
 class WandbTracker:
+    replays = True  # offline, a kill loses W&B's buffer; its `log` skips steps below starting_step
     """One W&B run per run: project WANDB_PROJECT (default "mtlbench"), group = the suite, job type =
     the recipe, name SUITE/RECIPE/seedN, files under OUT/tracking/wandb; offline with
     WANDB_MODE=offline (then `wandb sync`). The run's id is kept in OUT/tracking/wandb-runs/ so that a
@@ -221,12 +218,6 @@ class WandbTracker:
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         if step >= self.run.starting_step:
             self.run.log(dict(scalars), step=step)
-
-    def replay(self, points: list[tuple[int, dict[str, float]]]) -> None:
-        """A resumed run's points up to its checkpoint, from the record's series and history: what a
-        killed offline run may not have flushed (online, the server has them: nothing is sent)."""
-        for step, scalars in points:
-            self.log(step, scalars)
 
     def finish(self, step: int, final: Mapping[str, float], failed: bool) -> None:
         self.run.summary.update(dict(final))
@@ -288,7 +279,9 @@ class Trackers:
         for method, *arguments in iter(self.queue.get, None):
             written = arguments.pop() if method == "flush" else None
             for name, tracker in list(self.trackers.items()):
-                if hasattr(tracker, method):  # replay and flush: the trackers that have them
+                if method == "replay" and getattr(tracker, "replays", False):  # each point again, by its log
+                    self._call(name, tracker, "log_points", *arguments)
+                elif hasattr(tracker, method):  # flush: the trackers that have one
                     self._call(name, tracker, method, *arguments)
             if written is not None:
                 written.set()
@@ -297,7 +290,11 @@ class Trackers:
 
     def _call(self, name: str, tracker, method: str, *arguments) -> None:
         try:
-            getattr(tracker, method)(*arguments)
+            if method == "log_points":
+                for step, scalars in arguments[0]:
+                    tracker.log(step, scalars)
+            else:
+                getattr(tracker, method)(*arguments)
         except Exception as error:  # noqa: BLE001 -- a tracker's fault (any library's) never costs the run
             del self.trackers[name]
             print(f"warning: {self.run.name}: tracker '{name}' stopped ({type(error).__name__}: {error}); "
