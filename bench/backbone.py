@@ -25,7 +25,7 @@ from tasks import synthetic
 from tasks.errors import UserError
 
 TINY = "tiny"
-_TINY_VERSION = 2  # bump when the build below changes what it produces (2: the MLM head is kept)
+_TINY_VERSION = 3  # bump when the build below changes what it produces (2: the MLM head; 3: one fixed corpus)
 
 
 def cache_root() -> Path:
@@ -93,16 +93,19 @@ def _tokenizer(vocabulary: list[str]):
     )
 
 
-def _corpus(data_config: synthetic.SyntheticConfig) -> list[str]:
-    texts = []
+def _corpus() -> list[str]:
+    """The pre-training text: the generator's default train sentences, whatever a suite's own
+    [synthetic] sizes and noise (like a real encoder, pre-trained once on general text)."""
+    texts, default = [], synthetic.SyntheticConfig()
     for task in ("sst", "quora", "sts"):
-        for row in synthetic.generate(task, data_config).rows["train"]:
+        for row in synthetic.generate(task, default).rows["train"]:
             texts.extend(row[k] for k in ("text", "text_a", "text_b") if k in row)
     return texts
 
 
-def tiny_key(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig) -> str:
-    blob = json.dumps([_TINY_VERSION, asdict(config), data_config.encoder_corpus(), synthetic.vocabulary()],
+def tiny_key(config: TinyEncoderConfig) -> str:
+    """What the tiny encoder depends on: the build, its [tiny_encoder] settings, the vocabulary."""
+    blob = json.dumps([_TINY_VERSION, asdict(config), synthetic.vocabulary()],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -118,13 +121,13 @@ def _tiny_bert_config(config: TinyEncoderConfig, tokenizer):
     )
 
 
-def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig, target: Path, log) -> None:
+def _pretrain(config: TinyEncoderConfig, target: Path, log) -> None:
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
     torch.manual_seed(config.seed)
     tokenizer = _tokenizer(synthetic.vocabulary())
     model = BertForMaskedLM(_tiny_bert_config(config, tokenizer))
-    encoded = tokenizer(_corpus(data_config), truncation=True, max_length=config.max_positions)["input_ids"]
+    encoded = tokenizer(_corpus(), truncation=True, max_length=config.max_positions)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mask_probability, seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.pretrain_lr, total_steps=config.pretrain_steps)
@@ -150,7 +153,8 @@ def _pretrain(config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig,
     save_file(head, str(target / "mlm_head.safetensors"))
     tokenizer.save_pretrained(target)
     (target / "mtlbench-tiny.json").write_text(json.dumps(
-        {"tiny_encoder": asdict(config), "synthetic": data_config.encoder_corpus(), "final_mlm_loss": loss.item()},
+        {"tiny_encoder": asdict(config), "corpus": "the synthetic generator's default train sentences",
+         "final_mlm_loss": loss.item()},
         indent=2))
 
 
@@ -163,11 +167,10 @@ def _remove_abandoned_builds(folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.SyntheticConfig | None = None,
-                log=print) -> Path:
+def ensure_tiny(config: TinyEncoderConfig | None = None, log=print) -> Path:
     """Path of the pretrained tiny encoder, building it on first use."""
-    config, data_config = config or TinyEncoderConfig(), data_config or synthetic.SyntheticConfig()
-    target = cache_root() / "encoders" / f"tiny-{tiny_key(config, data_config)}"
+    config = config or TinyEncoderConfig()
+    target = cache_root() / "encoders" / f"tiny-{tiny_key(config)}"
     if (target / "mtlbench-tiny.json").exists():
         return target
     log(f"building the tiny encoder (once; cached at {target})")
@@ -175,7 +178,7 @@ def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.
     _remove_abandoned_builds(target.parent)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".building-{os.getpid()}-"))
     try:
-        _pretrain(config, data_config, staging, log)
+        _pretrain(config, staging, log)
         try:
             staging.rename(target)  # atomic: a reader sees a complete directory or none
         except OSError:
@@ -186,9 +189,9 @@ def ensure_tiny(config: TinyEncoderConfig | None = None, data_config: synthetic.
     return target
 
 
-def resolve(model: str, tiny_config: TinyEncoderConfig, data_config: synthetic.SyntheticConfig, log=print) -> str:
+def resolve(model: str, tiny_config: TinyEncoderConfig, log=print) -> str:
     """The name or path to hand to `from_pretrained`."""
-    return str(ensure_tiny(tiny_config, data_config, log)) if model == TINY else model
+    return str(ensure_tiny(tiny_config, log)) if model == TINY else model
 
 
 def load_part(loader, path: str, what: str, **options):

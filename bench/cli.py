@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import executors
+from bench.backbone import TINY
 from bench.executors.base import RunsLost
 from bench.settings import MAX_SEEDS, PRECISIONS
 from tasks.errors import UserError, nearest
@@ -25,6 +26,8 @@ def _check_run_arguments(args) -> None:
             raise UserError(f"--{option}: must be at least 1, got {value}")
     if args.seeds is not None and args.seeds > MAX_SEEDS:
         raise UserError(f"--seeds: {args.seeds} is more than the {MAX_SEEDS:,} seeds a suite may run")
+    if args.max_unknown is not None and not 0 <= args.max_unknown <= 1:
+        raise UserError(f"--max-unknown: a share from 0 to 1, got {args.max_unknown}")
     if args.precision is not None and args.precision not in PRECISIONS:
         raise UserError(f"--precision: unknown precision '{args.precision}'{nearest(args.precision, PRECISIONS)}; "
                         f"precisions: {', '.join(PRECISIONS)}")
@@ -69,6 +72,7 @@ def _run(args) -> int:
 
     _check_run_arguments(args)
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
+                 "max_unknown": args.max_unknown,
                  "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
@@ -111,6 +115,7 @@ def _tune(args) -> int:
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials: must be at least 1, got {args.trials}")
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
+                 "max_unknown": args.max_unknown,
                  "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
     suite = api.load_suite(args.suite, **overrides)
     if args.recipes:
@@ -229,6 +234,7 @@ def _check(args) -> int:
 
 
 def _data(args) -> int:
+    from bench import backbone, data_quality
     from tasks import registry as task_registry
     from tasks.sources import load_task
 
@@ -236,16 +242,31 @@ def _data(args) -> int:
         references = [t.strip() for t in args.tasks.split(",") if t.strip()]
     else:
         references = [n for n, spec in task_registry.builtin().items() if args.data in spec.sources]
-    print(f"{'task':<10} {'source':<10} {'split':<6} {'loaded':>8} {'skipped':>8}  reasons")
+    loaded = {}
     for reference in references:
         spec = task_registry.find(reference, Path.cwd())
-        data = load_task(args.data, spec, args.data_dir)
+        loaded[spec.name] = load_task(args.data, spec, args.data_dir)
+    backbone.quiet_transformers()
+    path = backbone.resolve(args.model, backbone.TinyEncoderConfig(), lambda m: print(m, file=sys.stderr))
+    tokenizer = backbone.load_tokenizer(path)
+    max_length = min(args.max_length, backbone.max_positions(path, tokenizer))
+    quality = {t: data_quality.measure_task(d.rows, tokenizer, max_length) for t, d in loaded.items()}
+    print(f"model {args.model}, max_length {max_length}: 'unknown' is the share of tokens its tokenizer does not "
+          f"know, 'cut' of rows longer than max_length, 'in train' of rows whose text train has too")
+    print(f"{'task':<10} {'source':<10} {'split':<6} {'loaded':>8} {'skipped':>8} {'unknown':>8} {'cut':>6} "
+          f"{'in train':>9}  reasons")
+    for task, data in loaded.items():
         for split, rows in data.rows.items():
-            reasons = data.skipped.get(split, {})
+            reasons, q = data.skipped.get(split, {}), quality[task][split]
             detail = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "-"
-            print(f"{spec.name:<10} {data.source:<10} {split:<6} {len(rows):>8} {sum(reasons.values()):>8}  {detail}")
+            unknown = "-" if q["unknown_share"] is None else f"{q['unknown_share']:.1%}"
+            shared = "-" if q["in_train"] is None else f"{q['in_train']}"
+            print(f"{task:<10} {data.source:<10} {split:<6} {len(rows):>8} {sum(reasons.values()):>8} {unknown:>8} "
+                  f"{q['truncated_share']:>6.1%} {shared:>9}  {detail}")
         if data.labels:
             print(f"{'':<10} labels ({data.label_origin}): {', '.join(data.labels)}")
+    for line in data_quality.warnings(quality, max_length):
+        print(f"mtlbench: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -256,11 +277,14 @@ def parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
     _records_parsers(sub)
-    data = sub.add_parser("data", help="rows loaded and skipped (with reasons) per task and split")
+    data = sub.add_parser("data", help="rows loaded and skipped (with reasons), unknown tokens, rows cut and rows "
+                          "also in train, per task and split")
     data.add_argument("--data", default="synthetic", help=f"which source: {', '.join(SOURCES)}")
     data.add_argument("--data-dir")
     data.add_argument("--tasks", help="comma-separated task names or task .toml paths (default: every built-in "
                       "task with that source)")
+    data.add_argument("--model", default=TINY, help="whose tokenizer measures the text (default: the tiny encoder)")
+    data.add_argument("--max-length", type=int, default=128, help="the suite's max_length (default 128)")
     data.set_defaults(handler=_data)
     return main
 
@@ -276,6 +300,8 @@ def _run_parser(sub) -> None:
         f"{name} ({source.summary})" for name, source in SOURCES.items()))
     run.add_argument("--data-dir", help="directory of the cs224n files, or of saved hf datasets")
     run.add_argument("--epochs", type=int, help="override the suite's epochs")
+    run.add_argument("--max-unknown", type=float, help="refuse a task whose train tokens are more than this share "
+                     "unknown to the encoder's tokenizer (default: the suite's max_unknown, 0.25)")
     run.add_argument("--jobs", type=int, help="runs side by side in worker processes (default: on CPU, one per "
                      "`threads` cores; on an accelerator, 1); results do not depend on it")
     run.add_argument("--threads", type=int, help="CPU threads per run (default: the suite's [train] threads, 1); "
@@ -315,6 +341,7 @@ def _tune_parser(sub) -> None:
                          ("--model", "as for run"), ("--data", "as for run"),
                          ("--data-dir", "as for run"), ("--precision", "as for run"), ("--address", "as for run")):
         tune.add_argument(option, help=text)
+    tune.add_argument("--max-unknown", type=float, help="as for run")
     for option in ("--seeds", "--epochs", "--threads", "--jobs"):
         tune.add_argument(option, type=int, help="as for run (--seeds: of the final runs; --jobs: tuning processes "
                           "sharing the studies)")

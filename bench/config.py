@@ -40,6 +40,7 @@ from typing import Any
 
 import strategies
 from bench.backbone import TINY, TinyEncoderConfig
+from bench.data_quality import DEFAULT_MAX_UNKNOWN
 from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
 from bench.settings import (
     MAX_SEED,
@@ -72,7 +73,7 @@ RECIPE_KEYS = ("name", "sampler", "combiner", "regularizers", "freezing", "pooli
                "tune")
 SUITE_KEYS = ("name", "description", "tasks", "data", "data_dir", "test", "model", "seeds", "train",
               "pretrained_train", "synthetic", "tiny_encoder", "defaults", "recipes", "baseline", "cost", "check",
-              "checkpoints", "tune", "front", "tracking")
+              "checkpoints", "tune", "front", "tracking", "max_unknown")
 STRATEGY_AXES = ("sampler", "combiner", "freezing")  # "regularizers.NAME" besides
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
@@ -187,6 +188,7 @@ class Suite:
     tune: TuneSettings | None = None
     front: FrontSettings | None = None
     validation: str = "dev"  # "carved": dev is tune_fraction of train, held out (bench.tuning's trials)
+    max_unknown: float = DEFAULT_MAX_UNKNOWN  # refuse a task whose train tokens are more unknown (bench.data_quality)
 
     @classmethod
     def from_dict(cls, table: dict, source: str = "<dict>", directory: str | Path | None = None,
@@ -292,8 +294,7 @@ def suite_from_dict(raw: dict, path: Path, overrides: dict | None = None) -> Sui
         tiny_encoder=from_table(TinyEncoderConfig, raw.get("tiny_encoder", {}), f"{where} [tiny_encoder]"),
         recipes=recipes, source=str(path), test=test, baseline=baseline, cost=cost,
         check=_check_settings(raw.get("check", {}), list(specs), f"{where} [check]"), checkpoints=checkpoints,
-        tracking=tracking,
-        tune=tune, front=front,
+        tracking=tracking, tune=tune, front=front, max_unknown=_share(raw, "max_unknown", DEFAULT_MAX_UNKNOWN, where),
     )
 
 
@@ -334,6 +335,13 @@ def _flag(raw: dict, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
     return value
+
+
+def _share(raw: dict, key: str, default: float, where: str) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"{where}: {key}: expected a share from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _seeds(raw: dict, where: str) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench import backbone, holdout
+from bench import backbone, data_quality, holdout
 from bench.config import Suite
 from bench.data import encoding_for, tokenize
 from bench.files import check_writable_folder
@@ -34,6 +34,8 @@ class Prepared:
     # With a carved validation split (suite.validation = "carved"): per task, the indices of the
     # original train rows that train and that score ({"train": [...], "dev": [...]}; bench.holdout).
     carved_from_train: dict[str, dict[str, list[int]]] | None = None
+    # Per task and split: unknown-token and truncation shares, rows also in train (bench.data_quality).
+    quality: dict[str, dict[str, dict]] | None = None
 
 
 def prepare(suite: Suite, log=print) -> Prepared:
@@ -61,16 +63,20 @@ def prepare(suite: Suite, log=print) -> Prepared:
         for split, reasons in loaded.skipped.items():
             if reasons:
                 log(f"  {task}/{split}: skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items()))
-    model_path = backbone.resolve(suite.model, suite.tiny_encoder, suite.synthetic, log)
+    model_path = backbone.resolve(suite.model, suite.tiny_encoder, log)
     backbone.load_encoder(model_path)  # weights that cannot load fail here, before any run starts
     tokenizer = backbone.load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     limit = backbone.max_positions(model_path, tokenizer)
     max_length = min(suite.train.max_length, limit)  # recorded as model.max_length
+    if suite.train.max_length > limit:
+        log(f"  max_length {suite.train.max_length} is more than model '{suite.model}' takes: {limit} tokens used")
+    measured = (suite.baseline,) if suite.baseline is not None and suite.cost.enabled else ()  # bench.cost
+    modes = sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes + measured})
+    quality = _checked_quality(suite, data, tokenizer, max_length, "cross" in modes, log)
     tokens = {}
     cache = backbone.cache_root() / "tokens"
-    measured = (suite.baseline,) if suite.baseline is not None and suite.cost.enabled else ()  # bench.cost
-    for mode in sorted({"cross" if r.pair_head == "cross" else "bi" for r in suite.recipes + measured}):
+    for mode in modes:
         for task, loaded in data.items():
             for split in splits:
                 encoding = encoding_for(specs[task], mode, split, max_length)
@@ -79,4 +85,14 @@ def prepare(suite: Suite, log=print) -> Prepared:
     unlabelled = frozenset(t for t, d in data.items() if suite.test and d.rows["test"]
                            and specs[t].kind.info.labels != "none" and not {"label", "tags"} & set(d.rows["test"][0]))
     return Prepared(data, specs, splits, model_path, tokenizer, pad_id, max_length, tokens, unlabelled,
-                    time.perf_counter() - started, carved_from_train)
+                    time.perf_counter() - started, carved_from_train, quality)
+
+
+def _checked_quality(suite: Suite, data: dict[str, TaskData], tokenizer, max_length: int, cross: bool, log) -> dict:
+    """What the encoder will see of each task, said when it is poor; refused when the tokenizer
+    knows too little of the text for a run to mean anything."""
+    quality = {t: data_quality.measure_task(d.rows, tokenizer, max_length, cross) for t, d in data.items()}
+    for line in data_quality.warnings(quality, max_length):
+        log(f"  warning: {line}")
+    data_quality.refuse_unknown(quality, suite.max_unknown, suite.model)
+    return quality

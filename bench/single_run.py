@@ -248,7 +248,8 @@ def _identity(context: SuiteContext, recipe: Recipe, seed: int, stem: str, confi
         "primary_metrics": {t: context.specs[t].primary_metric for t in tasks},
         "data": {"source": context.suite.data, "sources": {t: d.source for t, d in data.items()},
                  "rows": {t: {s: len(r) for s, r in d.rows.items()} for t, d in data.items()},
-                 "skipped": {t: d.skipped for t, d in data.items()}},
+                 "skipped": {t: d.skipped for t, d in data.items()},
+                 **({"quality": context.prepared.quality} if context.prepared.quality else {})},
         "trial": recipe.trial, "tuned": recipe.tuned, "front": recipe.front,
     }
 

@@ -122,10 +122,6 @@ class SyntheticConfig:
     def size(self, task: str, split: str) -> int:
         return getattr(self, f"{task}_{split}")
 
-    def encoder_corpus(self) -> dict:
-        """The settings the tiny encoder's pre-training corpus depends on (its cache key)."""
-        return {k: v for k, v in self.as_dict().items() if not k.startswith("ner_")}
-
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -52,11 +52,9 @@ def write_suite(path: Path, recipes: str, extra: str = "", train: str = "epochs 
 @pytest.fixture(scope="session")
 def tiny_encoder_path(private_cache):
     from bench import backbone
-    from tasks.synthetic import SyntheticConfig
 
     backbone.quiet_transformers()
-    return str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), SyntheticConfig(**SMALL_DATA),
-                                    log=lambda m: None))
+    return str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), log=lambda m: None))
 
 
 @pytest.fixture(scope="session")

@@ -125,12 +125,14 @@ def test_unknown_strategy_in_a_suite_file_exits_2(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_data_command_reports_loaded_and_skipped(tmp_path, capsys):
+def test_data_command_reports_loaded_and_skipped(tmp_path, capsys, tiny_encoder_path):
     (tmp_path / "ids-sst-train.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n1\tb\tbad\tx\n")
     (tmp_path / "ids-sst-dev.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n")
-    assert main(["data", "--data", "cs224n", "--data-dir", str(tmp_path), "--tasks", "sst"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"sst +cs224n +train +1 +1 +1 label not in the label set", out)
+    command = ["data", "--data", "cs224n", "--data-dir", str(tmp_path), "--tasks", "sst", "--model", tiny_encoder_path]
+    assert main(command) == 0
+    out = capsys.readouterr().out  # 'good' is a word of the tiny vocabulary: none unknown, none cut, dev in train
+    assert re.search(r"sst +cs224n +train +1 +1 +0.0% +0.0% +- +1 label not in the label set", out), out
+    assert re.search(r"sst +cs224n +dev +1 +0 +0.0% +0.0% +1 +-", out), out
 
 
 def test_console_script_lists_strategies_and_fails_cleanly(tmp_path):

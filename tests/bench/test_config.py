@@ -126,11 +126,10 @@ def test_recipes_are_validated_once_before_any_data_is_read_or_encoder_built(rec
     and its encoder was never built, and yet the recipe's error is the one reported."""
     from bench import backbone
     from bench.api import run
-    from tasks.synthetic import SyntheticConfig
 
     suite = _odd_encoder_suite(tmp_path, recipe, layers)
     with pytest.raises(UserError) as error:
         run(suite, out=tmp_path / "out")
     assert message in str(error.value)
-    key = backbone.tiny_key(backbone.TinyEncoderConfig(**suite["tiny_encoder"]), SyntheticConfig(**suite["synthetic"]))
+    key = backbone.tiny_key(backbone.TinyEncoderConfig(**suite["tiny_encoder"]))
     assert not (backbone.cache_root() / "encoders" / f"tiny-{key}").exists() and not (tmp_path / "out").exists()
