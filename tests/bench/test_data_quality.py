@@ -79,3 +79,35 @@ def test_run_refuses_before_writing_anything_and_the_record_keeps_the_measures(t
     quality = record["data"]["quality"]
     assert quality["sst"]["train"]["unknown_share"] > 0.5 and quality["sst"]["dev"]["in_train_share"] == 1.0
     assert "rows whose text is also in train: dev 100%" in capsys.readouterr().err
+
+
+def _readme_api_suite() -> dict:
+    """The suite dict of the README's Python API example, as printed there."""
+    import ast
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("suite = {", readme.index("## Python API")) + len("suite = ")
+    return ast.literal_eval(readme[start:readme.index("\n}\n", start) + 2])
+
+
+def test_one_tiny_encoder_build_serves_every_shipped_suite_and_the_readme_example(monkeypatch, tmp_path):
+    """The encoder depends on its own settings and the vocabulary, not on a suite's [synthetic] sizes:
+    after the default run, the README's API example builds nothing."""
+    from bench import api
+
+    builds = []
+
+    def counted_build(config, target, log):
+        builds.append(config)
+        (target / "mtlbench-tiny.json").write_text("{}")
+
+    monkeypatch.setenv("MTLBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(backbone, "_pretrain", counted_build)
+    example = _readme_api_suite()
+    example["recipes"] = example["recipes"][:1]  # its own combiner is registered in the example
+    quick, example = api.load_suite("quick"), api.Suite.from_dict(example)
+    assert quick.synthetic != example.synthetic  # different data, one encoder
+    for suite in (quick, example, api.load_suite("ci"), api.load_suite("cs224n-table4")):
+        backbone.resolve(suite.model, suite.tiny_encoder, log=lambda m: None)
+    assert len(builds) == 1
