@@ -79,22 +79,38 @@ def _columns(spec, options: dict) -> dict[str, str]:
 
 
 def _rows_delimited(path: Path, text: str, delimiter: str, quoting: str):
-    """(line number, {column: value}) per data row, and the header."""
+    """(line number, {column: value}) per data row, and the header. A malformed row is blamed on the
+    line where it starts: an unclosed quote runs on to a later line or the end of the file."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_NONE if quoting != "csv" else csv.QUOTE_MINIMAL, strict=quoting == "csv")
+    ended = 0  # the last line of the last row read
     try:
         header = next(reader, None)
         if header is None:
             raise UserError(f"{path}: empty file, expected a header row")
         header = [h.strip() for h in header]
-        rows = []
+        rows, ended = [], reader.line_num
         for fields in reader:
-            if not any(f.strip() for f in fields):
-                continue
-            rows.append((reader.line_num, fields))
+            if any(f.strip() for f in fields):
+                rows.append((ended + 1, fields))
+            ended = reader.line_num
     except csv.Error as error:
-        raise UserError(f"{path}:{reader.line_num}: {error}") from None
+        start = ended + 1
+        spans = f"{start}" if reader.line_num <= start else f"{start} (the row runs on to line {reader.line_num})"
+        lines = text.split("\n")
+        hint = " - a quote opened here is never closed" if start <= len(lines) and '"' in lines[start - 1] else ""
+        raise UserError(f"{path}:{spans}: {error}{hint}") from None
     return header, rows
+
+
+def _field_count_problem(fields: list[str], header: list[str]) -> str | None:
+    """Why a row's fields do not line up with the header, or None. Empty fields after the last
+    column (a trailing delimiter) carry nothing and are allowed."""
+    if len(fields) < len(header):
+        return "too few fields"
+    if any(f.strip() for f in fields[len(header):]):
+        return "too many fields"
+    return None
 
 
 def read_file(path: Path, spec, options: dict, labelled: bool, quoting: str = "csv",
@@ -132,11 +148,13 @@ def read_file(path: Path, spec, options: dict, labelled: bool, quoting: str = "c
                             f"header: {header}")
     position = {name: header.index(c) for name, c in columns.items() if c in header}
     for line, fields in rows:
-        if len(fields) < len(header):
+        if problem := _field_count_problem(fields, header):
             if options.get("on_bad_row") == "skip":
-                skipped["too few fields"] += 1
+                skipped[problem] += 1
                 continue
-            raise UserError(f"{path}:{line}: {len(fields)} fields, the header has {len(header)}")
+            hint = (" (a delimiter inside a text: quote the field, or write the file as TSV or JSON lines)"
+                    if problem == "too many fields" else "")
+            raise UserError(f"{path}:{line}: {len(fields)} fields, the header has {len(header)}{hint}")
         values = {name: fields[i] for name, i in position.items()}
         if unquote is not None:
             values = {name: unquote(v) for name, v in values.items()}

@@ -18,6 +18,8 @@ QUORA = (
     "1\tq2\tWhy is the sky blue ?\tWhy is grass green ?\t0.0\n"
     "2\tq3\tBroken\tlabel\t0.5\n"
     "3\tq4\tToo few fields\n"
+    "4\tq5\tA tab\tinside\ta question\t1.0\n"
+    "5\tq6\tA trailing tab\tis harmless\t1.0\t\n"
 )
 STS = (
     "\tid\tsentence1\tsentence2\tsimilarity\n"
@@ -49,8 +51,8 @@ def test_sst_quirks_are_parsed_and_bad_labels_counted(tmp_path):
 def test_quora_labels_are_integers_and_bad_rows_skipped(tmp_path):
     data = load_task("cs224n", "quora", write_all(tmp_path))
     assert [(r["text_b"], r["label"]) for r in data.rows["dev"]] == [
-        ("How can I repair a car ?", 1), ("Why is grass green ?", 0)]
-    assert data.skipped["dev"] == {"label not in the label set": 1, "too few fields": 1}
+        ("How can I repair a car ?", 1), ("Why is grass green ?", 0), ("is harmless", 1)]
+    assert data.skipped["dev"] == {"label not in the label set": 1, "too few fields": 1, "too many fields": 1}
     assert "test" not in data.rows  # optional file absent
 
 
