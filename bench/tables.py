@@ -1,8 +1,12 @@
 """Comparison tables from run records: a row per recipe, over seeds.
 
-Each value is the mean over seeds with its standard deviation and a 95 % t-interval. A task cell is
-marked ▲ / ▼ when the recipe is significantly better / worse than the suite's baseline recipe on that
-task (paired bootstrap over dev examples, bench.examples, p < 0.05). `Δm %` is the mean relative
+Each value is the mean over seeds with its standard deviation and a 95 % t-interval, clipped to the
+metric's range (the mean lies in it, so the clipped interval keeps its coverage), printed from
+MIN_SEEDS seeds (with two, t(0.975, 1) = 12.7 makes it wider than any metric). A task cell is marked
+▲ / ▼ when the recipe is significantly better / worse than the suite's baseline recipe on that task
+(paired bootstrap over dev examples pooled over seeds, bench.examples, p < 0.05), from MIN_SEEDS
+paired seeds: with fewer, the bootstrap sees the examples' noise but not the seeds', and a marker
+flips between machines. `Δm %` is the mean relative
 change against the single-task recipes, sign-adjusted (Maninis et al., 2019; Vandenhende et al.,
 2021). `cost x` is the paired step-cost ratio against the baseline recipe (bench.cost); `train ex/s`
 is the whole run's throughput. Markdown and LaTeX for reading, CSV (every statistic) for machines.
@@ -21,11 +25,12 @@ from scipy import stats
 from bench.files import write_text_atomic
 from bench.records import RunRecord
 from tasks.errors import UserError
-from tasks.metrics import HIGHER_IS_BETTER, lower_is_better
+from tasks.metrics import HIGHER_IS_BETTER, RANGES, lower_is_better
 
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
 SIGNIFICANCE_LEVEL = 0.05
+MIN_SEEDS = 3  # intervals printed and ▲ / ▼ given from this many seeds
 FAMILIES = ("baseline", "sampler", "combiner", "regulariser", "freezing", "single task")
 
 
@@ -107,6 +112,27 @@ def _interval(std: pd.DataFrame, n: pd.Series) -> pd.DataFrame:
     return std.mul(factor, axis=0)
 
 
+def column_ranges(records: list[RunRecord]) -> dict[str, tuple[float, float]]:
+    """Each metric column's range; overall, the mean of its tasks' primary metrics, the mean of theirs."""
+    ranges = {}
+    for record in records:
+        for task, values in (record.metrics or {}).items():
+            ranges.update({column_name(task, m): RANGES[m] for m in values if m in RANGES})
+    primary = [RANGES.get(m) for m in records[0].primary_metrics.values()] if records else []
+    if primary and None not in primary:
+        ranges["overall"] = (float(np.mean([lo for lo, _ in primary])), float(np.mean([hi for _, hi in primary])))
+    return ranges
+
+
+def _clipped(bound: pd.DataFrame, ranges: dict, side: int) -> pd.DataFrame:
+    """`bound` (a side of the intervals) held within each column's range (side -1: low, 1: high)."""
+    clipped = bound.copy()
+    for column, (low, high) in ranges.items():
+        if column in clipped.columns:
+            clipped[column] = clipped[column].clip(lower=low) if side < 0 else clipped[column].clip(upper=high)
+    return clipped
+
+
 def primary_columns(records: list[RunRecord]) -> list[str]:
     """Each task's primary-metric column, in the suite's task order."""
     seen = {}
@@ -132,7 +158,9 @@ def summary(records: list[RunRecord], select: str = "last", significance: bool =
     finished = runs[runs["diverged"] == 0]
     seeds = finished.groupby(keys, sort=False)["seed"].nunique().reindex(order.index, fill_value=0)
     half = _interval(std, seeds)
-    table = pd.concat({"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}, axis=1)
+    ranges = column_ranges([r for r in records if r.finished])
+    table = pd.concat({"mean": mean, "std": std, "ci_low": _clipped(mean - half, ranges, -1),
+                       "ci_high": _clipped(mean + half, ranges, 1)}, axis=1)
     table[("n", "seeds")] = seeds
     table[("n", "diverged")] = runs.groupby(keys, sort=False)["diverged"].sum().loc[order.index]
     by_recipe, every_run = {}, {}
@@ -202,7 +230,7 @@ def paired_significance(by_recipe: dict, baselines: dict, index, select: str) ->
             continue
         pairs = [(r, base_runs[r.seed]) for r in runs if r.seed in base_runs]
         files = [(a.examples_path, b.examples_path) for a, b in pairs]
-        if not pairs or any(a is None or b is None for a, b in files):
+        if len(pairs) < MIN_SEEDS or any(a is None or b is None for a, b in files):
             continue
         try:
             loaded = [(examples.load(a, select), examples.load(b, select)) for a, b in files]
@@ -259,7 +287,7 @@ def _cell(table, key, column: str, interval: bool) -> str:
     s = table.loc[key, ("std", column)]
     if not pd.isna(s):
         cell += f" ± {s:.{d}f}"
-        if interval:
+        if interval and table.loc[key, ("n", "seeds")] >= MIN_SEEDS:
             cell += f" [{table.loc[key, ('ci_low', column)]:.{d}f}, {table.loc[key, ('ci_high', column)]:.{d}f}]"
     return cell
 
@@ -294,7 +322,18 @@ def formatted(table: pd.DataFrame, all_metrics: bool = False, intervals: bool = 
 
 
 def markdown(table: pd.DataFrame, all_metrics: bool = False) -> str:
-    return formatted(table, all_metrics).to_markdown(disable_numparse=True)  # "0.250" stays as written
+    text = formatted(table, all_metrics).to_markdown(disable_numparse=True)  # "0.250" stays as written
+    return text + (f"\n\n{note}" if (note := few_seeds_note(table)) else "")
+
+
+def few_seeds_note(table: pd.DataFrame) -> str:
+    """What the table leaves out for want of seeds, and how to get it."""
+    fewest = int(table[("n", "seeds")].min()) if len(table) else MIN_SEEDS
+    if fewest >= MIN_SEEDS:
+        return ""
+    seeds = f"{fewest} seed{'s' if fewest != 1 else ''}"
+    return (f"{seeds}: no 95 % intervals and no ▲ / ▼ where a recipe has fewer than {MIN_SEEDS} seeds (with fewer "
+            f"they would say more than the runs can; --seeds {MIN_SEEDS} or more)")
 
 
 def latex(table: pd.DataFrame, all_metrics: bool = False) -> str:

@@ -99,6 +99,14 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
+# What each metric can take: an interval over seeds is clipped to it (the mean lies inside, so the
+# clipped interval keeps its coverage).
+RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0), "f1_macro": (0.0, 1.0), "f1": (0.0, 1.0), "precision": (0.0, 1.0), "recall": (0.0, 1.0),
+    "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0), "perplexity": (1.0, math.inf),
+}
+
+
 def lower_is_better(metric: str) -> bool:
     return not HIGHER_IS_BETTER.get(metric, True)
 

@@ -32,9 +32,10 @@ def test_summary_means_stds_intervals_order_and_paired_cost():
     # cost x is the recorded paired ratio, not whole-run throughput (b's 500 ex/s would say 2.0)
     assert mean["cost x"].tolist() == pytest.approx([1.0, 2.1])
     assert table[("n", "seeds")].tolist() == [2, 1]
-    # 95 % t-interval over 2 seeds: mean +- t(0.975, 1) * std / sqrt(2) = 0.6 +- 12.706 * 0.1
-    assert table[("ci_low", "sst acc")].iloc[0] == pytest.approx(0.6 - 12.7062 * 0.1, abs=1e-3)
-    assert table[("ci_high", "sst acc")].iloc[0] == pytest.approx(0.6 + 12.7062 * 0.1, abs=1e-3)
+    # 95 % t-interval over 2 seeds, mean +- t(0.975, 1) * std / sqrt(2) = 0.6 +- 12.706 * 0.1, clipped to [0, 1]
+    assert table[("ci_low", "sst acc")].iloc[0] == 0.0 and table[("ci_high", "sst acc")].iloc[0] == 1.0
+    assert table[("ci_low", "sts r")].iloc[0] == pytest.approx(0.7 - 1.2706, abs=1e-3)  # inside [-1, 1]: kept
+    assert table[("ci_high", "sts r")].iloc[0] == 1.0
     assert math.isnan(table[("ci_low", "sst acc")].iloc[1])
     assert table[("info", "baseline")].tolist() == [True, False]  # older records: the first recipe
 
@@ -42,12 +43,26 @@ def test_summary_means_stds_intervals_order_and_paired_cost():
 def test_renderings_carry_the_numbers():
     table = tables.summary(RECORDS)
     md = tables.markdown(table)
-    assert "0.600 ± 0.141 [-0.671, 1.871]" in md and "| b " in md and "| a (baseline) " in md
+    assert "0.600 ± 0.141 |" in md and "| b " in md and "| a (baseline) " in md  # 2 seeds: no interval
+    assert md.endswith("1 seed: no 95 % intervals and no ▲ / ▼ where a recipe has fewer than 3 seeds "
+                       "(with fewer they would say more than the runs can; --seeds 3 or more)")
     assert "| 0.600 " in md  # one seed: the value alone, as written (not re-parsed as a number)
     csv = tables.csv(table)
     assert csv.splitlines()[0].startswith("suite,recipe,sst acc")
     assert "sst acc std" in csv.splitlines()[0]
     assert "\\begin{tabular}" in tables.latex(table)
+
+
+def test_intervals_stay_in_the_metric_range_and_print_from_three_seeds():
+    """Three seeds: t(0.975, 2) / sqrt(3) = 2.484; sst 0.90 +- 0.10 * 2.484 is cut at 1, sts inside."""
+    three = [record("a", 0, s, sst, sts, 1000.0) for s, (sst, sts) in enumerate([(0.8, 0.5), (0.9, 0.6), (1.0, 0.7)])]
+    table = tables.summary(three)
+    assert table[("ci_low", "sst acc")].iloc[0] == pytest.approx(0.9 - 0.2484, abs=1e-4)
+    assert table[("ci_high", "sst acc")].iloc[0] == 1.0
+    assert table[("ci_high", "sts r")].iloc[0] == pytest.approx(0.6 + 0.2484, abs=1e-4)
+    assert tables.column_ranges(three)["overall"] == (-0.5, 1.0)  # the mean of [0, 1] and [-1, 1]
+    md = tables.markdown(table)
+    assert "0.900 ± 0.100 [0.652, 1.000]" in md and "seeds:" not in md
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -116,3 +131,35 @@ def test_a_failed_serialiser_leaves_nothing_behind(tmp_path):
         temporary.write_text("half")
         raise RuntimeError("Error while serializing: I/O error: File too large (os error 27)")
     assert list(tmp_path.iterdir()) == []
+
+
+def _with_examples(tmp_path, recipe, index, seed, correct):
+    """A record of sst and sts whose sst predictions are right on the first `correct` of 200 rows."""
+    import numpy as np
+
+    from bench import examples
+
+    golds = [i % 5 for i in range(200)]
+    sst = [g if i < correct else (g + 1) % 5 for i, g in enumerate(golds)]
+    sts_gold = np.linspace(0, 5, 200)
+    base = record(recipe, index, seed, correct / 200, 0.7, 1000.0).to_dict()
+    base["config"] = {"tasks": {"sst": {"kind": "single_classification", "labels": list("01234")},
+                                "sts": {"kind": "pair_regression", "labels": []}}}
+    path = tmp_path / f"{recipe}-seed{seed}.json"
+    examples.write(examples.path_for(path), {"last": {"sst": (sst, golds),
+                                                       "sts": (list(sts_gold + np.cos(np.arange(200))), list(sts_gold))}})
+    base["examples_file"] = examples.path_for(path).name
+    RunRecord.from_dict(base).write(path)
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 3])
+def test_markers_need_three_paired_seeds(tmp_path, seeds):
+    """b is right on 180 of 200 rows where the baseline a is right on 100: p < 0.05 at any count of
+    seeds, but a marker from fewer than 3 would not see how much a seed alone moves a score."""
+    for seed in range(seeds):
+        _with_examples(tmp_path, "a", 0, seed, 100)
+        _with_examples(tmp_path, "b", 1, seed, 180)
+    table = tables.summary(records.load_records(tmp_path))
+    b_row = next(line for line in tables.markdown(table).splitlines() if line.startswith("| b "))
+    assert ("▲" in b_row) == (seeds >= 3)
+    assert ("no 95 % intervals and no ▲ / ▼" in tables.markdown(table)) == (seeds < 3)
