@@ -196,8 +196,12 @@ def _baseline(args) -> int:
     from bench import gate, records
     from bench.files import write_json_atomic
 
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise UserError(f"{output}: exists; a baseline is replaced on purpose only: --force (a committed baseline "
+                        f"is what CI checks against)")
     baseline = gate.make_baseline(records.load_records(Path(args.results)), args.select)
-    write_json_atomic(Path(args.output), baseline)
+    write_json_atomic(output, baseline)
     print(f"{args.output}: baseline of suite '{baseline['suite']}', {len(baseline['recipes'])} recipes, "
           f"{baseline['records']} runs", file=sys.stderr)
     return 0
@@ -376,6 +380,7 @@ def _records_parsers(sub) -> None:
     baseline.add_argument("results", help="directory of run records")
     baseline.add_argument("-o", "--output", required=True, help="baseline file to write (commit it under results/)")
     baseline.add_argument("--select", choices=("last", "best"), default="last")
+    baseline.add_argument("--force", action="store_true", help="replace an existing baseline file")
     baseline.set_defaults(handler=_baseline)
 
     gate_check = sub.add_parser("check", help="compare results with a baseline; exit 1 on a regression")

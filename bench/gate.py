@@ -3,10 +3,16 @@
 `mtlbench baseline RESULTS -o FILE` keeps, per recipe, each task's primary-metric mean and std over
 seeds (and the values), the paired cost ratio, the seeds, the config hashes and the environment.
 `mtlbench check RESULTS --baseline FILE` compares the means over seeds: a primary metric fails when
-it falls by more than max(metric_tolerance, std_factor x the baseline's std), a cost ratio when it
-rises by more than cost_tolerance (relative); a recipe, task or seed of the baseline that the results
-lack fails unless allow_missing. Tolerances come from the suite's [check] table, as recorded in the
-results (`config.suite.check`).
+it falls by more than its margin, a cost ratio when it rises by more than cost_tolerance (relative);
+a recipe, task or seed of the baseline that the results lack fails unless allow_missing.
+
+The margin is the smallest drop the check can tell from noise: max(metric_tolerance, std_factor x
+the standard error of the change). Over the seeds both sides hold the change is paired seed by seed
+(the same computation rerun differs by float rounding alone, so the margin is the tolerance);
+otherwise it is the difference of two means, sqrt(s_b^2/n_b + s_n^2/n_n). A margin above
+must_detect fails closed: the gate says it cannot see a drop that size, and how many seeds would
+let it. Tolerances come from the suite's [check] table, as recorded in the results
+(`config.suite.check`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ VERSION = 1
 REQUIRED = ("kind", "version", "suite", "select", "config_hash", "recipes")
 RECIPE_REQUIRED = ("seeds", "config_hash", "metrics")
 METRIC_REQUIRED = ("metric", "mean", "std", "values")
+ENVIRONMENT = ("python", "torch", "transformers", "datasets", "device", "device_name", "cpu_model", "torch_threads",
+               "platform", "git_commit")
+LIBRARIES = ("python", "torch", "transformers", "datasets", "cpu_model")  # a difference is noted under the check
 
 
 def config_hash(value) -> str:
@@ -103,8 +112,7 @@ def make_baseline(records: list[RunRecord], select: str = "last") -> dict:
     summary.pop("check")
     env = finished[0].env or {}
     baseline = {"kind": KIND, "version": VERSION, **summary,
-                "environment": {k: env.get(k) for k in ("python", "torch", "transformers", "device", "device_name",
-                                                        "torch_threads", "platform", "git_commit")},
+                "environment": {k: env.get(k) for k in ENVIRONMENT},
                 "records": len(finished), "notes": notes}
     _check_numbers(baseline, "the baseline")
     return baseline
@@ -171,6 +179,8 @@ class Comparison:
     limit: float | None  # the lowest (metrics) or highest (cost) value that passes
     verdict: str  # "pass", "FAIL", "missing", "new"
     note: str = ""
+    margin: float | None = None  # metrics: the smallest drop this comparison fails
+
 
     @property
     def failed(self) -> bool:
@@ -182,6 +192,43 @@ class Comparison:
             return None
         return self.now - self.baseline
 
+
+@dataclass
+class Margin:
+    """How far a metric's mean may move before the check fails, and on which seeds it was compared."""
+
+    baseline: float  # the baseline's mean over the compared seeds
+    now: float
+    margin: float
+    note: str = ""
+
+
+def _margin(base: dict, base_seeds: list[int], got: dict, now_seeds: list[int], tolerance: dict) -> Margin:
+    """The compared means and the margin: paired over the seeds both hold, else unpaired."""
+    k, floor = tolerance["std_factor"], tolerance["metric_tolerance"]
+    now_by_seed = dict(zip(now_seeds, got["values"], strict=True))
+    pairs = [(b, now_by_seed[s]) for s, b in zip(base_seeds, base["values"], strict=True) if s in now_by_seed]
+    if pairs and not all(n is not None and math.isfinite(n) for _, n in pairs):  # a diverged run: fails
+        return Margin(statistics.fmean(b for b, _ in pairs), math.nan, floor)
+    if pairs:
+        changes = [n - b for b, n in pairs]
+        spread = statistics.stdev(changes) / math.sqrt(len(changes)) if len(changes) > 1 else 0.0
+        note = "" if len(pairs) > 1 else "1 seed: the check cannot measure its own noise"
+        return Margin(statistics.fmean(b for b, _ in pairs), statistics.fmean(n for _, n in pairs),
+                      max(floor, k * spread), note)
+    if len(base["values"]) < 2 or len(got["values"]) < 2 or not math.isfinite(got["mean"] or math.nan):
+        return Margin(base["mean"], got["mean"], math.inf, "no shared seeds and too few to measure the spread")
+    spread = math.sqrt(base["std"] ** 2 / len(base["values"]) + got["std"] ** 2 / len(got["values"]))
+    return Margin(base["mean"], got["mean"], max(floor, k * spread), "unpaired: no seed in common")
+
+
+def _blind_note(margin: Margin, tolerance: dict, seeds: int) -> str:
+    """Why a margin above must_detect fails, and the seeds that would bring it under."""
+    if not math.isfinite(margin.margin):
+        return f"blind: {margin.note}; run the baseline's seeds"
+    needed = math.ceil(seeds * ((margin.margin / tolerance["must_detect"]) ** 2))
+    return (f"blind: the check cannot see a drop under {margin.margin:.4f} (must_detect "
+            f"{tolerance['must_detect']:g}); about {needed} seeds on both sides would")
 
 @dataclass
 class CheckResult:
@@ -214,6 +261,7 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
     notes = []
     if now["config_hash"] != baseline["config_hash"]:
         notes.append("the suite's settings (training, data, model or tasks) differ from the baseline's")
+    notes += _environment_notes(baseline.get("environment") or {}, records[0].env or {})
     comparisons = []
     for name, base in baseline["recipes"].items():
         mine = now["recipes"].get(name)
@@ -228,24 +276,7 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
             comparisons.append(Comparison(name, "seeds", None, None, None, "missing" if not allowed else "allowed",
                                           f"seeds {', '.join(map(str, lacking))} not in the results"))
         for task, values in base["metrics"].items():
-            label = f"{task} {values['metric']}"
-            got = mine["metrics"].get(task)
-            if got is None:
-                comparisons.append(Comparison(name, label, values["mean"], None, None,
-                                              "missing" if not allowed else "allowed", "task not in the results"))
-                continue
-            tolerance = _tolerances(check_settings, task)
-            margin = max(tolerance["metric_tolerance"], tolerance["std_factor"] * (values["std"] or 0.0))
-            lower_better = lower_is_better(values["metric"])
-            limit = values["mean"] + margin if lower_better else values["mean"] - margin
-            now_mean = got["mean"]
-            if now_mean is None or not math.isfinite(now_mean):
-                verdict = "FAIL" if values["mean"] is not None and math.isfinite(values["mean"]) else "pass"
-            else:
-                verdict = "FAIL" if (now_mean > limit if lower_better else now_mean < limit) else "pass"
-            diverged = mine.get("diverged")
-            comparisons.append(Comparison(name, label, values["mean"], now_mean, limit, verdict,
-                                          f"seed {', '.join(map(str, diverged))} diverged" if diverged else ""))
+            comparisons.append(_compare_metric(name, task, values, base["seeds"], mine, check_settings, allowed))
         if base.get("cost") and mine.get("cost"):
             tolerance = _tolerances(check_settings, None)["cost_tolerance"]
             limit = base["cost"]["mean"] * (1 + tolerance)
@@ -260,6 +291,38 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
     return CheckResult(now["suite"], comparisons, notes)
 
 
+def _compare_metric(recipe: str, task: str, values: dict, base_seeds: list[int], mine: dict, check_settings,
+                    allowed: bool) -> Comparison:
+    """One task's primary metric of one recipe against the baseline (see the module's docstring)."""
+    label = f"{task} {values['metric']}"
+    got = mine["metrics"].get(task)
+    if got is None:
+        return Comparison(recipe, label, values["mean"], None, None, "missing" if not allowed else "allowed",
+                          "task not in the results")
+    tolerance = _tolerances(check_settings, task)
+    margin = _margin(values, base_seeds, got, mine["seeds"], tolerance)
+    lower_better = lower_is_better(values["metric"])
+    limit = margin.baseline + margin.margin if lower_better else margin.baseline - margin.margin
+    notes = [margin.note] if margin.note else []
+    if margin.now is None or not math.isfinite(margin.now):
+        verdict = "FAIL"
+    elif margin.margin > tolerance["must_detect"]:
+        verdict, notes = "FAIL", [_blind_note(margin, tolerance, len(base_seeds))]
+    else:
+        verdict = "FAIL" if (margin.now > limit if lower_better else margin.now < limit) else "pass"
+    if mine.get("diverged"):
+        notes.append(f"seed {', '.join(map(str, mine['diverged']))} diverged")
+    return Comparison(recipe, label, margin.baseline, margin.now, limit if math.isfinite(limit) else None, verdict,
+                      "; ".join(notes), margin.margin)
+
+
+def _environment_notes(then: dict, now: dict) -> list[str]:
+    """Libraries and CPU that differ from the baseline's: the first suspects of a change in the last
+    digits (or more: a transformers release can change a model's initialisation)."""
+    return [f"{key} {now[key]} here, {then[key]} in the baseline" for key in LIBRARIES
+            if then.get(key) and now.get(key) and then[key] != now[key]]
+
+
 def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -269,15 +332,16 @@ def markdown(result: CheckResult, baseline_path: Path) -> str:
     head = (f"### mtlbench check: suite '{result.suite}' against {baseline_path}: "
             + (f"**FAILED** ({len(failed)} of {len(result.comparisons)})" if failed
                else f"passed ({len(result.comparisons)} values)"))
-    lines = [head, "", "| recipe | value | baseline | now | delta | limit | verdict |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [head, "", "| recipe | value | baseline | now | delta | limit | catches a drop of | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for c in result.comparisons:
         verdict = f"**{c.verdict}**" if c.failed else c.verdict
         if c.note:
             verdict += f" ({c.note})"
         delta = "–" if c.delta is None else f"{c.delta:+.4f}"
+        catches = "–" if c.margin is None else "never" if math.isinf(c.margin) else f"> {c.margin:.4f}"
         lines.append(f"| {c.recipe} | {c.value} | {_number(c.baseline)} | {_number(c.now)} | {delta} | "
-                     f"{_number(c.limit)} | {verdict} |")
+                     f"{_number(c.limit)} | {catches} | {verdict} |")
     lines += [""] + [f"- note: {n}" for n in result.notes]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -232,5 +232,18 @@ def environment(device) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "datasets": datasets.__version__,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "git_commit": _git_commit(),
+        "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "git_commit": _git_commit(),
     }
+
+
+def cpu_model() -> str:
+    """The processor's name (/proc/cpuinfo on Linux): float rounding, and so a run's last digits,
+    can differ between CPU models of one architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

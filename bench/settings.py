@@ -83,13 +83,20 @@ class CostSettings:
 
 @dataclass(frozen=True)
 class CheckTolerances:
-    """When `mtlbench check` fails a value: a primary metric's mean over seeds falls by more than
-    max(metric_tolerance, std_factor x the baseline's std over seeds); a paired cost ratio rises
-    by more than cost_tolerance (relative)."""
+    """When `mtlbench check` fails a value (bench.gate): a primary metric's mean falls by more than
+    its margin, max(metric_tolerance, std_factor x the standard error of the change: over the seeds
+    both hold, paired seed by seed); a margin above `must_detect` fails closed (the gate could not
+    see a drop that size); a paired cost ratio rises by more than cost_tolerance (relative)."""
 
     metric_tolerance: float = 0.02
     std_factor: float = 3.0
+    must_detect: float = 0.05
     cost_tolerance: float = 0.25
+
+    def __post_init__(self):
+        if self.must_detect < self.metric_tolerance:
+            raise ValueError(f"must_detect ({self.must_detect}) is below metric_tolerance ({self.metric_tolerance}): "
+                             "no drop could both pass and be caught")
 
 
 @dataclass(frozen=True)
