@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from bench import config, executors, gate, records, tables
+from bench import config, executors, gate, records
 from bench.config import Suite
 from bench.own_loop import StrategyStep, TaskInputs
 from bench.records import RunRecord
 from strategies.registry import register
 from tasks.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["RunRecord", "StrategyStep", "Suite", "TaskInputs", "UserError", "check", "load_baseline", "load_records", "load_suite",
            "make_baseline", "markdown", "register", "run", "table", "tune", "verdict"]
@@ -99,13 +101,17 @@ def load_records(directory: str | Path) -> list[RunRecord]:
     return records.load_records(Path(directory))
 
 
-def table(runs: list[RunRecord], select: str = "last") -> pd.DataFrame:
+def table(runs: list[RunRecord], select: str = "last") -> pandas.DataFrame:
     """Per (suite, recipe): mean, std, 95 % interval, seeds, Δm % and significance (bench.tables)."""
+    from bench import tables  # pandas and SciPy: when a table is asked for
+
     return tables.summary(runs, select)
 
 
 def markdown(runs: list[RunRecord], select: str = "last") -> str:
     """The table the CLI prints."""
+    from bench import tables
+
     return tables.markdown(tables.summary(runs, select))
 
 

@@ -21,10 +21,11 @@ from typing import ClassVar
 import torch
 
 from bench.files import running
+from bench.hub import hub_unreachable
+from bench.settings import TINY
 from tasks import synthetic
 from tasks.errors import UserError
 
-TINY = "tiny"
 _TINY_VERSION = 3  # bump when the build below changes what it produces (2: the MLM head; 3: one fixed corpus)
 
 
@@ -198,10 +199,15 @@ def load_part(loader, path: str, what: str, **options):
     """The one guard around loading a model's parts (config, tokenizer, weights): whatever goes
     wrong - not found, no network, a folder with only a tokenizer, a config that is not an object,
     truncated weights - is one line naming the model and the part."""
+    offline = not Path(path).is_dir() and hub_unreachable()
     try:
-        return loader.from_pretrained(path, **options)
+        return loader.from_pretrained(path, **options, **({"local_files_only": True} if offline else {}))
     except Exception as error:  # noqa: BLE001 - transformers raises many types for a broken folder
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if offline:
+            raise UserError(f"could not load the {what} of model '{path}': not a local folder, not in the Hugging "
+                            f"Face cache, and the hub cannot be reached (offline) - a local directory, a cached name, "
+                            f"or '{TINY}'") from None
         raise UserError(f"could not load the {what} of model '{path}': {first_line[:300]} "
                         f"(a local directory, a name in your Hugging Face cache, or '{TINY}')") from None
 

@@ -10,9 +10,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import executors
-from bench.backbone import TINY
 from bench.executors.base import RunsLost
-from bench.settings import MAX_SEEDS, PRECISIONS
+from bench.settings import MAX_SEEDS, PRECISIONS, TINY
+from bench.suites import find_suite
 from tasks.errors import UserError, nearest
 from tasks.source_types import SOURCES
 
@@ -42,6 +42,12 @@ def _check_run_arguments(args) -> None:
         if looks_local and not any(model.iterdir()):
             raise UserError(f"--model {args.model}: the directory is empty (expected a saved model: config.json, "
                             "weights, tokenizer files)")
+    if args.model not in (None, TINY) and not Path(args.model).is_dir():
+        from bench import hub
+
+        if hub.hub_unreachable() and not hub.model_cached(args.model):
+            raise UserError(f"--model {args.model}: not a local folder, not in the Hugging Face cache, and the hub "
+                            f"cannot be reached (offline); give a folder with a saved model, or '{TINY}'")
 
 
 def _shard(value: str | None) -> tuple[int, int]:
@@ -68,9 +74,10 @@ def _reporting_to(suite, value: str):
 
 
 def _run(args) -> int:
+    _check_run_arguments(args)
+    find_suite(args.suite)  # a typo answered before the heavy imports below
     from bench import api, tables
 
-    _check_run_arguments(args)
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
                  "max_unknown": args.max_unknown,
                  "epochs": args.epochs, "threads": args.threads, "precision": args.precision}
@@ -109,9 +116,10 @@ def _tuned(suite, directory: Path, storage: str | None):
 
 
 def _tune(args) -> int:
+    _check_run_arguments(args)
+    find_suite(args.suite)  # a typo answered before the heavy imports below
     from bench import api, tables, tune_runner, verdict
 
-    _check_run_arguments(args)
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials: must be at least 1, got {args.trials}")
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from bench.settings import (
     TrainSettings,
     TuneSettings,
 )
+from bench.suites import find_suite, suite_names  # noqa: F401 - suite_names: part of this module's API
 from strategies import registry
 from tasks import registry as task_registry
 from tasks.errors import UserError, check_keys, nearest
@@ -240,22 +240,6 @@ class Suite:
                 **({"front": dataclasses.asdict(self.front)} if self.front else {}),
                 **({"validation": {"split": self.validation, "tune_fraction": self.tune.tune_fraction,
                                    "seed": self.tune.seed}} if self.validation != "dev" else {})}
-
-
-def suite_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("bench.suites").iterdir() if p.name.endswith(".toml"))
-
-
-def find_suite(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"{path}: suite file not found")
-        return path
-    names = suite_names()
-    if name_or_path not in names:
-        raise UserError(f"unknown suite '{name_or_path}'{nearest(name_or_path, names)}; suites: {', '.join(names)}")
-    return Path(str(resources.files("bench.suites") / f"{name_or_path}.toml"))
 
 
 def load_suite(name_or_path: str, overrides: dict | None = None) -> Suite:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tasks.spec import TaskKind, TaskSpec
 
@@ -221,6 +220,8 @@ class BatchStream:
     def __next__(self) -> dict[str, torch.Tensor]:
         source = self.batches
         if self.position >= len(self.order):
+            from transformers.trainer_pt_utils import get_length_grouped_indices  # 1 s to import: when used
+
             self.order = get_length_grouped_indices(source.lengths, source.batch_size, generator=source.generator)
             self.position = 0
         chosen = self.order[self.position:self.position + source.batch_size]

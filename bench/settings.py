@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 PRECISIONS = ("fp32", "bf16", "fp16")  # the autocast dtype of the forwards (bench.precision)
 MAX_SEEDS = 10_000  # runs per recipe; a count past it is refused before its list is made
 MAX_SEED = 2**32 - 1  # numpy's seeds end there
+TINY = "tiny"  # the embedded encoder's name (bench.backbone builds it)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """End to end on a tiny suite, through the same entry point users call."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -233,3 +234,13 @@ def test_a_second_run_into_the_same_directory_extends_the_table(first_run, suite
     table = pd.read_csv(out / "table.csv").set_index("recipe")
     assert table.loc["rr", "seeds"] == 2  # seed 1 added to the earlier seed 0
     assert table.loc["joint", "seeds"] == 1  # the earlier recipe is still in the table
+
+
+@pytest.mark.parametrize("argv", [["run", "quik"], ["tune", "quik"], ["run", "quick", "--model", "no-org/no-model"]])
+def test_a_typo_is_answered_before_torch_is_imported(argv):
+    """Not a timing: which modules the answer needed (torch and transformers take seconds to import)."""
+    probe = ("import sys; from bench.cli import main; code = main(sys.argv[1:]); "
+             "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
