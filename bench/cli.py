@@ -13,7 +13,7 @@ from bench import executors
 from bench.executors.base import RunsLost
 from bench.settings import MAX_SEEDS, PRECISIONS, TINY
 from bench.suites import find_suite
-from tasks.errors import UserError, nearest
+from tasks.errors import UserError, counted, nearest
 from tasks.source_types import SOURCES
 
 
@@ -146,6 +146,8 @@ def _list(args) -> int:
     from tasks import registry as task_registry
     from tasks.spec import KINDS
 
+    if args.suite:
+        return _list_suite(config.load_suite(args.suite))
     headings = {"sampler": "samplers", "combiner": "combiners", "regularizer": "regularizers",
                 "freezing": "freezing schedules"}
     for axis in registry.AXES:
@@ -155,10 +157,10 @@ def _list(args) -> int:
             print("  (none yet)")
         for name, cls in entries.items():
             print(f"  {name:<16} {registry.describe(cls)}")
-    print("suites:")
+    print("suites (their recipes: mtlbench list SUITE):")
     for name in config.suite_names():
         suite = config.load_suite(name)
-        print(f"  {name:<16} {suite.description}")
+        print(f"  {name:<16} {counted(len(suite.recipes), 'recipe')}; {suite.description}")
     print("tasks:")
     for name, spec in task_registry.builtin().items():
         print(f"  {name:<16} {spec.kind.value:<22} sources: {', '.join(spec.sources):<24} "
@@ -172,6 +174,20 @@ def _list(args) -> int:
     print("executors (--executor):")
     for name, summary in executors.describe().items():
         print(f"  {name:<16} {summary}")
+    return 0
+
+
+def _list_suite(suite) -> int:
+    """One suite: where it comes from, what it runs, and each recipe's choice per axis."""
+    print(f"suite {suite.name} ({suite.source}): {suite.description}")
+    print(f"  tasks {', '.join(suite.tasks)}; data {suite.data}; model {suite.model}; "
+          f"{counted(len(suite.seeds), 'seed')}; {suite.train.epochs} epochs; baseline "
+          f"{suite.baseline.name if suite.baseline else '-'}")
+    print("recipes:")
+    for recipe in suite.recipes:
+        chosen = {axis: value for axis, value in recipe.names().items() if value not in (None, [], "none")}
+        print(f"  {recipe.name:<22} " + ", ".join(
+            f"{axis} {'+'.join(value) if isinstance(value, list) else value}" for axis, value in chosen.items()))
     return 0
 
 
@@ -282,12 +298,24 @@ def _data(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mtlbench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="mtlbench", description="Benchmark multi-task fine-tuning strategies.")
+    main.add_argument("--version", action="version", version=f"mtlbench {_version()}")
     sub = main.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _tune_parser(sub)
-    sub.add_parser("list", help="list strategies, suites and tasks").set_defaults(handler=_list)
+    listing = sub.add_parser("list", help="list strategies, suites and tasks; with a suite, its recipes")
+    listing.add_argument("suite", nargs="?", help="a suite's name or file: its recipes")
+    listing.set_defaults(handler=_list)
     _records_parsers(sub)
     data = sub.add_parser("data", help="rows loaded and skipped (with reasons), unknown tokens, rows cut and rows "
                           "also in train, per task and split")

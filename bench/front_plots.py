@@ -15,6 +15,7 @@ from bench.figures import colors, save
 from bench.records import RunRecord
 from bench.tables import SHORT, baseline_recipe, record_tasks, suite_tasks
 from bench.verdict import recipe_points
+from tasks.errors import counted
 
 
 def front_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -> list[Path]:
@@ -45,7 +46,7 @@ def front_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -
         axis.set_xlabel(f"{a} {SHORT.get(metrics[a], metrics[a])} (dev)")
         axis.set_ylabel(f"{b} {SHORT.get(metrics[b], metrics[b])} (dev)")
         seeds = len({r.seed for r in front_runs})
-        axis.set_title(f"Scalarisation front, {a} vs {b}: means over {seeds} seeds, 95 % intervals", fontsize=10)
+        axis.set_title(f"Scalarisation front, {a} vs {b}: means over {counted(seeds, 'seed')}, 95 % intervals", fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         fig.tight_layout()

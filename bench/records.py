@@ -196,8 +196,18 @@ def load_records(directory: Path, allow_empty: bool = False) -> list[RunRecord]:
         if isinstance(values, dict) and "run_id" in values:
             records.append(RunRecord.from_dict(values, path))
     if not records and not allow_empty:
-        raise UserError(f"{directory}: no run records (*.json with a run_id) found")
+        raise UserError(f"{directory}: no run records (*.json with a run_id) found{_folders_with_records(directory)}")
     return records
+
+
+def _folders_with_records(directory: Path) -> str:
+    """'; its folders with records, newest first: ...' when the records are a level down (runs/)."""
+    below = sorted({p.parent for p in directory.glob("*/*.json") if not p.name.startswith(".")},
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    if not below:
+        return ""
+    shown = ", ".join(str(p) for p in below[:3]) + (f" and {len(below) - 3} more" if len(below) > 3 else "")
+    return f"; its folders with records, newest first: {shown} (give one, or several to merge)"
 
 
 def load_directories(directories: list[Path]) -> list[RunRecord]:

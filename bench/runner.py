@@ -19,7 +19,7 @@ from bench.context import SuiteContext, comparable_config
 from bench.executors.base import RunsLost, Todo
 from bench.files import cannot_write, check_writable_folder, exclusive, remove_stray_temporaries
 from bench.records import RunRecord, load_records
-from tasks.errors import UserError
+from tasks.errors import UserError, counted
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -147,7 +147,8 @@ class Runner:
 
     def _log_plan(self, left: int) -> None:
         suite, total = self.suite, len(self.grid())
-        self.log(f"suite '{suite.name}': {len(suite.recipes)} recipes x {len(suite.seeds)} seeds on {suite.data} data, "
+        self.log(f"suite '{suite.name}': {counted(len(suite.recipes), 'recipe')} x {counted(len(suite.seeds), 'seed')} "
+                 f"on {suite.data} data, "
                  f"model {suite.model}; records -> {self.out_dir}")
         if self.shard[1] > 1:
             self.log(f"shard {self.shard[0]}/{self.shard[1]}: {total} of the "

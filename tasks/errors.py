@@ -40,3 +40,8 @@ def check_keys(table, allowed, where: str) -> None:
     for key in table:
         if key not in allowed:
             raise UserError(f"{where}: unknown key '{key}'{nearest(key, allowed)}")
+
+
+def counted(number: int, noun: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -244,3 +244,23 @@ def test_a_typo_is_answered_before_torch_is_imported(argv):
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
                           check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
+
+
+def test_version_list_of_a_suite_and_a_folder_of_run_folders(tmp_path, capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"mtlbench {version('mtlbench')}"
+    assert main(["list", "ci"]) == 0
+    out = capsys.readouterr().out
+    assert "2 seeds; 4 epochs; baseline joint_sum" in out
+    assert re.search(r"joint_fgm +sampler joint, combiner sum, regularizers fgm, pooling mean, pair_head "
+                     r"concat_product", out)
+    assert main(["list", "quick"]) == 0 and "1 seed;" in capsys.readouterr().out  # not "1 seeds"
+    (tmp_path / "runs" / "quick-20261202-1301").mkdir(parents=True)
+    (tmp_path / "runs" / "quick-20261202-1301" / "x.json").write_text("{}")
+    assert main(["table", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"its folders with records, newest first: {tmp_path / 'runs' / 'quick-20261202-1301'} (give one, or several "
+        "to merge)")
