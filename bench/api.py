@@ -11,6 +11,7 @@ suite given as a dict; its runs train in this process (worker processes would no
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,16 @@ def __getattr__(name: str):
         from bench.hf_trainer import MultiTaskTrainer
         return MultiTaskTrainer
     raise AttributeError(f"module 'mtlbench' has no attribute {name!r}")
+
+
+LOGGER = logging.getLogger("mtlbench")
+
+
+def log_to_logging(message: str) -> None:
+    """The default `log` of `run` and `tune`: the logger "mtlbench", at INFO (what the command line
+    prints; `logging.basicConfig(level=logging.INFO)` shows it), warnings at WARNING (shown with no
+    set-up at all: a run on text its tokenizer does not know must not be silent)."""
+    LOGGER.log(logging.WARNING if message.lstrip().startswith("warning:") else logging.INFO, message.strip())
 
 
 def load_suite(suite: str | Path | dict | Suite, **overrides) -> Suite:
@@ -69,7 +80,7 @@ def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, reci
     if recipes:
         loaded = loaded.with_recipes(list(recipes))
     out = Path(out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    runner = Runner(loaded, out, progress=progress, log=log or (lambda message: None), predictions=predictions,
+    runner = Runner(loaded, out, progress=progress, log=log or log_to_logging, predictions=predictions,
                     fresh=fresh, shard=shard)
     return runner.run(jobs, executor, address)
 
@@ -85,8 +96,7 @@ def tune(suite: str | Path | dict | Suite, *, out: str | Path, trials: int | Non
     loaded = load_suite(suite, **overrides)
     if recipes:
         loaded = loaded.with_recipes(list(recipes))
-    return tune_suite(loaded, Path(out), trials, storage, jobs, executor, address, final,
-                      log or (lambda message: None))
+    return tune_suite(loaded, Path(out), trials, storage, jobs, executor, address, final, log or log_to_logging)
 
 
 def verdict(runs: list[RunRecord], select: str = "last") -> str:

@@ -115,6 +115,7 @@ class SuiteContext:
         self.ranks = parallel.from_environment(device.type)
         self.device = parallel.local_device(self.ranks, device)
         self.log, self.progress = (log, progress) if self.ranks.writes else (_silent, False)
+        self.on_step = None  # on_step(recipe, seed, step, total): a worker's progress report (bench.progress)
 
     @functools.cached_property
     def prepared(self) -> Prepared:

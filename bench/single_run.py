@@ -5,6 +5,7 @@ written atomically. Every executor calls `run_one`; nothing here knows how runs 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from datetime import UTC, datetime
 
@@ -158,6 +159,8 @@ def train_run(context: SuiteContext, recipe: Recipe, seed: int, watch=None) -> R
                         log_every=suite.tracking.log_every)
     if resume is not None:
         loop.load_state_dict(resume)
+    if context.on_step is not None:
+        loop.on_step = functools.partial(context.on_step, recipe, seed)
     if suite.tracking.report_to and context.ranks.writes:  # rank 0 alone logs; resumed: from its step on
         loop.trackers = _open_trackers(context, TrackedRun(suite.name, recipe.name, seed), loop, config)
     save, history = saves.saver(parts.model), loop.state.outcome.history

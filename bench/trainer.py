@@ -198,6 +198,7 @@ class TrainingLoop:
                                               for draw in range(strategies.combiner.extra_batches)])
         self.flop_costs = flops.per_token(model)
         self.resumed_from: int | None = None
+        self.on_step: Callable[[int, int], None] | None = None  # (step, total steps): a progress display
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -301,6 +302,8 @@ class TrainingLoop:
             state.step += 1
             if self.trackers and state.step % self.log_every == 0:
                 self._log_step(task_losses)
+            if self.on_step is not None:
+                self.on_step(state.step, self.steps_per_epoch * self.settings.epochs)
             for task, loss in task_losses.items():
                 loss_sums[task] = loss_sums.get(task, 0) + loss
                 loss_counts[task] += 1

@@ -58,6 +58,7 @@ class PoolExecutor(Executor):
         self.workers: list[_Worker] = []
         self.lost: list[str] = []
         self.error: BaseException | None = None
+        self.progress, log = self._open_progress(len(todo))
         try:
             for _ in range(min(self.jobs, len(todo))):
                 self._give_work(self._start_worker())
@@ -66,10 +67,32 @@ class PoolExecutor(Executor):
         except KeyboardInterrupt:
             self._interrupt()
             raise
+        finally:
+            self._close_progress(log)
         self._stop()
         if self.error is not None:
             raise self.error
         return self.lost
+
+    def _open_progress(self, runs: int):
+        """The display of the workers' progress (none with --no-progress); while bars are drawn, log
+        lines are written above them."""
+        from bench.progress import SuiteProgress
+
+        log = self.context.log
+        if not self.context.progress:
+            return None, log
+        progress = SuiteProgress(runs, self.jobs, log)
+        if progress.live:
+            from tqdm import tqdm
+
+            self.context.log = lambda message: tqdm.write(message, file=sys.stderr)
+        return progress, log
+
+    def _close_progress(self, log) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.context.log = log
 
     def _start_worker(self) -> _Worker:
         context = self.context
@@ -93,6 +116,12 @@ class PoolExecutor(Executor):
                 self._replace(worker)
                 return
             worker.run = run
+            if self.progress is not None:
+                self.progress.start((run[0].position, run[1]), f"{run[0].name} seed {run[1]}")
+
+    def _ended(self, run) -> None:
+        if self.progress is not None:
+            self.progress.end((run[0].position, run[1]))
 
     def _wait_once(self, landed: Landed) -> None:
         """The next answers or deaths; a worker's answer is read before its death is noticed."""
@@ -105,6 +134,11 @@ class PoolExecutor(Executor):
                 except (EOFError, OSError):  # it died before answering
                     self._lose(worker)
                     continue
+                if kind == "progress":
+                    if self.progress is not None:
+                        self.progress.step((worker.run[0].position, worker.run[1]), *value)
+                    continue
+                self._ended(worker.run)
                 worker.run = None
                 if kind == "error":
                     self.error = self.error or value
@@ -120,6 +154,7 @@ class PoolExecutor(Executor):
         code = worker.process.exitcode
         how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit status {code}"
         recipe, seed = worker.run
+        self._ended(worker.run)
         self.lost.append(f"{recipe.name} seed {seed} ({how})")
         self.context.log(f"      {recipe.name} seed {seed}: its worker process ended ({how}); the other runs go on, "
                          "and running the same command again resumes it from its last checkpoint")
@@ -230,12 +265,25 @@ def _serve(pipe: Connection, suite: Suite, parent: int, out_dir: Path, predictio
                 if context is None:
                     context = SuiteContext(suite, out_dir, log=lambda message: None, progress=False,
                                            predictions=predictions)
+                    context.on_step = _ProgressReport(pipe)
                     _ = context.prepared
                 pipe.send(("record", run_one(context, context.recipe_by_position(job[0]), job[1])))
             except Exception as error:  # noqa: BLE001 - the parent raises it, as a local run would
                 pipe.send(("error", _picklable(error)))
     except (KeyboardInterrupt, EOFError):
         pass
+
+
+class _ProgressReport:
+    """A worker's (step, total) to the parent, at most once a second (and the last step)."""
+
+    def __init__(self, pipe: Connection):
+        self.pipe, self.sent = pipe, 0.0
+
+    def __call__(self, recipe, seed, step: int, total: int) -> None:
+        if time.monotonic() - self.sent >= 1.0 or step == total:
+            self.sent = time.monotonic()
+            self.pipe.send(("progress", (step, total)))
 
 
 def _picklable(error: Exception) -> Exception:

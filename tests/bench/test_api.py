@@ -63,7 +63,7 @@ def test_every_package_is_installed():
     assert found | {"mtlbench"} == listed
 
 
-def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monkeypatch, tmp_path):
+def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monkeypatch, tmp_path, caplog):
     """2 recipes x 2 seeds, no cost measurement, in this process: each recipe's strategies are built
     once by the validation pass (on an outline: no encoder loaded) and once per run; an encoder is
     loaded once per run, and once to check its weights load before any run starts."""
@@ -78,6 +78,21 @@ def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monke
     suite = {"name": "once", "tasks": ["sst", "sts"], "train": {"epochs": 1}, "seeds": 2, "cost": {"enabled": False},
              "tiny_encoder": TINY_ENCODER, "synthetic": SMALL_DATA,
              "recipes": [{"name": "a", "sampler": "joint"}, {"name": "b", "sampler": "round_robin"}]}
-    records = mtlbench.run(suite, out=tmp_path / "out", jobs=1)
+    with caplog.at_level("INFO", logger="mtlbench"):
+        records = mtlbench.run(suite, out=tmp_path / "out", jobs=1)
     assert len(records) == 4 and len(loads) == 1 + 4  # once when the data is prepared (does it load?), once a run
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mtlbench"]  # the CLI's lines
+    assert ("INFO", "suite 'once': 2 recipes x 2 seeds on synthetic data, model tiny; records -> "
+            f"{tmp_path / 'out'}") in said
     assert builds == {"sampler": 2 + 4, "combiner": 2 + 4, "freezing": 2 + 4}
+
+
+def test_the_api_logs_warnings_where_they_show_without_set_up(caplog):
+    """Python's last-resort handler prints WARNING and above: a data warning shows in a bare notebook."""
+    from bench.api import log_to_logging
+
+    with caplog.at_level("INFO", logger="mtlbench"):
+        log_to_logging("  warning: sst: tokens unknown to the tokenizer: train 69%")
+        log_to_logging("[1/4] a seed 0: sst 0.5")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "warning: sst: tokens unknown to the tokenizer: train 69%"), ("INFO", "[1/4] a seed 0: sst 0.5")]

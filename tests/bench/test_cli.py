@@ -26,11 +26,34 @@ def suite_file(tmp_path_factory):
     return write_suite(tmp_path_factory.mktemp("suite") / "tiny.toml", RECIPES)
 
 
+FIRST_RUN_LOG = {}
+
+
 @pytest.fixture(scope="module")
 def first_run(suite_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")  # two runs in two worker processes
-    assert main(["run", str(suite_file), "--out", str(out), "--no-progress", "--jobs", "2"]) == 0
+    """Two runs in two worker processes; not a terminal, so the progress is a status line, here
+    at every report (MTLBENCH_STATUS_SECONDS=0)."""
+    import contextlib
+    import io
+
+    out, log = tmp_path_factory.mktemp("run"), io.StringIO()
+    previous = os.environ.get("MTLBENCH_STATUS_SECONDS")
+    os.environ["MTLBENCH_STATUS_SECONDS"] = "0"
+    try:
+        with contextlib.redirect_stderr(log):
+            assert main(["run", str(suite_file), "--out", str(out), "--jobs", "2"]) == 0
+    finally:
+        os.environ.pop("MTLBENCH_STATUS_SECONDS") if previous is None else os.environ.update(
+            MTLBENCH_STATUS_SECONDS=previous)
+    FIRST_RUN_LOG["stderr"] = log.getvalue()
     return out
+
+
+def test_workers_report_progress_and_the_suite_an_eta(first_run):
+    lines = [line for line in FIRST_RUN_LOG["stderr"].splitlines() if line.startswith("progress: ")]
+    assert any(re.fullmatch(r"progress: \d\.\d of 2 runs, about \d+( min \d\d)? s left; running: "
+                            r"(rr|joint) seed 0 \d+%(, (rr|joint) seed 0 \d+%)?", line) for line in lines), lines
+    assert any("rr seed 0 100%" in line for line in lines)  # the last step is always reported
 
 
 def test_run_writes_records_tables_and_plots(first_run, capsys):
