@@ -82,8 +82,8 @@ def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monke
         records = mtlbench.run(suite, out=tmp_path / "out", jobs=1)
     assert len(records) == 4 and len(loads) == 1 + 4  # once when the data is prepared (does it load?), once a run
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mtlbench"]  # the CLI's lines
-    assert ("INFO", "suite 'once': 2 recipes x 2 seeds on synthetic data, model tiny; records -> "
-            f"{tmp_path / 'out'}") in said
+    planned = f"suite 'once': 2 recipes x 2 seeds on synthetic data, model tiny; records -> {tmp_path / 'out'}"
+    assert ("INFO", planned) in said
     assert builds == {"sampler": 2 + 4, "combiner": 2 + 4, "freezing": 2 + 4}
 
 
