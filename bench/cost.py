@@ -102,7 +102,12 @@ def paired_step_cost(context: SuiteContext, recipe: Recipe, seed: int) -> dict:
     np.random.set_state(numpy_state)
     ratios = [mine / theirs for mine, theirs in zip(seconds["recipe"], seconds["baseline"])]
     low, high = (statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else (ratios[0], ratios[0]))
-    return {"baseline": baseline.name, "ratio": statistics.median(ratios), "ratio_iqr": [low, high],
+    measured = {"ratio": statistics.median(ratios), "ratio_iqr": [low, high]}
+    if recipe.resolved() == baseline.resolved():
+        # The baseline against itself: 1 by definition; what was measured is the method's noise.
+        measured = {"ratio": 1.0, "ratio_iqr": [1.0, 1.0], "self_ratio": measured["ratio"],
+                    "self_ratio_iqr": measured["ratio_iqr"]}
+    return {"baseline": baseline.name, **measured,
             "ratios": ratios, "seconds_per_example": statistics.median(seconds["recipe"]),
             "baseline_seconds_per_example": statistics.median(seconds["baseline"]),
             "rounds": settings.rounds, "block_batches": settings.block_batches, "method": METHOD}

@@ -30,7 +30,7 @@ def _band(ax, runs: list[tuple[list, list]], color, label: str) -> None:
         return
     values = np.array([[dict(zip(steps, ys))[s] for s in shared] for steps, ys in runs], dtype=float)
     mean = np.nanmean(values, axis=0)
-    ax.plot(shared, mean, color=color, label=label, lw=1.2)
+    ax.plot(shared, mean, color=color, label=label, lw=1.2, marker="o" if len(shared) < 4 else None, ms=3)
     if len(runs) > 1:
         spread = np.nanstd(values, axis=0)
         ax.fill_between(shared, mean - spread, mean + spread, color=color, alpha=0.2, lw=0)
@@ -72,7 +72,8 @@ def _training_curves(by_recipe: dict[str, list[RunRecord]], out_dir: Path) -> Pa
     axes[0, 0].set_title("training loss (per logged step where tracked, else epoch mean)", fontsize=9)
     axes[0, 1].set_title("dev metric after each epoch", fontsize=9)
     axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("mean over seeds, band ±1 std", fontsize=9)
+    seeds = max(len(runs) for runs in by_recipe.values())
+    fig.suptitle("mean over seeds, band ±1 std" if seeds > 1 else "one seed: no band", fontsize=9)
     fig.tight_layout()
     return _save(fig, out_dir / "training_curves.png")
 
@@ -120,7 +121,8 @@ def _combiner_curves(by_recipe: dict[str, list[RunRecord]], out_dir: Path) -> Pa
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle("the combiner over training: weights w in w @ G, pairwise cosines (mean over seeds, ±1 std)",
-                 fontsize=9)
+    seeds = max(len(runs) for runs in by_recipe.values())
+    fig.suptitle("the combiner over training: weights w in w @ G, pairwise cosines ("
+                 + ("mean over seeds, ±1 std)" if seeds > 1 else "one seed)"), fontsize=9)
     fig.tight_layout()
     return _save(fig, out_dir / "combiner_curves.png")

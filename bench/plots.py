@@ -157,7 +157,13 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     else:
         ax.set_xlabel("training throughput (examples/s; records without a paired cost)")
     ax.set_ylabel("overall (mean primary dev metric)")
-    ax.set_title(f"{records[0].suite}: quality vs cost, mean \u00b1 std over seeds", fontsize=10)
+    seeds = int(min(table.loc[k, ("n", "seeds")] for k in keys)) if keys else 0
+    spread = "mean \u00b1 std over seeds" if seeds > 1 else "one seed each: no spread to show"
+    ax.set_title(f"{records[0].suite}: quality vs cost, {spread}", fontsize=10)
+    left_out = [k[1] for k in table.index if k not in keys]
+    if left_out:  # single-task recipes have no overall score
+        ax.text(0.0, -0.1, f"not shown (no overall over every task): {', '.join(left_out)}", fontsize=7,
+                color="grey", transform=ax.transAxes, va="top", wrap=True)
     ax.grid(alpha=0.3)
     _family_legend(ax, set(families))
     fig.tight_layout()
@@ -187,15 +193,22 @@ def _conflict_plots(records: list[RunRecord], out_dir: Path) -> list[Path]:
                                                ("mean_cosine", "mean cosine")]):
             for i, (recipe, color) in enumerate(zip(recipes, _colors(len(recipes)))):
                 values = np.array([[s["conflicts"][pair][stat] for pair in pairs] for s in conflicts[recipe]])
-                panel.bar(x + i * width - 0.4 + width / 2, values.mean(0), width, yerr=values.std(0),
+                spread = values.std(0, ddof=1) if len(values) > 1 else None  # one seed: no bar of zero width
+                panel.bar(x + i * width - 0.4 + width / 2, values.mean(0), width, yerr=spread,
                           label=recipe, capsize=2, color=color)
             panel.set_xticks(x, pairs)
             panel.set_ylabel(label)
             panel.axhline(0.5 if stat == "negative_cosine_fraction" else 0.0, color="grey", lw=0.8, ls="--")
         axes[0].set_title("gradient conflicts per task pair (shared parameters)")
         axes[1].set_title("task-gradient cosine per task pair")
+        seeds = max(len(v) for v in conflicts.values())
+        unmeasured = sorted({r.recipe_name for r in records} - set(recipes))
+        fig.text(0.01, 0.01, ("mean \u00b1 std over seeds" if seeds > 1 else "one seed: no spread")
+                 + "; measured by the combiners that form task gradients; the others (the sum baseline among them) "
+                   f"form none: {', '.join(unmeasured) or '-'}; dashed: no conflict preference", fontsize=7,
+                 color="grey", wrap=True)
         axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         written.append(_save(fig, out_dir / "gradient_conflicts.png"))
 
     return written

@@ -336,8 +336,30 @@ def few_seeds_note(table: pd.DataFrame) -> str:
             f"they would say more than the runs can; --seeds {MIN_SEEDS} or more)")
 
 
+# LaTeX for the characters the readable table uses (the rest is escaped); amssymb has the triangles.
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SYMBOLS = {"±": r"$\pm$", "▲": r"$\blacktriangle$", "▼": r"$\blacktriangledown$", "Δ": r"$\Delta$",
+                "–": "--", "×": r"$\times$"}
+
+
+def tex_cell(text: str) -> str:
+    """A table cell as ASCII LaTeX: special characters escaped, the table's symbols as math."""
+    escaped = "".join(_TEX_SPECIAL.get(c, c) for c in str(text))
+    return "".join(_TEX_SYMBOLS.get(c, c) for c in escaped)
+
+
 def latex(table: pd.DataFrame, all_metrics: bool = False) -> str:
-    return formatted(table, all_metrics).to_latex(escape=True)
+    """A booktabs tabular in ASCII (pdflatex; \\usepackage{booktabs, amssymb}), one header row."""
+    shown = formatted(table, all_metrics)
+    header = ["recipe", *shown.columns]
+    lines = [r"\begin{tabular}{l" + "r" * len(shown.columns) + "}", r"\toprule",
+             " & ".join(tex_cell(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_cell(c) for c in (name, *values)) + r" \\" for name, values in
+              zip(shown.index, shown.itertuples(index=False))]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = few_seeds_note(table)
+    return "\n".join(lines) + "\n" + (f"% {tex_cell(note)}\n" if note else "")
 
 
 def csv(table: pd.DataFrame) -> str:

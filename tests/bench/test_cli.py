@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
         assert key in record
     assert set(record["metrics"]) == {"sst", "quora", "sts"}
     assert set(record["metrics"]["sts"]) == {"pearson", "spearman"}
+    # the baseline recipe (rr, the first) costs 1 by definition; its measured self-ratio is the noise
+    assert record["cost"]["ratio"] == 1.0 and record["cost"]["self_ratio"] > 0
+    other = json.loads((first_run / "tiny-test.joint-seed0.json").read_text())["cost"]
+    assert "self_ratio" not in other and other["ratio"] == pytest.approx(statistics.median(other["ratios"]))
     assert record["best"]["sst"]["epoch"] == 1
     assert record["train"]["examples"] == 96 + 192 + 96  # round-robin uses every batch once per epoch
     assert record["train"]["examples_per_second"] > 0 and record["train"]["step_seconds_median"] > 0

@@ -163,3 +163,42 @@ def test_markers_need_three_paired_seeds(tmp_path, seeds):
     b_row = next(line for line in tables.markdown(table).splitlines() if line.startswith("| b "))
     assert ("▲" in b_row) == (seeds >= 3)
     assert ("no 95 % intervals and no ▲ / ▼" in tables.markdown(table)) == (seeds < 3)
+
+
+# What a compiled table may use: booktabs rules, and amssymb's triangles and plain math in cells.
+TEX_MACROS = {"begin", "end", "toprule", "midrule", "bottomrule", "pm", "blacktriangle", "blacktriangledown",
+              "Delta", "times", "%", "&", "_", "#", "$", "{", "}", "textbackslash", "textasciitilde",
+              "textasciicircum", "\\"}
+
+
+def _checked_tex(text: str) -> list[list[str]]:
+    """The tabular's rows as cells, after checking it parses as LaTeX, is ASCII, and uses only the
+    macros above (a LaTeX parser, pylatexenc, in place of an engine CI does not have)."""
+    from pylatexenc.latexwalker import LatexMacroNode, LatexWalker
+
+    assert text.isascii(), [c for c in text if not c.isascii()]
+    nodes, _, _ = LatexWalker(text, tolerant_parsing=False).get_latex_nodes()
+
+    def macros(found):
+        for node in found or []:
+            if isinstance(node, LatexMacroNode):
+                yield node.macroname
+            for child in ("nodelist",):
+                yield from macros(getattr(node, child, None))
+    assert set(macros(nodes)) <= TEX_MACROS, set(macros(nodes)) - TEX_MACROS
+    body = text[text.index("\\toprule") + len("\\toprule"):text.index("\\bottomrule")].replace("\\midrule", "")
+    return [[c.strip() for c in row.split(" & ")] for row in body.split("\\\\") if row.strip()]
+
+
+def test_the_latex_table_is_ascii_latex_with_one_header_row(tmp_path):
+    for seed in range(3):  # significance markers and intervals from 3 seeds
+        _with_examples(tmp_path, "a", 0, seed, 100)
+        _with_examples(tmp_path, "b", 1, seed, 180 + seed)
+    tex = tables.latex(tables.summary(records.load_records(tmp_path)))
+    rows = _checked_tex(tex)
+    assert rows[0][:3] == ["recipe", "sst acc", "sts r"] and len({len(r) for r in rows}) == 1  # one header row
+    assert rows[2][:2] == ["b", "0.905 $\\pm$ 0.005 [0.893, 0.917] $\\blacktriangle$"]  # 0.005 x 2.484
+    one_seed = tables.latex(tables.summary(RECORDS))
+    assert _checked_tex(one_seed)[1][1] == "0.600 $\\pm$ 0.141" and one_seed.rstrip().splitlines()[-1].startswith(
+        "% 1 seed: no 95 \\% intervals")
+    assert tables.tex_cell("Δm % a_b –") == "$\\Delta$m \\% a\\_b --"
