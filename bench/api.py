@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import config, executors, gate, records
-from bench.config import Suite
-from bench.own_loop import StrategyStep, TaskInputs
-from bench.records import RunRecord
-from strategies.registry import register
-from tasks.errors import UserError
+from mtlbench.bench import config, executors, gate, records
+from mtlbench.bench.config import Suite
+from mtlbench.bench.own_loop import StrategyStep, TaskInputs
+from mtlbench.bench.records import RunRecord
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError
 
 if TYPE_CHECKING:
     import pandas
@@ -35,7 +35,7 @@ def __getattr__(name: str):
     accelerate are slow to import and the rest of the API does not need them (so it is not in
     __all__, which a star import would resolve at once)."""
     if name == "MultiTaskTrainer":
-        from bench.hf_trainer import MultiTaskTrainer
+        from mtlbench.bench.hf_trainer import MultiTaskTrainer
         return MultiTaskTrainer
     raise AttributeError(f"module 'mtlbench' has no attribute {name!r}")
 
@@ -74,7 +74,7 @@ def run(suite: str | Path | dict | Suite, *, out: str | Path | None = None, reci
     bad input raises UserError before anything trains. `executor`: one of `executors.CHOICES`
     (`"ray"` runs each recipe x seed as a Ray task on the cluster at `address`); `shard=(i, n)`
     trains the i-th of n shards of the grid."""
-    from bench.runner import Runner
+    from mtlbench.bench.runner import Runner
 
     loaded = load_suite(suite, **overrides)
     if recipes:
@@ -91,7 +91,7 @@ def tune(suite: str | Path | dict | Suite, *, out: str | Path, trials: int | Non
     """`mtlbench tune`: every recipe tuned at the same budget on a split held out of train (Optuna
     studies in `storage`, default OUT/tune/study.db), then run with its best settings for the
     suite's seeds into `out`; returns those records (their `tuned` says how). bench.tuning explains."""
-    from bench.tune_runner import tune as tune_suite
+    from mtlbench.bench.tune_runner import tune as tune_suite
 
     loaded = load_suite(suite, **overrides)
     if recipes:
@@ -101,7 +101,7 @@ def tune(suite: str | Path | dict | Suite, *, out: str | Path, trials: int | Non
 
 def verdict(runs: list[RunRecord], select: str = "last") -> str:
     """The verdict of each recipe against the baseline, as markdown (bench.verdict)."""
-    from bench import verdict as verdicts
+    from mtlbench.bench import verdict as verdicts
 
     return verdicts.markdown(verdicts.verdicts(runs, select))
 
@@ -113,14 +113,14 @@ def load_records(directory: str | Path) -> list[RunRecord]:
 
 def table(runs: list[RunRecord], select: str = "last") -> pandas.DataFrame:
     """Per (suite, recipe): mean, std, 95 % interval, seeds, Δm % and significance (bench.tables)."""
-    from bench import tables  # pandas and SciPy: when a table is asked for
+    from mtlbench.bench import tables  # pandas and SciPy: when a table is asked for
 
     return tables.summary(runs, select)
 
 
 def markdown(runs: list[RunRecord], select: str = "last") -> str:
     """The table the CLI prints."""
-    from bench import tables
+    from mtlbench.bench import tables
 
     return tables.markdown(tables.summary(runs, select))
 

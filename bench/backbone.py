@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-
-from bench.files import running
-from bench.hub import hub_unreachable
-from bench.settings import TINY
-from tasks import synthetic
-from tasks.errors import UserError
+from mtlbench.bench.files import running
+from mtlbench.bench.hub import hub_unreachable
+from mtlbench.bench.settings import TINY
+from mtlbench.tasks import synthetic
+from mtlbench.tasks.errors import UserError
 
 _TINY_VERSION = 3  # bump when the build below changes what it produces (2: the MLM head; 3: one fixed corpus)
 

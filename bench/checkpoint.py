@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mtlbench.bench.files import atomic
 from safetensors.torch import load_model, save_model
-
-from bench.files import atomic
 
 DIRECTORY = "checkpoints"
 _PREFIX = "epoch-"

@@ -9,12 +9,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bench import executors
-from bench.executors.base import RunsLost
-from bench.settings import MAX_SEEDS, PRECISIONS, TINY
-from bench.suites import find_suite
-from tasks.errors import UserError, counted, nearest
-from tasks.source_types import SOURCES
+from mtlbench.bench import executors
+from mtlbench.bench.executors.base import RunsLost
+from mtlbench.bench.settings import MAX_SEEDS, PRECISIONS, TINY
+from mtlbench.bench.suites import find_suite
+from mtlbench.tasks.errors import UserError, counted, nearest
+from mtlbench.tasks.source_types import SOURCES
 
 
 def _check_run_arguments(args) -> None:
@@ -43,7 +43,7 @@ def _check_run_arguments(args) -> None:
             raise UserError(f"--model {args.model}: the directory is empty (expected a saved model: config.json, "
                             "weights, tokenizer files)")
     if args.model not in (None, TINY) and not Path(args.model).is_dir():
-        from bench import hub
+        from mtlbench.bench import hub
 
         if hub.hub_unreachable() and not hub.model_cached(args.model):
             raise UserError(f"--model {args.model}: not a local folder, not in the Hugging Face cache, and the hub "
@@ -63,7 +63,7 @@ def _shard(value: str | None) -> tuple[int, int]:
 
 def _reporting_to(suite, value: str):
     """The suite with --report-to's trackers instead of its [tracking] report_to."""
-    from bench.settings import TrackingSettings
+    from mtlbench.bench.settings import TrackingSettings
 
     names = [name.strip() for name in value.split(",") if name.strip()]
     try:
@@ -76,7 +76,7 @@ def _reporting_to(suite, value: str):
 def _run(args) -> int:
     _check_run_arguments(args)
     find_suite(args.suite)  # a typo answered before the heavy imports below
-    from bench import api, tables
+    from mtlbench.bench import api, tables
 
     overrides = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "seeds": args.seeds,
                  "max_unknown": args.max_unknown,
@@ -107,7 +107,7 @@ def _run(args) -> int:
 
 def _tuned(suite, directory: Path, storage: str | None):
     """The suite with each recipe's best settings from the studies `mtlbench tune` left in `directory`."""
-    from bench import tuning
+    from mtlbench.bench import tuning
 
     if storage is None and not (directory / tuning.FOLDER / tuning.DEFAULT_STORAGE).is_file():
         raise UserError(f"--tuned {directory}: no {tuning.FOLDER}/{tuning.DEFAULT_STORAGE} there (the output folder "
@@ -118,7 +118,7 @@ def _tuned(suite, directory: Path, storage: str | None):
 def _tune(args) -> int:
     _check_run_arguments(args)
     find_suite(args.suite)  # a typo answered before the heavy imports below
-    from bench import api, tables, tune_runner, verdict
+    from mtlbench.bench import api, tables, tune_runner, verdict
 
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials: must be at least 1, got {args.trials}")
@@ -141,10 +141,10 @@ def _tune(args) -> int:
 
 
 def _list(args) -> int:
-    from bench import config
-    from strategies import registry
-    from tasks import registry as task_registry
-    from tasks.spec import KINDS
+    from mtlbench.bench import config
+    from mtlbench.strategies import registry
+    from mtlbench.tasks import registry as task_registry
+    from mtlbench.tasks.spec import KINDS
 
     if args.suite:
         return _list_suite(config.load_suite(args.suite))
@@ -192,24 +192,24 @@ def _list_suite(suite) -> int:
 
 
 def _table(args) -> int:
-    from bench import records, tables
+    from mtlbench.bench import records, tables
 
     runs = records.load_directories([Path(d) for d in args.dirs])
     table = tables.summary(runs, args.select)
     print({"md": tables.markdown, "csv": tables.csv, "latex": tables.latex}[args.format](table))
     if args.verdict:
-        from bench import verdict
+        from mtlbench.bench import verdict
 
         print("\n" + verdict.markdown(verdict.verdicts(runs, args.select)))
     if args.write:
-        from bench import verdict
+        from mtlbench.bench import verdict
 
         tables.write_tables(runs, Path(args.dirs[0]), args.select, appendix=verdict.section(runs, args.select))
     return 0
 
 
 def _plot(args) -> int:
-    from bench import plots, records
+    from mtlbench.bench import plots, records
 
     for path in plots.write_plots(records.load_records(Path(args.dir)), Path(args.dir), args.select):
         print(path)
@@ -217,8 +217,8 @@ def _plot(args) -> int:
 
 
 def _baseline(args) -> int:
-    from bench import gate, records
-    from bench.files import write_json_atomic
+    from mtlbench.bench import gate, records
+    from mtlbench.bench.files import write_json_atomic
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -234,8 +234,8 @@ def _baseline(args) -> int:
 def _check(args) -> int:
     import os
 
-    from bench import gate, records
-    from bench.files import cannot_write, write_text_atomic
+    from mtlbench.bench import gate, records
+    from mtlbench.bench.files import cannot_write, write_text_atomic
 
     baseline_path = Path(args.baseline)
     baseline = gate.load_baseline(baseline_path)
@@ -262,9 +262,9 @@ def _check(args) -> int:
 
 
 def _data(args) -> int:
-    from bench import backbone, data_quality
-    from tasks import registry as task_registry
-    from tasks.sources import load_task
+    from mtlbench.bench import backbone, data_quality
+    from mtlbench.tasks import registry as task_registry
+    from mtlbench.tasks.sources import load_task
 
     if args.tasks:
         references = [t.strip() for t in args.tasks.split(",") if t.strip()]

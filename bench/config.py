@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import strategies
-from bench.backbone import TINY, TinyEncoderConfig
-from bench.data_quality import DEFAULT_MAX_UNKNOWN
-from bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
-from bench.settings import (
+from mtlbench import strategies
+from mtlbench.bench.backbone import TINY, TinyEncoderConfig
+from mtlbench.bench.data_quality import DEFAULT_MAX_UNKNOWN
+from mtlbench.bench.model import PAIR_HEADS, POOLINGS, SINGLE_HEADS
+from mtlbench.bench.settings import (
     MAX_SEED,
     MAX_SEEDS,
     RECIPE_TRAIN_KEYS,
@@ -56,15 +56,15 @@ from bench.settings import (
     TrainSettings,
     TuneSettings,
 )
-from bench.suites import find_suite, suite_names  # noqa: F401 - suite_names: part of this module's API
-from strategies import registry
-from tasks import registry as task_registry
-from tasks.errors import UserError, check_keys, nearest
-from tasks.names import check_name, check_task_name
-from tasks.sources import choose_source
-from tasks.spec import TaskSpec
-from tasks.synthetic import SyntheticConfig
-from tasks.typed import from_table
+from mtlbench.bench.suites import find_suite, suite_names  # noqa: F401 - suite_names: part of this module's API
+from mtlbench.strategies import registry
+from mtlbench.tasks import registry as task_registry
+from mtlbench.tasks.errors import UserError, check_keys, nearest
+from mtlbench.tasks.names import check_name, check_task_name
+from mtlbench.tasks.sources import choose_source
+from mtlbench.tasks.spec import TaskSpec
+from mtlbench.tasks.synthetic import SyntheticConfig
+from mtlbench.tasks.typed import from_table
 
 # The report calls the pair heads options 1-3.
 PAIR_HEAD_ALIASES = {"option1": "cosine", "option2": "concat", "option3": "concat_product"}
@@ -472,7 +472,7 @@ def tune_settings(table: Any, train: TrainSettings, where: str) -> TuneSettings 
 def front_points(baseline: Recipe, tasks: list[str], front: FrontSettings, first_position: int
                  ) -> tuple[Recipe, ...]:
     """The baseline recipe with the static-weight sum at every point of the simplex grid (bench.front)."""
-    from bench.front import simplex_grid
+    from mtlbench.bench.front import simplex_grid
 
     divisions = front.divisions_for(len(tasks))
     points = []

@@ -11,17 +11,16 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from bench import backbone, gate, parallel, tracking
-from bench.config import Recipe, Suite
-from bench.data import Masker, TaskBatches
-from bench.model import MultiTaskModel
-from bench.prepared import Prepared, prepare
-from bench.step import Strategies
-from bench.trainer import RunParts, seed_everything, select_device
-from strategies import registry
-from tasks.errors import UserError
-from tasks.spec import TaskKind, TaskSpec
+from mtlbench.bench import backbone, gate, parallel, tracking
+from mtlbench.bench.config import Recipe, Suite
+from mtlbench.bench.data import Masker, TaskBatches
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.prepared import Prepared, prepare
+from mtlbench.bench.step import Strategies
+from mtlbench.bench.trainer import RunParts, seed_everything, select_device
+from mtlbench.strategies import registry
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.spec import TaskKind, TaskSpec
 
 
 def _silent(message: str) -> None:

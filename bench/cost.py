@@ -16,11 +16,10 @@ import time
 
 import numpy as np
 import torch
-
-from bench.config import Recipe
-from bench.context import SuiteContext
-from bench.precision import StepPipeline
-from bench.step import make_optimizer, training_step
+from mtlbench.bench.config import Recipe
+from mtlbench.bench.context import SuiteContext
+from mtlbench.bench.precision import StepPipeline
+from mtlbench.bench.step import make_optimizer, training_step
 
 METHOD = ("median over rounds of (seconds per training example of the recipe / of the baseline recipe), "
           "one block of each per round in one process, the same batches, fresh models")

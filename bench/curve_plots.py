@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from bench.figures import colors as _colors
-from bench.figures import plt
-from bench.figures import save as _save
-from bench.records import RunRecord
+from mtlbench.bench.figures import colors as _colors
+from mtlbench.bench.figures import plt
+from mtlbench.bench.figures import save as _save
+from mtlbench.bench.records import RunRecord
 
 
 def curve_plots(records: list[RunRecord], out_dir: Path) -> list[Path]:

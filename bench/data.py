@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from tasks.spec import TaskKind, TaskSpec
+from mtlbench.tasks.spec import TaskKind, TaskSpec
 
 IGNORE = -100  # label of a position that is not scored (special tokens, later sub-words, unmasked)
 EVAL_MASK_SEED = 20240  # dev/test MLM masks: the same for every run and recipe

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from tasks.errors import UserError
+from mtlbench.tasks.errors import UserError
 
 SAMPLE_ROWS = 2000  # rows measured per split: the shares to within about 1 % (a fixed draw: reproducible)
 WARN_UNKNOWN = 0.02  # above this share of unknown tokens a run warns

@@ -8,14 +8,13 @@ import math
 import time
 
 import torch
+from mtlbench.bench.data import eval_batches
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.parallel import SINGLE, Ranks
+from mtlbench.bench.precision import StepPipeline
+from mtlbench.tasks.metrics import score
+from mtlbench.tasks.spec import TaskSpec
 from tqdm.auto import tqdm
-
-from bench.data import eval_batches
-from bench.model import MultiTaskModel
-from bench.parallel import SINGLE, Ranks
-from bench.precision import StepPipeline
-from tasks.metrics import score
-from tasks.spec import TaskSpec
 
 
 def split_predictions(model: MultiTaskModel, task: str, dataset, batch_size: int, pad_id: int,

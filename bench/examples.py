@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from tasks.spec import TaskKind, TaskSpec
+from mtlbench.tasks.spec import TaskKind, TaskSpec
 
 SUFFIX = ".examples.safetensors"
 
@@ -55,9 +54,8 @@ def pack(dev_examples: dict) -> dict[str, np.ndarray]:
 
 def write(path: Path, dev_examples: dict) -> None:
     """Atomically, like the records (bench.files.atomic)."""
+    from mtlbench.bench.files import atomic
     from safetensors.numpy import save_file
-
-    from bench.files import atomic
 
     arrays = {k: np.ascontiguousarray(v) for k, v in pack(dev_examples).items()}
     with atomic(path) as temporary:

@@ -8,8 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
-
-from bench.files import atomic
+from mtlbench.bench.files import atomic
 
 
 def colors(count: int) -> list:

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.errors import UserError
+from mtlbench.tasks.errors import UserError
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[^.]+\.tmp(\.\w+)?$")  # .NAME.PID-RANDOM.tmp[.ext]
 

@@ -9,13 +9,12 @@ import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-
-from bench import front
-from bench.figures import colors, save
-from bench.records import RunRecord
-from bench.tables import SHORT, baseline_recipe, record_tasks, suite_tasks
-from bench.verdict import recipe_points
-from tasks.errors import counted
+from mtlbench.bench import front
+from mtlbench.bench.figures import colors, save
+from mtlbench.bench.records import RunRecord
+from mtlbench.bench.tables import SHORT, baseline_recipe, record_tasks, suite_tasks
+from mtlbench.bench.verdict import recipe_points
+from mtlbench.tasks.errors import counted
 
 
 def front_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -> list[Path]:

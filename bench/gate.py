@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from bench.records import RunRecord, read_json
-from bench.settings import CheckTolerances
-from tasks.errors import UserError
-from tasks.metrics import lower_is_better
+from mtlbench.bench.records import RunRecord, read_json
+from mtlbench.bench.settings import CheckTolerances
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.metrics import lower_is_better
 
 KIND = "mtlbench-baseline"
 VERSION = 1

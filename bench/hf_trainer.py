@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mtlbench.bench.own_loop import StrategyStep, TaskInputs
+from mtlbench.strategies import registry
+from mtlbench.tasks.errors import UserError
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-
-from bench.own_loop import StrategyStep, TaskInputs
-from strategies import registry
-from tasks.errors import UserError
 
 STATE_FILE = "mtlbench_strategies.pt"  # beside the Trainer's own files in each checkpoint-N/
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from tasks.spec import TaskData, TaskKind, TaskSpec
+from mtlbench.tasks.spec import TaskData, TaskKind, TaskSpec
 
 STRATIFIED = (TaskKind.SINGLE_CLASSIFICATION, TaskKind.PAIR_CLASSIFICATION)
 

@@ -2,7 +2,7 @@
 logged step from stdin, `[step, milliseconds, {name: value}]`, and writes them in batches; the line
 "flush" writes what is pending now. Ends at the end of its input (the run closed it, or died).
 
-    python -m bench.mlflow_writer TRACKING_URI RUN_ID
+    python -m mtlbench.bench.mlflow_writer TRACKING_URI RUN_ID
 
 MLflow's SQLite store spends ~0.1 ms of CPU a metric; out of the training process that costs the
 training nothing on a machine with a core to spare (tests/benchmarks/tracking_overhead.py)."""

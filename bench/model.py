@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from mtlbench.bench.data import IGNORE
+from mtlbench.tasks.spec import TaskKind, TaskSpec
 from torch import Tensor, nn
-
-from bench.data import IGNORE
-from tasks.spec import TaskKind, TaskSpec
 
 POOLINGS = ("cls", "mean", "max", "pooler", "last4_mean")
 PAIR_HEADS = ("cosine", "concat", "concat_product", "cross")
@@ -156,7 +155,7 @@ def mlm_head(encoder: nn.Module, model_path: str | None) -> tuple[nn.Module, str
     if model_path is None:
         masked_lm, missing, source = AutoModelForMaskedLM.from_config(encoder.config), [], "fresh: no checkpoint"
     else:
-        from bench.backbone import load_part
+        from mtlbench.bench.backbone import load_part
 
         masked_lm, info = load_part(AutoModelForMaskedLM, model_path, "masked-LM head", output_loading_info=True)
         missing = [k for k in info["missing_keys"] if not k.startswith(masked_lm.base_model_prefix + ".")]

@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
+from mtlbench.bench.precision import StepPipeline
+from mtlbench.bench.step import CleanBackward
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import StepInputs, TaskStep
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.spec import TaskSpec
 from torch import Tensor, nn
-
-from bench.precision import StepPipeline
-from bench.step import CleanBackward
-from strategies import registry
-from strategies.base import StepInputs, TaskStep
-from tasks.errors import UserError
-from tasks.spec import TaskSpec
 
 
 @dataclass

@@ -12,13 +12,12 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
-
-from bench.figures import colors as _colors
-from bench.figures import save as _save
-from bench.records import RunRecord
-from bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
-from tasks.errors import UserError
-from tasks.metrics import HIGHER_IS_BETTER, lower_is_better
+from mtlbench.bench.figures import colors as _colors
+from mtlbench.bench.figures import save as _save
+from mtlbench.bench.records import RunRecord
+from mtlbench.bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.metrics import HIGHER_IS_BETTER, lower_is_better
 
 FAMILY_COLORS = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
 
@@ -42,8 +41,8 @@ def write_plots(records: list[RunRecord], out_dir: Path, select: str = "last") -
         raise UserError(f"{out_dir}: no finished runs to plot (every run diverged)")
     table = summary(records, select)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from bench.curve_plots import curve_plots
-    from bench.front_plots import front_plots
+    from mtlbench.bench.curve_plots import curve_plots
+    from mtlbench.bench.front_plots import front_plots
 
     return [_heatmap(table, records, out_dir, select), _dots(table, records, out_dir, select),
             _quality_vs_cost(table, records, out_dir), *_conflict_plots(records, out_dir),

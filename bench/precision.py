@@ -26,11 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from mtlbench.bench.parallel import SINGLE, Ranks
+from mtlbench.bench.settings import PRECISIONS
+from mtlbench.strategies.base import GradientPipeline
 from torch import Tensor
-
-from bench.parallel import SINGLE, Ranks
-from bench.settings import PRECISIONS
-from strategies.base import GradientPipeline
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

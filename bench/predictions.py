@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.files import inside, write_text_atomic
-from tasks.spec import TaskKind
+from mtlbench.bench.files import inside, write_text_atomic
+from mtlbench.tasks.spec import TaskKind
 
 
 def _render(spec, prediction) -> str:

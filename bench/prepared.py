@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench import backbone, data_quality, holdout
-from bench.config import Suite
-from bench.data import encoding_for, tokenize
-from bench.files import check_writable_folder
-from tasks.errors import UserError
-from tasks.sources import load_task
-from tasks.spec import TaskData, TaskSpec
+from mtlbench.bench import backbone, data_quality, holdout
+from mtlbench.bench.config import Suite
+from mtlbench.bench.data import encoding_for, tokenize
+from mtlbench.bench.files import check_writable_folder
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.sources import load_task
+from mtlbench.tasks.spec import TaskData, TaskSpec
 
 
 @dataclass

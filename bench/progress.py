@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from tasks.errors import counted
+from mtlbench.tasks.errors import counted
 
 
 def status_seconds() -> float:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from bench.files import write_json_atomic
-from tasks.errors import UserError
-from tasks.files import decode
+from mtlbench.bench.files import write_json_atomic
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.files import decode
 
 SCHEMA_VERSION = 1
 

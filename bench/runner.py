@@ -13,13 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-from bench import checkpoint, examples, executors, plots, tables, verdict
-from bench.config import Suite
-from bench.context import SuiteContext, comparable_config
-from bench.executors.base import RunsLost, Todo
-from bench.files import cannot_write, check_writable_folder, exclusive, remove_stray_temporaries
-from bench.records import RunRecord, load_records
-from tasks.errors import UserError, counted
+from mtlbench.bench import checkpoint, examples, executors, plots, tables, verdict
+from mtlbench.bench.config import Suite
+from mtlbench.bench.context import SuiteContext, comparable_config
+from mtlbench.bench.executors.base import RunsLost, Todo
+from mtlbench.bench.files import cannot_write, check_writable_folder, exclusive, remove_stray_temporaries
+from mtlbench.bench.records import RunRecord, load_records
+from mtlbench.tasks.errors import UserError, counted
 
 
 class RunInterrupted(KeyboardInterrupt):

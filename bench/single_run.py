@@ -10,17 +10,16 @@ import shutil
 from datetime import UTC, datetime
 
 import torch
-
-from bench import checkpoint, cost, examples, predictions, tracking
-from bench.config import Recipe
-from bench.context import SuiteContext, config_hash
-from bench.evaluation import best_epoch
-from bench.files import exclusive
-from bench.records import SCHEMA_VERSION, RunRecord, environment, read_json
-from bench.step import Diverged
-from bench.tracking import TrackedRun, Trackers
-from bench.trainer import TrainingLoop, TrainOutcome
-from tasks.errors import UserError
+from mtlbench.bench import checkpoint, cost, examples, predictions, tracking
+from mtlbench.bench.config import Recipe
+from mtlbench.bench.context import SuiteContext, config_hash
+from mtlbench.bench.evaluation import best_epoch
+from mtlbench.bench.files import exclusive
+from mtlbench.bench.records import SCHEMA_VERSION, RunRecord, environment, read_json
+from mtlbench.bench.step import Diverged
+from mtlbench.bench.tracking import TrackedRun, Trackers
+from mtlbench.bench.trainer import TrainingLoop, TrainOutcome
+from mtlbench.tasks.errors import UserError
 
 
 class Pruned(Exception):

@@ -7,11 +7,18 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from bench.model import MultiTaskModel
-from bench.parallel import SINGLE, Ranks
-from bench.precision import MIN_LOSS_SCALE, SkippedStep, StepPipeline, all_finite
-from strategies.base import Combiner, FreezingSchedule, Regularizer, Sampler, StepInputs, TaskStep, with_gradient
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.parallel import SINGLE, Ranks
+from mtlbench.bench.precision import MIN_LOSS_SCALE, SkippedStep, StepPipeline, all_finite
+from mtlbench.strategies.base import (
+    Combiner,
+    FreezingSchedule,
+    Regularizer,
+    Sampler,
+    StepInputs,
+    TaskStep,
+    with_gradient,
+)
 
 
 @dataclass(frozen=True)

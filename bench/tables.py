@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mtlbench.bench.files import write_text_atomic
+from mtlbench.bench.records import RunRecord
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.metrics import HIGHER_IS_BETTER, RANGES, lower_is_better
 from scipy import stats
-
-from bench.files import write_text_atomic
-from bench.records import RunRecord
-from tasks.errors import UserError
-from tasks.metrics import HIGHER_IS_BETTER, RANGES, lower_is_better
 
 SHORT = {"accuracy": "acc", "f1_macro": "F1", "pearson": "r", "spearman": "rho", "f1": "F1", "precision": "prec",
          "recall": "rec", "perplexity": "ppl"}
@@ -216,8 +215,8 @@ def paired_significance(by_recipe: dict, baselines: dict, index, select: str) ->
     over the seeds both have, where every run kept its per-example dev predictions."""
     from types import SimpleNamespace
 
-    from bench import examples
-    from tasks.spec import TaskKind
+    from mtlbench.bench import examples
+    from mtlbench.tasks.spec import TaskKind
 
     p_values = {}
     for suite, recipe in index:

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.files import exclusive, write_text_atomic
-from bench.mlflow_writer import MLFLOW_NAME
-from tasks.errors import UserError
+from mtlbench.bench.files import exclusive, write_text_atomic
+from mtlbench.bench.mlflow_writer import MLFLOW_NAME
+from mtlbench.tasks.errors import UserError
 
 SERIES_POINTS = 256  # the most steps a record's series keeps (thinned by halving, bench.tracking.StepSeries)
 
@@ -167,7 +167,7 @@ class MlflowTracker:
         # worker of --jobs may start): here a logged step is one JSON line down a pipe.
         package_root = str(Path(__file__).resolve().parents[1])
         self.writer = subprocess.Popen(
-            [sys.executable, "-m", "bench.mlflow_writer", uri, self.run_id], stdin=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "mtlbench.bench.mlflow_writer", uri, self.run_id], stdin=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))})
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:

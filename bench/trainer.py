@@ -15,19 +15,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mtlbench.bench import checkpoint, flops, tracking
+from mtlbench.bench.data import BatchStream, TaskBatches
+from mtlbench.bench.evaluation import best_epoch, evaluate
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.parallel import SINGLE, Ranks
+from mtlbench.bench.precision import StepPipeline, StepTimer
+from mtlbench.bench.settings import TrainSettings
+from mtlbench.bench.step import StepPlace, Strategies, make_optimizer, training_step
+from mtlbench.bench.tracking import StepSeries, Trackers
+from mtlbench.tasks.errors import UserError
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
-
-from bench import checkpoint, flops, tracking
-from bench.data import BatchStream, TaskBatches
-from bench.evaluation import best_epoch, evaluate
-from bench.model import MultiTaskModel
-from bench.parallel import SINGLE, Ranks
-from bench.precision import StepPipeline, StepTimer
-from bench.settings import TrainSettings
-from bench.step import StepPlace, Strategies, make_optimizer, training_step
-from bench.tracking import StepSeries, Trackers
-from tasks.errors import UserError
 
 
 def select_device(name: str) -> torch.device:

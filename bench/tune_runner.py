@@ -10,12 +10,12 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-from bench import executors
-from bench.config import Suite
-from bench.context import SuiteContext
-from bench.records import RunRecord
-from bench.runner import RunInterrupted, Runner, check_output
-from bench.tuning import (
+from mtlbench.bench import executors
+from mtlbench.bench.config import Suite
+from mtlbench.bench.context import SuiteContext
+from mtlbench.bench.records import RunRecord
+from mtlbench.bench.runner import RunInterrupted, Runner, check_output
+from mtlbench.bench.tuning import (
     FOLDER,
     TRIALS,
     open_storage,
@@ -26,7 +26,7 @@ from bench.tuning import (
     tuned_suite,
     tuning_suite,
 )
-from tasks.errors import UserError
+from mtlbench.tasks.errors import UserError
 
 
 def _spawned_worker(suite: Suite, out_dir: str, url: str) -> None:

@@ -34,15 +34,15 @@ import time
 import warnings
 from pathlib import Path
 
-from bench import gate
-from bench.config import Recipe, Suite, tune_settings
-from bench.context import SuiteContext, comparable_config
-from bench.files import exclusive
-from bench.records import RunRecord
-from bench.settings import CostSettings, SearchRange, TuneSettings
-from bench.single_run import Pruned, run_one
-from tasks.errors import UserError
-from tasks.metrics import lower_is_better
+from mtlbench.bench import gate
+from mtlbench.bench.config import Recipe, Suite, tune_settings
+from mtlbench.bench.context import SuiteContext, comparable_config
+from mtlbench.bench.files import exclusive
+from mtlbench.bench.records import RunRecord
+from mtlbench.bench.settings import CostSettings, SearchRange, TuneSettings
+from mtlbench.bench.single_run import Pruned, run_one
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.metrics import lower_is_better
 
 FOLDER = "tune"  # OUT/tune/: the default storage and the trials' records
 TRIALS = "trials"
@@ -201,7 +201,7 @@ class RecipeStudy:
     def _retry_lost(self, optuna, study) -> None:
         """Fail the running trials whose process on this host is gone, and enqueue again every failed
         trial that was not surplus and not retried yet (Optuna's own RetryFailedTrialCallback)."""
-        from bench.files import running
+        from mtlbench.bench.files import running
 
         state, here = optuna.trial.TrialState, socket.gethostname()
         for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):

@@ -19,11 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
-
-from bench import front
-from bench.records import RunRecord
-from bench.tables import (
+from mtlbench.bench import front
+from mtlbench.bench.records import RunRecord
+from mtlbench.bench.tables import (
     SIGNIFICANCE_LEVEL,
     baseline_recipe,
     column_name,
@@ -31,7 +29,8 @@ from bench.tables import (
     record_tasks,
     suite_tasks,
 )
-from tasks.metrics import lower_is_better
+from mtlbench.tasks.metrics import lower_is_better
+from scipy import stats
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.base import Regularizer, TaskStep
 from torch import Tensor
-
-from strategies.base import Regularizer, TaskStep
 
 EPS = 1e-12
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from mtlbench.strategies import state
+from mtlbench.tasks.spec import TaskSpec
 from torch import Tensor, nn
-
-from strategies import state
-from tasks.spec import TaskSpec
 
 
 class Strategy:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+from mtlbench.strategies.base import Combiner, GradientPipeline
 from torch import Tensor, nn
-
-from strategies.base import Combiner, GradientPipeline
 
 GRAMIAN_CHUNK = 1 << 20  # columns per float64 block: bounds the float64 copy, not the result
 

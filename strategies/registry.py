@@ -14,12 +14,13 @@ import pkgutil
 from importlib.metadata import entry_points
 from typing import Any
 
-from tasks.errors import UserError, nearest
-from tasks.typed import from_table
+from mtlbench.tasks.errors import UserError, nearest
+from mtlbench.tasks.typed import from_table
 
 AXES = ("sampler", "combiner", "regularizer", "freezing")
 # In-tree plugins live one module each in these packages and are discovered, not listed.
-PLUGIN_PACKAGES = ("strategies.samplers", "strategies.combiners", "strategies.regularizers", "strategies.freezing")
+PLUGIN_PACKAGES = ("mtlbench.strategies.samplers", "mtlbench.strategies.combiners", "mtlbench.strategies.regularizers",
+                   "mtlbench.strategies.freezing")
 ENTRY_POINT_GROUP = "mtlbench.strategies"
 
 _REGISTRY: dict[str, dict[str, type]] = {axis: {} for axis in AXES}

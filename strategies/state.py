@@ -36,7 +36,7 @@ def capture(value):
     if isinstance(value, dict):
         items = {k: capture(v) for k, v in value.items()}
         return _SKIP if any(v is _SKIP for v in items.values()) else items
-    if type(value).__module__.startswith("strategies") and hasattr(value, "__dict__"):  # e.g. WindowMeans
+    if type(value).__module__.startswith("mtlbench.strategies") and hasattr(value, "__dict__"):  # e.g. WindowMeans
         return {"__object__": attributes(value)}
     return _SKIP
 

@@ -17,8 +17,8 @@ import stat
 from collections import Counter
 from pathlib import Path
 
-from tasks.errors import UserError, nearest
-from tasks.reading import RawSplit
+from mtlbench.tasks.errors import UserError, nearest
+from mtlbench.tasks.reading import RawSplit
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
 QUOTING = ("csv", "none")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 
-from tasks.errors import UserError
-from tasks.reading import RawSplit
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.reading import RawSplit
 
 DEFAULT_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 DEFAULT_COLUMNS = {"tags": "ner_tags"}  # CoNLL-2003's layout

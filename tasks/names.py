@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tasks.errors import UserError
+from mtlbench.tasks.errors import UserError
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,119}")
 TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")

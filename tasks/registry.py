@@ -27,12 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tasks import files
-from tasks.errors import UserError, check_keys, nearest
-from tasks.metrics import lower_is_better
-from tasks.names import check_file_pattern, check_task_name
-from tasks.source_types import SOURCES
-from tasks.spec import KINDS, TaskKind, TaskSpec
+from mtlbench.tasks import files
+from mtlbench.tasks.errors import UserError, check_keys, nearest
+from mtlbench.tasks.metrics import lower_is_better
+from mtlbench.tasks.names import check_file_pattern, check_task_name
+from mtlbench.tasks.source_types import SOURCES
+from mtlbench.tasks.spec import KINDS, TaskKind, TaskSpec
 
 DEFINITION_KEYS = ("name", "kind", "description", "metric", "labels", "label_range", "max_train", "max_dev",
                    "max_test", "sources", "source", "from")
@@ -40,7 +40,7 @@ COLUMN_FIELDS = ("id", "text", "text_a", "text_b", "label", "tokens", "tags")
 
 
 def definitions_dir() -> Path:
-    return Path(str(resources.files("tasks") / "definitions"))
+    return Path(str(resources.files("mtlbench.tasks") / "definitions"))
 
 
 def builtin_names() -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks import files, hf, synthetic
+from mtlbench.tasks import files, hf, synthetic
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from tasks import registry, synthetic
-from tasks.errors import UserError, nearest
-from tasks.reading import RawSplit, ReadContext
-from tasks.source_types import SOURCES
-from tasks.spec import SPLITS, TaskData, TaskKind, TaskSpec
+from mtlbench.tasks import registry, synthetic
+from mtlbench.tasks.errors import UserError, nearest
+from mtlbench.tasks.reading import RawSplit, ReadContext
+from mtlbench.tasks.source_types import SOURCES
+from mtlbench.tasks.spec import SPLITS, TaskData, TaskKind, TaskSpec
 
 
 def resolve(task: str | TaskSpec) -> TaskSpec:

@@ -26,9 +26,9 @@ import random
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from tasks.errors import UserError, nearest
-from tasks.reading import RawSplit
-from tasks.spec import SPLITS, TaskData
+from mtlbench.tasks.errors import UserError, nearest
+from mtlbench.tasks.reading import RawSplit
+from mtlbench.tasks.spec import SPLITS, TaskData
 
 # Each inner tuple is one meaning; its members are interchangeable surface forms.
 NOUNS = (

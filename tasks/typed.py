@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from tasks.errors import UserError, nearest
+from mtlbench.tasks.errors import UserError, nearest
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -51,7 +51,7 @@ def write_suite(path: Path, recipes: str, extra: str = "", train: str = "epochs 
 
 @pytest.fixture(scope="session")
 def tiny_encoder_path(private_cache):
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     backbone.quiet_transformers()
     return str(backbone.ensure_tiny(backbone.TinyEncoderConfig(**TINY_ENCODER), log=lambda m: None))
@@ -59,7 +59,7 @@ def tiny_encoder_path(private_cache):
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_encoder_path):
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     backbone.quiet_transformers()
     return backbone.load_tokenizer(tiny_encoder_path)
@@ -67,7 +67,7 @@ def tokenizer(tiny_encoder_path):
 
 @pytest.fixture
 def encoder(tiny_encoder_path):
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     return backbone.load_encoder(tiny_encoder_path)
 
@@ -75,10 +75,10 @@ def encoder(tiny_encoder_path):
 @pytest.fixture
 def real_step(encoder, tokenizer):
     """A fresh three-task model (eval mode: no dropout) and one small batch per task."""
-    from bench.data import Encoding, collate, tokenize
-    from bench.model import MultiTaskModel
-    from tasks.builtin import QUORA, SST, STS
-    from tasks.synthetic import SyntheticConfig, generate
+    from mtlbench.bench.data import Encoding, collate, tokenize
+    from mtlbench.bench.model import MultiTaskModel
+    from mtlbench.tasks.builtin import QUORA, SST, STS
+    from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
     cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"
     config = SyntheticConfig(sst_train=8, quora_train=8, sts_train=8)
@@ -117,8 +117,7 @@ def linear_losses(jacobian, values, parameter, order=None):
 
 def build_combiner(name, tasks, seed=0, **options):
     import torch
-
-    from strategies import registry
+    from mtlbench.strategies import registry
     cls = registry.get("combiner", name)
     return cls(registry.make_options(cls, options, "test"), list(tasks), torch.Generator().manual_seed(seed))
 
@@ -129,8 +128,7 @@ def combiner_updates(name, jacobians, values, *, seed=0, order=None, task_order=
     an epoch (for epoch-based methods), and the losses after each step are 0.9 times those before
     it, with the last task's 0.99 (for methods that watch the decrease)."""
     import torch
-
-    from strategies.base import IDENTITY_PIPELINE, StepInputs
+    from mtlbench.strategies.base import IDENTITY_PIPELINE, StepInputs
 
     tasks = [f"t{i}" for i in range(len(jacobians[0]))]
     combiner = build_combiner(name, task_order or tasks, seed, **(options or {}))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import mtlbench
 import pytest
+from mtlbench.bench import executors
+from mtlbench.bench.cli import parser
+from mtlbench.bench.context import SuiteContext
+from mtlbench.strategies import registry
+from mtlbench.tasks import registry as task_registry
+from mtlbench.tasks.source_types import SOURCES
 
-from bench import executors
-from bench.cli import parser
-from bench.context import SuiteContext
-from strategies import registry
-from tasks import registry as task_registry
-from tasks.source_types import SOURCES
 from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER
 
 ROOT = Path(__file__).parents[1]

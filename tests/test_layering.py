@@ -12,8 +12,13 @@ LAYERS = ("tasks", "strategies", "bench")  # lowest first
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    """The installed name: bench/x.py is mtlbench.bench.x (pyproject's package-dir)."""
+    parts = ("mtlbench", *path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[1])
 
 
 def _imports(path: Path, known: set[str]) -> set[str]:
@@ -69,7 +74,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_package_imports_one_above_it():
     upward = sorted(f"{module} imports {target}" for module, targets in import_graph().items() for target in targets
-                    if LAYERS.index(target.split(".")[0]) > LAYERS.index(module.split(".")[0]))
+                    if _layer(target) > _layer(module))
     assert upward == []
 
 
@@ -88,5 +93,5 @@ def test_the_cycle_finder_finds_cycles(graph, cycle):
 
 def test_the_import_graph_sees_imports_inside_functions_and_names_from_packages():
     graph = import_graph()
-    assert "bench.single_run" in graph["bench.executors.inline"]  # imported inside InlineExecutor.run
-    assert "tasks.registry" in graph["bench.config"]  # `from tasks import registry as task_registry`
+    assert "mtlbench.bench.single_run" in graph["mtlbench.bench.executors.inline"]  # inside InlineExecutor.run
+    assert "mtlbench.tasks.registry" in graph["mtlbench.bench.config"]  # `from ...tasks import registry as ...`

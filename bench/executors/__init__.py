@@ -13,11 +13,11 @@ import os
 import pkgutil
 from typing import TYPE_CHECKING
 
-from bench.executors.base import Executor, Todo, check_reachable, strategies_registered_here
-from tasks.errors import UserError, nearest
+from mtlbench.bench.executors.base import Executor, Todo, check_reachable, strategies_registered_here
+from mtlbench.tasks.errors import UserError, nearest
 
 if TYPE_CHECKING:
-    from bench.context import SuiteContext
+    from mtlbench.bench.context import SuiteContext
 
 LOCAL = "local"
 

@@ -8,12 +8,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from strategies import registry
-from tasks.errors import UserError
+from mtlbench.strategies import registry
+from mtlbench.tasks.errors import UserError
 
 if TYPE_CHECKING:  # the executors' modules stay light: the CLI reads their table to parse its options
-    from bench.config import Recipe, Suite
-    from bench.context import SuiteContext
+    from mtlbench.bench.config import Recipe, Suite
+    from mtlbench.bench.context import SuiteContext
 
 
 class RunsLost(Exception):

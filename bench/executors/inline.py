@@ -3,7 +3,7 @@ was registered at run time (a notebook cell) must use."""
 
 from __future__ import annotations
 
-from bench.executors.base import Executor, Landed, Todo
+from mtlbench.bench.executors.base import Executor, Landed, Todo
 
 
 class InlineExecutor(Executor):
@@ -11,7 +11,7 @@ class InlineExecutor(Executor):
     summary = "one run at a time in this process"
 
     def run(self, todo: Todo, landed: Landed) -> list[str]:
-        from bench.single_run import run_one
+        from mtlbench.bench.single_run import run_one
 
         for n, (recipe, seed) in enumerate(todo, 1):
             self.context.log(f"[{n}/{len(todo)}] {recipe.name} seed {seed}")

@@ -21,12 +21,12 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.executors.base import Executor, Landed, Todo
-from bench.files import remove_stray_temporaries
-from tasks.errors import UserError
+from mtlbench.bench.executors.base import Executor, Landed, Todo
+from mtlbench.bench.files import remove_stray_temporaries
+from mtlbench.tasks.errors import UserError
 
 if TYPE_CHECKING:
-    from bench.config import Recipe, Suite
+    from mtlbench.bench.config import Recipe, Suite
 
 
 @dataclass
@@ -77,7 +77,7 @@ class PoolExecutor(Executor):
     def _open_progress(self, runs: int):
         """The display of the workers' progress (none with --no-progress); while bars are drawn, log
         lines are written above them."""
-        from bench.progress import SuiteProgress
+        from mtlbench.bench.progress import SuiteProgress
 
         log = self.context.log
         if not self.context.progress:
@@ -252,8 +252,8 @@ def _serve(pipe: Connection, suite: Suite, parent: int, out_dir: Path, predictio
     filled), then one run per message until it gets None. `parent` comes from the parent itself:
     if it died while this worker started, getppid() here would already name the process that
     adopted the worker. Ctrl-C reaches the whole process group; the parent alone handles it."""
-    from bench.context import SuiteContext
-    from bench.single_run import run_one
+    from mtlbench.bench.context import SuiteContext
+    from mtlbench.bench.single_run import run_one
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

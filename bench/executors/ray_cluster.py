@@ -17,10 +17,10 @@ import signal
 import threading
 from pathlib import Path
 
-from bench.executors.base import Executor, Landed, Todo
-from bench.executors.pool import stop_grace
-from bench.files import remove_stray_temporaries
-from tasks.errors import UserError
+from mtlbench.bench.executors.base import Executor, Landed, Todo
+from mtlbench.bench.executors.pool import stop_grace
+from mtlbench.bench.files import remove_stray_temporaries
+from mtlbench.tasks.errors import UserError
 
 # Ray reuses its worker processes: one context per (suite, output directory) in each, so the data,
 # the encoder and the tokens are prepared once per worker, not once per run.
@@ -28,8 +28,8 @@ _contexts: dict[tuple[str, str, bool], object] = {}
 
 
 def _run_remote(suite, out_dir: str, predictions: bool, position: int, seed: int):
-    from bench.context import SuiteContext
-    from bench.single_run import run_one
+    from mtlbench.bench.context import SuiteContext
+    from mtlbench.bench.single_run import run_one
 
     key = (json.dumps(suite.resolved(), sort_keys=True, default=str), out_dir, predictions)
     if key not in _contexts:

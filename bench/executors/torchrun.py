@@ -4,8 +4,8 @@ alone logs and writes. Chosen by itself when the launcher's environment says so.
 
 from __future__ import annotations
 
-from bench.executors.inline import InlineExecutor
-from tasks.errors import UserError
+from mtlbench.bench.executors.inline import InlineExecutor
+from mtlbench.tasks.errors import UserError
 
 
 class TorchrunExecutor(InlineExecutor):

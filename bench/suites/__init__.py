@@ -2,11 +2,11 @@
 from importlib import resources
 from pathlib import Path
 
-from tasks.errors import UserError, nearest
+from mtlbench.tasks.errors import UserError, nearest
 
 
 def suite_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("bench.suites").iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in resources.files("mtlbench.bench.suites").iterdir() if p.name.endswith(".toml"))
 
 
 def find_suite(name_or_path: str) -> Path:
@@ -19,4 +19,4 @@ def find_suite(name_or_path: str) -> Path:
     names = suite_names()
     if name_or_path not in names:
         raise UserError(f"unknown suite '{name_or_path}'{nearest(name_or_path, names)}; suites: {', '.join(names)}")
-    return Path(str(resources.files("bench.suites") / f"{name_or_path}.toml"))
+    return Path(str(resources.files("mtlbench.bench.suites") / f"{name_or_path}.toml"))

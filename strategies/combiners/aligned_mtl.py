@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
-from strategies.registry import register
 
 SCALES = ("min", "median", "rmse")
 

@@ -28,16 +28,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
-from strategies.gradients import (
+from mtlbench.strategies.gradients import (
     GradientCombiner,
     gramian64,
     task_gradients,
     write_head_gradients,
     write_shared_gradient,
 )
-from strategies.registry import register
+from mtlbench.strategies.registry import register
+from torch import Tensor
 
 
 def meta_gradient(task_gradients_: Tensor, held_out_gradient: Tensor, alpha: float) -> Tensor:

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 from scipy.optimize import minimize
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
 
 
 def cagrad_dual(A: np.ndarray, c: float) -> tuple[callable, float]:

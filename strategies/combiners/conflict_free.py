@@ -20,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 
 
 def config_weights(gramian: torch.Tensor, eps: float | None = None) -> torch.Tensor:

@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import TRAJECTORY_EVERY, GradientCombiner, StepInfo, WindowMeans
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import TRAJECTORY_EVERY, GradientCombiner, StepInfo, WindowMeans
-from strategies.registry import register
 
 
 def db_mtl_update(buffers: Tensor) -> tuple[Tensor, Tensor]:

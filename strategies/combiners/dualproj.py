@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from strategies.combiners.upgrad import dual_cone_projection_weights
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
+from mtlbench.strategies.combiners.upgrad import dual_cone_projection_weights
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 
 
 def dualproj_weights(gramian: torch.Tensor, eps: float | None = None) -> torch.Tensor:

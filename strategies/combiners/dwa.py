@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 
 
 def dwa_weights(previous: torch.Tensor, before: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:

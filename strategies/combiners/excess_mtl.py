@@ -22,10 +22,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import GradientCombiner, StepInfo
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GradientCombiner, StepInfo
-from strategies.registry import register
 
 
 def excess_risks(gradients: Tensor, squared_sums: Tensor) -> Tensor:

@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 
 EPSILON = 1e-8  # the paper's offset of the log losses
 

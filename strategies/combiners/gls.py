@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
 
 
 def gls_weights(losses: Tensor, floor: float = 1e-12) -> Tensor:

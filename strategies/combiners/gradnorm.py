@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
-from strategies.registry import register
 
 
 def gradnorm_step(weights: Tensor, gramian: Tensor, loss_ratios: Tensor, alpha: float = 1.5, lr: float = 0.025) -> Tensor:

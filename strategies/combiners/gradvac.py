@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
-from strategies.registry import register
 
 # A target cosine within this of 1 cannot be reached by adding a finite multiple of g_j.
 UNREACHABLE_TARGET = 1e-9

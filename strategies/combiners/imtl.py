@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.combiners.imtl_g import imtl_g_weights
-from strategies.gradients import GradientCombiner, StepInfo
-from strategies.registry import register
+from mtlbench.strategies.combiners.imtl_g import imtl_g_weights
+from mtlbench.strategies.gradients import GradientCombiner, StepInfo
+from mtlbench.strategies.registry import register
 
 
 @register("combiner", "imtl")

@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
 
 
 def imtl_g_weights(gramian: Tensor, eps: float | None = None) -> Tensor:

@@ -33,11 +33,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, normalized
-from strategies.registry import register
-from tasks.errors import UserError
 
 MAX_TASKS = 12  # 2^T supports, each a (|S|+1)-square solve
 # Tolerances of the exact solver, on the trace-normalised problem (entries <= 1): a unit scale.

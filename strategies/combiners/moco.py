@@ -23,10 +23,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import GradientCombiner, StepInfo, gramian64, normalized, project_onto_simplex
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GradientCombiner, StepInfo, gramian64, normalized, project_onto_simplex
-from strategies.registry import register
 
 
 def moco_lambda_step(lambdas: Tensor, gram: Tensor, gamma: float, rho: float) -> Tensor:

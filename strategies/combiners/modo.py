@@ -20,10 +20,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import DoubleSampledWeighting, StepInfo, project_onto_simplex
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import DoubleSampledWeighting, StepInfo, project_onto_simplex
-from strategies.registry import register
 
 
 def normalized_cross(cross: Tensor, first_squares: Tensor, second_squares: Tensor) -> Tensor:

@@ -30,11 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.combiners.mgda import min_norm_weights
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.combiners.mgda import min_norm_weights
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
 
 MAX_NEWTON_STEPS = 500
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, task_permutations, unit_gramian
-from strategies.registry import register
 
 REDUCTIONS = ("sum", "mean")
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
 
 
 def rlw_weights(tasks: int, generator: torch.Generator | None = None) -> Tensor:

@@ -22,11 +22,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.combiners.modo import normalized_cross
+from mtlbench.strategies.gradients import DoubleSampledWeighting, StepInfo, project_onto_simplex
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.combiners.modo import normalized_cross
-from strategies.gradients import DoubleSampledWeighting, StepInfo, project_onto_simplex
-from strategies.registry import register
 
 
 def sdmgrad_solve(weights: Tensor, cross: Tensor, lr: float, momentum: float, steps: int, lam: float

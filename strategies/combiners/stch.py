@@ -20,10 +20,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 from torch import Tensor
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
 
 
 def stch_weights(losses: Tensor, nadir: Tensor, mu: float) -> Tensor:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.base import Combiner
-from strategies.registry import register
+from mtlbench.strategies.base import Combiner
+from mtlbench.strategies.registry import register
 
 
 @register("combiner", "sum")

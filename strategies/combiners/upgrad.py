@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from mtlbench.strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
+from mtlbench.strategies.registry import register
 from scipy.optimize import nnls
 from torch import Tensor
-
-from strategies.gradients import GramianOptions, GramianWeighting, StepInfo, unit_gramian
-from strategies.registry import register
 
 
 def dual_cone_projection_weights(gram: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.gradients import LossWeightingCombiner
-from strategies.registry import register
+from mtlbench.strategies.gradients import LossWeightingCombiner
+from mtlbench.strategies.registry import register
 
 
 @register("combiner", "uw")

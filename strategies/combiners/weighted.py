@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from strategies.base import Combiner
-from strategies.registry import register
-from tasks.errors import UserError, nearest
+from mtlbench.strategies.base import Combiner
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError, nearest
 
 
 @register("combiner", "weighted")

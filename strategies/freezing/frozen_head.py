@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies.base import StagedSchedule
-from strategies.registry import register
-from tasks.errors import UserError, nearest
+from mtlbench.strategies.base import StagedSchedule
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError, nearest
 
 
 @register("freezing", "frozen_head")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import StagedSchedule
-from strategies.registry import register
+from mtlbench.strategies.base import StagedSchedule
+from mtlbench.strategies.registry import register
 
 
 @register("freezing", "gradual_unfreezing")

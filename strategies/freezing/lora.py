@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies.base import FreezingSchedule
-from strategies.registry import register
-from tasks.errors import UserError
+from mtlbench.strategies.base import FreezingSchedule
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError
 
 
 def require_peft():

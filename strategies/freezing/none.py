@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import FreezingSchedule
-from strategies.registry import register
+from mtlbench.strategies.base import FreezingSchedule
+from mtlbench.strategies.registry import register
 
 
 @register("freezing", "none")

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from mtlbench.strategies.base import Regularizer
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.spec import TaskKind
 from torch import Tensor
-
-from strategies.base import Regularizer
-from strategies.registry import register
-from tasks.errors import UserError
-from tasks.spec import TaskKind
 
 
 def positive_pairs(labels: Tensor, kind: TaskKind, sts_threshold: float) -> Tensor:

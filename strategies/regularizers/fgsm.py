@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.adversarial import AdversarialRegularizer, OneStepOptions, fgsm_perturbation
-from strategies.registry import register
+from mtlbench.strategies.adversarial import AdversarialRegularizer, OneStepOptions, fgsm_perturbation
+from mtlbench.strategies.registry import register
 
 
 @register("regularizer", "fgsm")

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from strategies.adversarial import l2_direction, masked, project
-from strategies.base import Regularizer, with_gradient
-from strategies.registry import register
+from mtlbench.strategies.adversarial import l2_direction, masked, project
+from mtlbench.strategies.base import Regularizer, with_gradient
+from mtlbench.strategies.registry import register
 
 
 @register("regularizer", "freelb")

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
-from strategies.adversarial import AdversarialRegularizer, pgd_perturbation
-from strategies.registry import register
+from mtlbench.strategies.adversarial import AdversarialRegularizer, pgd_perturbation
+from mtlbench.strategies.registry import register
 
 
 @register("regularizer", "pgd")

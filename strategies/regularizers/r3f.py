@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
-from strategies.adversarial import masked
-from strategies.base import Regularizer
-from strategies.registry import register
-from strategies.regularizers.smart import symmetric_divergence
+from mtlbench.strategies.adversarial import masked
+from mtlbench.strategies.base import Regularizer
+from mtlbench.strategies.registry import register
+from mtlbench.strategies.regularizers.smart import symmetric_divergence
 
 
 @register("regularizer", "r3f")

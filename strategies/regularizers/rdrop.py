@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import Regularizer
-from strategies.registry import register
-from strategies.regularizers.smart import symmetric_divergence
+from mtlbench.strategies.base import Regularizer
+from mtlbench.strategies.registry import register
+from mtlbench.strategies.regularizers.smart import symmetric_divergence
 
 
 @register("regularizer", "rdrop")

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from mtlbench.strategies.adversarial import masked
+from mtlbench.strategies.base import Regularizer
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.spec import TaskKind
 from torch import Tensor
-
-from strategies.adversarial import masked
-from strategies.base import Regularizer
-from strategies.registry import register
-from tasks.spec import TaskKind
 
 
 def symmetric_divergence(perturbed: Tensor, clean: Tensor, kind: TaskKind, num_labels: int) -> Tensor:

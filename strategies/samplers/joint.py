@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from strategies.base import Sampler
-from strategies.registry import register
+from mtlbench.strategies.base import Sampler
+from mtlbench.strategies.registry import register
 
 
 @register("sampler", "joint")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import Sampler
-from strategies.registry import register
-from tasks.errors import UserError, nearest
+from mtlbench.strategies.base import Sampler
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError, nearest
 
 
 @register("sampler", "only")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import Sampler
-from strategies.registry import register
+from mtlbench.strategies.base import Sampler
+from mtlbench.strategies.registry import register
 
 
 @register("sampler", "round_robin")

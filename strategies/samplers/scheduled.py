@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies.base import RandomTaskSampler
-from strategies.expressions import ExpressionError, compile_expression
-from strategies.registry import register
-from tasks.errors import UserError, nearest
+from mtlbench.strategies.base import RandomTaskSampler
+from mtlbench.strategies.expressions import ExpressionError, compile_expression
+from mtlbench.strategies.registry import register
+from mtlbench.tasks.errors import UserError, nearest
 
 CHECK_POINTS = 1001  # t = 0, 0.001, ..., 1
 

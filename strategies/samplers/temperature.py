@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import RandomTaskSampler
-from strategies.registry import register
+from mtlbench.strategies.base import RandomTaskSampler
+from mtlbench.strategies.registry import register
 
 
 @register("sampler", "temperature")

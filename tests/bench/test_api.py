@@ -5,8 +5,8 @@ from pathlib import Path
 
 import mtlbench
 import pytest
+from mtlbench.strategies import registry
 
-from strategies import registry
 from tests.conftest import SMALL_DATA, TINY_ENCODER
 
 ROOT = Path(__file__).parents[2]
@@ -35,13 +35,12 @@ def test_a_hand_built_recipe_gets_a_user_error_not_a_value_error(encoder, tokeni
     """Options are validated when a strategy spec is made; the checks that need the run's tasks
     happen on the one path that builds strategies (bench.context.make_strategies)."""
     import torch
-
-    from bench.config import Recipe, StrategySpec
-    from bench.context import build_strategies
-    from bench.data import Encoding, TaskBatches, tokenize
-    from bench.model import MultiTaskModel
-    from tasks.builtin import SST
-    from tasks.synthetic import SyntheticConfig, generate
+    from mtlbench.bench.config import Recipe, StrategySpec
+    from mtlbench.bench.context import build_strategies
+    from mtlbench.bench.data import Encoding, TaskBatches, tokenize
+    from mtlbench.bench.model import MultiTaskModel
+    from mtlbench.tasks.builtin import SST
+    from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
     with pytest.raises(mtlbench.UserError, match=r"regularizer 'fgm': epsilon and weight must be >= 0"):
         StrategySpec.make("regularizer", "fgm", {"epsilon": -1.0})
@@ -58,9 +57,25 @@ def test_a_hand_built_recipe_gets_a_user_error_not_a_value_error(encoder, tokeni
 def test_every_package_is_installed():
     """pyproject lists packages by hand (mtlbench is bench/facade under another name): none forgotten."""
     listed = set(tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("bench", "strategies", "tasks")
-             for p in ROOT.joinpath(top).rglob("__init__.py")} - {"bench.facade"}
+    found = {".".join(("mtlbench", *p.parent.relative_to(ROOT).parts)) for top in ("bench", "strategies", "tasks")
+             for p in ROOT.joinpath(top).rglob("__init__.py")} - {"mtlbench.bench.facade"}
     assert found | {"mtlbench"} == listed
+
+
+def test_a_user_s_own_tasks_bench_and_strategies_modules_do_not_shadow_mtlbench(tmp_path):
+    """The packages are installed under mtlbench: a working folder's tasks.py, bench/ or strategies.py
+    (all common names) is the user's, and `import mtlbench` still finds its own."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks.py").write_text("raise SystemExit('the user tasks.py was imported')\n")
+    (tmp_path / "strategies.py").write_text("raise SystemExit('the user strategies.py was imported')\n")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("raise SystemExit('the user bench/ was imported')\n")
+    probe = "import mtlbench; print(len(mtlbench.load_suite('quick').recipes))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "11"), done.stderr[-2000:]
 
 
 def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monkeypatch, tmp_path, caplog):
@@ -69,7 +84,7 @@ def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monke
     loaded once per run, and once to check its weights load before any run starts."""
     from collections import Counter
 
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     builds, loads = Counter(), []
     real_build, real_load = registry.build, backbone.load_encoder
@@ -89,7 +104,7 @@ def test_a_suite_is_validated_once_and_each_run_builds_its_strategies_once(monke
 
 def test_the_api_logs_warnings_where_they_show_without_set_up(caplog):
     """Python's last-resort handler prints WARNING and above: a data warning shows in a bare notebook."""
-    from bench.api import log_to_logging
+    from mtlbench.bench.api import log_to_logging
 
     with caplog.at_level("INFO", logger="mtlbench"):
         log_to_logging("  warning: sst: tokens unknown to the tokenizer: train 69%")

@@ -4,8 +4,8 @@ before anything trains. One table: (what is wrong, how to make it, the words the
 import json
 
 import pytest
+from mtlbench.bench.cli import main
 
-from bench.cli import main
 from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 
 RECIPE = '[[recipes]]\nname = "sum"\nsampler = "joint"\n'
@@ -36,8 +36,8 @@ def predictions_layout(tmp_path, layout: str) -> str:
 
 def model_folder(tmp_path, files: dict[str, bytes]) -> str:
     """A --model folder holding only `files` (name -> bytes); b"tokenizer" saves the tiny tokenizer."""
-    from bench import backbone
-    from tasks import synthetic
+    from mtlbench.bench import backbone
+    from mtlbench.tasks import synthetic
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -102,7 +102,7 @@ def _records(tmp_path):
 
 
 def baseline_file(tmp_path, mean) -> str:
-    from bench.gate import KIND, VERSION
+    from mtlbench.bench.gate import KIND, VERSION
 
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps({"kind": KIND, "version": VERSION, "suite": "s", "select": "last", "config_hash": "x",
@@ -327,9 +327,9 @@ def test_records_of_two_suites_are_refused_by_check(tmp_path, capsys):
 
     directory = results(tmp_path, [record("sum", 0, 0.9, 0.8), record("rr", 0, 0.9, 0.8, suite="other")])
     baseline = tmp_path / "base.json"
-    from bench.files import write_json_atomic
-    from bench.gate import make_baseline
-    from bench.records import RunRecord
+    from mtlbench.bench.files import write_json_atomic
+    from mtlbench.bench.gate import make_baseline
+    from mtlbench.bench.records import RunRecord
     write_json_atomic(baseline, make_baseline([RunRecord.from_dict(record("sum", 0, 0.9, 0.8))]))
     assert main(["check", str(directory), "--baseline", str(baseline)]) == 2
     assert "records of several suites (other, s)" in capsys.readouterr().err
@@ -372,7 +372,7 @@ def test_a_cache_that_cannot_be_written_is_one_line(cache, words, tmp_path, caps
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
     """A sparse file as big as the limit plus one byte: refused from its size alone (the read that
     would fill the memory never happens)."""
-    from tasks import files
+    from mtlbench.tasks import files
 
     monkeypatch.setattr(files, "MAX_FILE_BYTES", 1 << 20)
     (tmp_path / "d").mkdir()
@@ -387,8 +387,8 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path):
     is read, with well under a megabyte allocated (tracemalloc's peak)."""
     import tracemalloc
 
-    from bench.config import load_suite
-    from tasks.errors import UserError
+    from mtlbench.bench.config import load_suite
+    from mtlbench.tasks.errors import UserError
 
     cases = [suite(tmp_path / "a", extra="seeds = 10000000000"), suite(tmp_path / "b", synthetic={"quora_train": 10**12}),
              suite(tmp_path / "c", tiny={"hidden_size": 10**6, "num_heads": 1, "intermediate_size": 10**7})]

@@ -12,10 +12,10 @@ from typing import ClassVar
 
 import pytest
 import torch
+from mtlbench.bench.cli import main
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import Regularizer
 
-from bench.cli import main
-from strategies import registry
-from strategies.base import Regularizer
 from tests.conftest import write_suite
 
 RECIPES = ('[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
@@ -117,7 +117,7 @@ def test_every_file_a_run_writes_is_an_ordinary_file(first_run):
 
 
 def _umask() -> int:
-    from bench.files import umask
+    from mtlbench.bench.files import umask
 
     return umask()
 

@@ -1,7 +1,7 @@
 import pytest
+from mtlbench.bench import config
+from mtlbench.tasks.errors import UserError
 
-from bench import config
-from tasks.errors import UserError
 from tests.conftest import write_suite
 
 ONE = '[[recipes]]\nname = "rr"\nsampler = "round_robin"\n'
@@ -74,7 +74,7 @@ def test_shipped_suites_load():
 
 def test_shipped_suites_pass_strategy_validation(tmp_path):
     """The one validation pass (bench.context) on every shipped suite: no data read, no encoder built."""
-    from bench.context import SuiteContext
+    from mtlbench.bench.context import SuiteContext
     for name in config.suite_names():
         SuiteContext(config.load_suite(name), tmp_path).validate()
 
@@ -97,7 +97,7 @@ def test_cs224n_table4_expresses_the_report_experiments():
 
 
 def test_the_combiners_suite_has_a_row_per_registered_combiner():
-    from strategies import registry
+    from mtlbench.strategies import registry
     suite = config.load_suite("combiners")
     assert sorted(r.combiner.name for r in suite.recipes) == sorted(registry.available("combiner"))
     assert all(r.sampler.name == "joint" for r in suite.recipes)
@@ -124,8 +124,8 @@ def _odd_encoder_suite(tmp_path, recipe: dict, layers: int = 3) -> dict:
 def test_recipes_are_validated_once_before_any_data_is_read_or_encoder_built(recipe, layers, message, tmp_path):
     """The one validation pass runs on an outline of the model: the suite's SST files are missing
     and its encoder was never built, and yet the recipe's error is the one reported."""
-    from bench import backbone
-    from bench.api import run
+    from mtlbench.bench import backbone
+    from mtlbench.bench.api import run
 
     suite = _odd_encoder_suite(tmp_path, recipe, layers)
     with pytest.raises(UserError) as error:

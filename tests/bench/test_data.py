@@ -1,9 +1,8 @@
 import torch
-
-from bench import data
-from bench.data import Encoding, TaskBatches, tokenize
-from tasks.builtin import SST
-from tasks.synthetic import SyntheticConfig, generate
+from mtlbench.bench import data
+from mtlbench.bench.data import Encoding, TaskBatches, tokenize
+from mtlbench.tasks.builtin import SST
+from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
 
 def test_second_tokenisation_loads_the_cache(tokenizer, tmp_path, monkeypatch):
@@ -42,7 +41,7 @@ def test_batches_are_dynamically_padded_and_length_grouped(tokenizer, tmp_path):
 
 
 def test_attention_mask_follows_lengths_even_when_pad_is_a_real_token():
-    from tasks.builtin import QUORA
+    from mtlbench.tasks.builtin import QUORA
     batch = data.collate([{"input_ids_a": [5, 0, 7], "input_ids_b": [5], "label": 1},
                           {"input_ids_a": [5], "input_ids_b": [5, 6], "label": 0}], QUORA, pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 0, 7], [5, 0, 0], [5, 0, 0], [5, 6, 0]]

@@ -5,10 +5,10 @@ and a run on text its tokenizer does not know refused."""
 import json
 
 import pytest
+from mtlbench.bench import backbone, data_quality
+from mtlbench.bench.cli import main
+from mtlbench.tasks.errors import UserError
 
-from bench import backbone, data_quality
-from bench.cli import main
-from tasks.errors import UserError
 from tests.conftest import write_suite
 from tests.tasks.test_cs224n import write_all
 
@@ -95,7 +95,7 @@ def _readme_api_suite() -> dict:
 def test_one_tiny_encoder_build_serves_every_shipped_suite_and_the_readme_example(monkeypatch, tmp_path):
     """The encoder depends on its own settings and the vocabulary, not on a suite's [synthetic] sizes:
     after the default run, the README's API example builds nothing."""
-    from bench import api
+    from mtlbench.bench import api
 
     builds = []
 

@@ -4,12 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from mtlbench.bench import examples
+from mtlbench.tasks.builtin import QUORA, SST, STS
+from mtlbench.tasks.metrics import score
+from mtlbench.tasks.spec import TaskKind, TaskSpec
 from scipy import stats
-
-from bench import examples
-from tasks.builtin import QUORA, SST, STS
-from tasks.metrics import score
-from tasks.spec import TaskKind, TaskSpec
 
 IOB = TaskSpec("ner", TaskKind.TOKEN_IOB, "f1", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"))
 BINARY = TaskSpec("entity", TaskKind.TOKEN_BINARY, "f1", labels=("0", "1"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from mtlbench.bench.cli import main
 
-from bench.cli import main
 from tests.conftest import write_suite
 
 RECIPES = ("[cost]\nenabled = false\n"
@@ -99,8 +99,8 @@ def test_the_ray_executor_gives_the_records_of_a_local_run(grid_suite, tmp_path,
 
 def _context(tmp_path, suite, world: int = 1):
     """A SuiteContext as torchrun's rank 0 of `world` would see it (no process group is joined)."""
-    from bench.context import SuiteContext
-    from bench.parallel import Ranks
+    from mtlbench.bench.context import SuiteContext
+    from mtlbench.bench.parallel import Ranks
 
     context = SuiteContext(suite, tmp_path)
     context.ranks = Ranks(0, world)
@@ -113,8 +113,8 @@ def _context(tmp_path, suite, world: int = 1):
     ("ray", None, 4, 1, "ray"),
 ])
 def test_the_executor_chosen_from_the_one_table(name, jobs, runs, world, chosen, grid_suite, tmp_path):
-    from bench import executors
-    from bench.config import load_suite
+    from mtlbench.bench import executors
+    from mtlbench.bench.config import load_suite
 
     suite = load_suite(str(grid_suite[0]))
     executors.check_arguments(name, jobs, None, world)
@@ -135,8 +135,8 @@ def test_the_executor_chosen_from_the_one_table(name, jobs, runs, world, chosen,
     ("rays", None, None, 1, "--executor: unknown executor 'rays' (did you mean 'ray'?)"),
 ])
 def test_an_executor_refuses_the_options_it_does_not_take(name, jobs, address, world, message):
-    from bench import executors
-    from tasks.errors import UserError
+    from mtlbench.bench import executors
+    from mtlbench.tasks.errors import UserError
 
     with pytest.raises(UserError) as error:
         executors.check_arguments(name, jobs, address, world)

@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
-from bench import front
-from bench.verdict import holm, reference_point
+from mtlbench.bench import front
+from mtlbench.bench.verdict import holm, reference_point
 
 
 def test_holm_matches_the_step_down_by_hand():
@@ -41,7 +40,7 @@ def test_simplex_grid_has_every_share_once(tasks, divisions, count):
 
 
 def test_the_uniform_point_is_the_plain_sum():
-    from bench.config import load_suite
+    from mtlbench.bench.config import load_suite
 
     suite = load_suite("fair-comparison")
     points = [r for r in suite.recipes if r.front is not None]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mtlbench.bench import flops
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.tasks.builtin import SST
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
-
-from bench import flops
-from bench.model import MultiTaskModel
-from tasks.builtin import SST
 
 
 @pytest.mark.parametrize("hidden, layers, rows, length", [(64, 2, 8, 40), (128, 3, 4, 96)])

@@ -6,12 +6,12 @@ from xml.etree import ElementTree
 
 import pytest
 import torch
+from mtlbench.bench import gate
+from mtlbench.bench.cli import main
+from mtlbench.bench.files import write_json_atomic
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import Regularizer
 
-from bench import gate
-from bench.cli import main
-from bench.files import write_json_atomic
-from strategies import registry
-from strategies.base import Regularizer
 from tests.conftest import write_suite
 
 CHECK = {"metric_tolerance": 0.02, "std_factor": 3.0, "cost_tolerance": 0.25, "allow_missing": False, "tasks": {}}
@@ -332,7 +332,7 @@ def test_the_project_gates_itself_in_ci():
     """.ci/run runs the ci suite and checks it against the committed baseline, which is valid."""
     from pathlib import Path
 
-    from bench import config
+    from mtlbench.bench import config
 
     script = Path(".ci/run").read_text().splitlines()
     assert any(line.startswith(".venv/bin/mtlbench run ci ") for line in script)

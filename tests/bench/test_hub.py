@@ -4,10 +4,9 @@ a minute of the hub client's retries; a cached one is found without the network.
 import socket
 
 import pytest
-
-from bench import backbone, hub
-from bench.cli import main
-from tasks.errors import UserError
+from mtlbench.bench import backbone, hub
+from mtlbench.bench.cli import main
+from mtlbench.tasks.errors import UserError
 
 
 @pytest.fixture

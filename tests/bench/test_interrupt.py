@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from mtlbench.bench.records import load_records
 
-from bench.records import load_records
 from tests.bench.test_survival import _dead_or_dying, _workers
 from tests.conftest import write_suite
 
@@ -60,7 +60,7 @@ def _interrupted(blocking, tmp_path, grace: str, uninterruptible: str, second: b
         notes += os.read(reader, 4096)
     os.close(keep_open)
     os.close(reader)
-    workers = _workers(process.pid) or _children(process.pid, b"bench.cli")
+    workers = _workers(process.pid) or _children(process.pid, b"mtlbench.bench.cli")
     locks_before = sorted(p.name for p in out.rglob("*.lock"))
     process.send_signal(signal.SIGTERM)
     rest = []
@@ -149,13 +149,13 @@ def test_under_torchrun_sigterm_stops_both_ranks_within_the_step(blocking, tmp_p
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     code, log, _, ranks, locks_before, out = _interrupted(
         blocking, tmp_path, "600", "0", executor=(), launcher=(torchrun, "--standalone", "--nproc-per-node", "2",
-                                                                "-m", "bench.cli"))
+                                                                "-m", "mtlbench.bench.cli"))
     assert code != 0 and len(ranks) == 2 and all(_dead_or_dying(pid) for pid in ranks), log
     assert log.count("mtlbench: interrupted: 0 of 3 runs finished this time") == 1, log
     assert not list(out.glob("*.json")) and not list(out.rglob("*.tmp"))
     assert sorted(p.name for p in out.rglob("*.lock")) == locks_before  # the next run never started
     suite, env, _ = blocking  # the same launch afterwards: the records of an uninterrupted launch
-    launch = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "bench.cli", "run", str(suite), "--no-progress"]
+    launch = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "mtlbench.bench.cli", "run", str(suite), "--no-progress"]
     for folder in (out, tmp_path / "whole"):
         done = subprocess.run([*launch, "--out", str(folder)], check=False, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from bench.data import Encoding, collate, tokenize
-from bench.model import MultiTaskModel, pool
-from tasks.builtin import QUORA, SST, STS
+from mtlbench.bench.data import Encoding, collate, tokenize
+from mtlbench.bench.model import MultiTaskModel, pool
+from mtlbench.tasks.builtin import QUORA, SST, STS
 
 
 class Outputs:

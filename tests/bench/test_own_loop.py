@@ -6,9 +6,9 @@ import copy
 import mtlbench
 import pytest
 import torch
+from mtlbench.bench.step import Strategies, training_step
+from mtlbench.strategies import registry
 
-from bench.step import Strategies, training_step
-from strategies import registry
 from tests.strategies.regularizers.test_adversarial import _GradientCapture
 
 CASES = {"sum": {}, "pcgrad": {"combiner": "pcgrad"}, "mgda": {"combiner": {"name": "mgda", "normalization": "l2"}},

@@ -13,17 +13,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from mtlbench.bench import backbone
+from mtlbench.bench.cli import main
+from mtlbench.bench.data import Encoding, collate, tokenize
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.parallel import SINGLE, Ranks
+from mtlbench.bench.precision import StepPipeline
+from mtlbench.bench.step import Strategies, make_optimizer, training_step
+from mtlbench.strategies import registry
+from mtlbench.tasks.builtin import QUORA, SST, STS
+from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
-from bench import backbone
-from bench.cli import main
-from bench.data import Encoding, collate, tokenize
-from bench.model import MultiTaskModel
-from bench.parallel import SINGLE, Ranks
-from bench.precision import StepPipeline
-from bench.step import Strategies, make_optimizer, training_step
-from strategies import registry
-from tasks.builtin import QUORA, SST, STS
-from tasks.synthetic import SyntheticConfig, generate
 from tests.conftest import write_suite
 
 # (combiner, regularisers): the acceptance's sum, PCGrad, MGDA and FGM, and methods that read the
@@ -139,7 +139,7 @@ def test_a_shard_splits_both_sides_of_a_pair_batch_and_counts_its_rows():
 
 def _torchrun(*args: str, env: dict) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "bench.cli", *args],
+    return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mtlbench.bench.cli", *args],
                           capture_output=True, text=True, env=env, check=False)
 
 

@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 import torch
+from mtlbench.bench.cli import main
+from mtlbench.bench.precision import DynamicLossScale, StepPipeline
+from mtlbench.bench.settings import TrainSettings
+from mtlbench.bench.step import Strategies, make_optimizer, training_step
+from mtlbench.strategies import registry
+from mtlbench.strategies.gradients import GradientCombiner
 
-from bench.cli import main
-from bench.precision import DynamicLossScale, StepPipeline
-from bench.settings import TrainSettings
-from bench.step import Strategies, make_optimizer, training_step
-from strategies import registry
-from strategies.gradients import GradientCombiner
 from tests.conftest import write_suite
 
 NO_COST = "[cost]\nenabled = false\n"

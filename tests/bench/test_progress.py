@@ -2,8 +2,7 @@
 test sets (no timing of the machine)."""
 
 import pytest
-
-from bench import progress
+from mtlbench.bench import progress
 
 
 @pytest.fixture

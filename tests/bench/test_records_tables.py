@@ -2,10 +2,9 @@ import json
 import math
 
 import pytest
-
-from bench import files, records, tables
-from bench.records import RunRecord
-from tasks.errors import UserError
+from mtlbench.bench import files, records, tables
+from mtlbench.bench.records import RunRecord
+from mtlbench.tasks.errors import UserError
 
 
 def record(recipe, index, seed, sst, sts, ex_s, cost=None):
@@ -136,8 +135,7 @@ def test_a_failed_serialiser_leaves_nothing_behind(tmp_path):
 def _with_examples(tmp_path, recipe, index, seed, correct):
     """A record of sst and sts whose sst predictions are right on the first `correct` of 200 rows."""
     import numpy as np
-
-    from bench import examples
+    from mtlbench.bench import examples
 
     golds = [i % 5 for i in range(200)]
     sst = [g if i < correct else (g + 1) % 5 for i, g in enumerate(golds)]

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from mtlbench.bench.cli import main
+from mtlbench.bench.records import load_records
 
-from bench.cli import main
-from bench.records import load_records
 from tests.conftest import write_suite
 
 MTLBENCH = str(Path(sys.executable).with_name("mtlbench"))
@@ -305,7 +305,7 @@ def _break(checkpoint: Path, how: str) -> None:
         size = (checkpoint / "model.safetensors").stat().st_size
         (checkpoint / "model.safetensors").write_bytes(bytes(range(256)) * (size // 256))
     else:  # another architecture's weights, with a manifest that matches them: only loading can tell
-        from bench.checkpoint import MANIFEST, _digest
+        from mtlbench.bench.checkpoint import MANIFEST, _digest
 
         weights = load_file(str(checkpoint / "model.safetensors"))
         weights["encoder.extra_layer.weight"] = weights.pop(min(weights))

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mtlbench.bench.cli import main
 
-from bench.cli import main
 from tests.conftest import write_suite
 
 MTLBENCH = str(Path(sys.executable).with_name("mtlbench"))
@@ -193,7 +193,7 @@ def test_without_report_to_nothing_is_written(suite, tmp_path, capsys):
 
 
 def test_a_series_stays_bounded_evenly_thinned_and_resumes_to_the_same_series():
-    from bench.tracking import SERIES_POINTS, StepSeries
+    from mtlbench.bench.tracking import SERIES_POINTS, StepSeries
 
     def scalars(step):
         return {"loss/a": step / 2, "cosine/a|b": float("nan") if step == 30 else 0.5,

@@ -2,15 +2,14 @@ import random
 
 import pytest
 import torch
-
-from bench.config import Recipe, StrategySpec
-from bench.context import build_strategies
-from bench.data import Encoding, TaskBatches, tokenize
-from bench.model import MultiTaskModel
-from bench.settings import TrainSettings
-from bench.trainer import RunParts, train
-from tasks.builtin import SST
-from tasks.synthetic import SyntheticConfig, generate
+from mtlbench.bench.config import Recipe, StrategySpec
+from mtlbench.bench.context import build_strategies
+from mtlbench.bench.data import Encoding, TaskBatches, tokenize
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.settings import TrainSettings
+from mtlbench.bench.trainer import RunParts, train
+from mtlbench.tasks.builtin import SST
+from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
 
 def test_gradients_are_clipped_before_the_optimizer_step(encoder, tokenizer, tmp_path, monkeypatch):
@@ -41,7 +40,7 @@ def test_gradients_are_clipped_before_the_optimizer_step(encoder, tokenizer, tmp
 
 @pytest.mark.parametrize("device", ["cpu"])
 def test_device_auto_selects_cuda_only_when_present(device):
-    from bench.trainer import select_device
+    from mtlbench.bench.trainer import select_device
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert select_device(device).type == device
 
@@ -49,8 +48,8 @@ def test_device_auto_selects_cuda_only_when_present(device):
 def test_after_step_hands_the_combiner_the_tasks_own_losses_before_and_after_the_step(real_step):
     """With a regulariser, the loss the combiner weighs includes its terms; the before/after pair a
     combiner compares (FAMO) is the task's own loss on both sides, on the same batch."""
-    from bench.step import Strategies, make_optimizer, training_step
-    from strategies import registry
+    from mtlbench.bench.step import Strategies, make_optimizer, training_step
+    from mtlbench.strategies import registry
 
     model, batches = real_step
     sum_cls, fgm_cls = registry.get("combiner", "sum"), registry.get("regularizer", "fgm")
@@ -76,8 +75,8 @@ def test_after_step_hands_the_combiner_the_tasks_own_losses_before_and_after_the
 def _two_task_run(encoder, tokenizer, cache):
     """A small SST + STS run's parts, seeded: proportional sampling (so an epoch ends mid-pass of a
     task's batches) and gradual unfreezing (a schedule with state)."""
-    from bench.trainer import seed_everything
-    from tasks.builtin import STS
+    from mtlbench.bench.trainer import seed_everything
+    from mtlbench.tasks.builtin import STS
 
     seed_everything(0)
     config = SyntheticConfig(sst_train=48, sst_dev=16, sts_train=40, sts_dev=16)
@@ -101,8 +100,8 @@ def test_the_loop_state_saved_after_an_epoch_continues_exactly(tiny_encoder_path
     part of what must come back)."""
     import io
 
-    from bench import backbone
-    from bench.trainer import TrainingLoop
+    from mtlbench.bench import backbone
+    from mtlbench.bench.trainer import TrainingLoop
 
     settings = TrainSettings(epochs=3, lr=2e-3)
     whole = _two_task_run(backbone.load_encoder(tiny_encoder_path), tokenizer, tmp_path)
@@ -129,8 +128,8 @@ def test_the_loop_state_saved_after_an_epoch_continues_exactly(tiny_encoder_path
 
 
 def test_diverged_carries_the_place_it_was_raised_at(real_step):
-    from bench.step import Diverged, StepPlace, Strategies, make_optimizer, training_step
-    from strategies import registry
+    from mtlbench.bench.step import Diverged, StepPlace, Strategies, make_optimizer, training_step
+    from mtlbench.strategies import registry
 
     model, batches = real_step
     batches = {"sts": {**batches["sts"], "labels": batches["sts"]["labels"] * float("nan")}}

@@ -8,13 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mtlbench.bench import holdout
+from mtlbench.bench.config import Suite, load_suite
+from mtlbench.tasks import synthetic
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.registry import find
+from mtlbench.tasks.sources import load_task
 
-from bench import holdout
-from bench.config import Suite, load_suite
-from tasks import synthetic
-from tasks.errors import UserError
-from tasks.registry import find
-from tasks.sources import load_task
 from tests.conftest import SMALL_DATA, TINY_ENCODER
 
 
@@ -101,8 +101,8 @@ def test_holdout_partitions_train_and_is_stratified():
 
 def test_tuning_never_sees_dev_or_test(tiny_encoder_path):
     """The trials' validation rows are train rows, by index; dev and test are not read for scoring."""
-    from bench.prepared import prepare
-    from bench.tuning import settings_of, tuning_suite
+    from mtlbench.bench.prepared import prepare
+    from mtlbench.bench.tuning import settings_of, tuning_suite
 
     suite = _suite(tune={"tune_fraction": 0.25})
     tuning = tuning_suite(suite, settings_of(suite))
@@ -159,7 +159,7 @@ def test_the_shipped_stress_suites_load_with_their_dial():
 
 
 def test_objective_is_the_mean_or_delta_m_and_an_undefined_metric_counts_zero():
-    from bench.tuning import objective_value, settings_of
+    from mtlbench.bench.tuning import objective_value, settings_of
 
     suite = _suite()
     metrics = {"sst": {"accuracy": 0.5}, "quora": {"accuracy": 0.7}, "sts": {"pearson": None}}
@@ -171,14 +171,15 @@ def test_objective_is_the_mean_or_delta_m_and_an_undefined_metric_counts_zero():
 
 
 def test_a_storage_password_never_reaches_a_log_or_record():
-    from bench.tuning import shown_url
+    from mtlbench.bench.tuning import shown_url
 
     assert shown_url("postgresql://me:secret@db.example:5432/studies") == "postgresql://me:***@db.example:5432/studies"
     assert shown_url("sqlite:////tmp/out/tune/study.db") == "sqlite:////tmp/out/tune/study.db"
 
 
 def test_a_pruned_trial_record_round_trips(tmp_path):
-    from bench import records
+    from mtlbench.bench import records
+
     from tests.bench.test_records_tables import RECORDS
 
     values = {k: v for k, v in RECORDS[0].to_dict().items() if k in records.RunRecord.IDENTITY}

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from mtlbench.bench import api, tuning, verdict
+from mtlbench.bench.cli import main
+from mtlbench.bench.config import Suite, load_suite
+from mtlbench.bench.records import load_records
 
-from bench import api, tuning, verdict
-from bench.cli import main
-from bench.config import Suite, load_suite
-from bench.records import load_records
 from tests.conftest import SMALL_DATA, TINY_ENCODER
 
 # Dev sets large enough for the bootstrap to see a real difference.
@@ -44,7 +44,7 @@ def test_planted_recipes_untuned_then_tuned(tmp_path):
                                     {"name": "long_sum", "train": {"epochs": 5}}]))
     untuned = api.run(suite, out=tmp_path / "untuned")
     assert _calls(untuned) == {"slow_sum": "worse", "long_sum": "better"}
-    from bench.tune_runner import tune
+    from mtlbench.bench.tune_runner import tune
 
     tuned = tune(suite, tmp_path / "tuned", log=lambda m: None)
     assert _calls(tuned) == {"slow_sum": "no detectable difference", "long_sum": "better"}
@@ -90,7 +90,7 @@ name = "sum"
 
 
 def _tune_command(path: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", "tune", str(path), "--out", str(out), "--no-final", "--no-progress"]
+    return [sys.executable, "-m", "mtlbench.bench.cli", "tune", str(path), "--out", str(out), "--no-final", "--no-progress"]
 
 
 def _states(out: Path, study: str) -> dict:
@@ -175,7 +175,7 @@ def _small(name: str, recipes: list[str], trials: int = 2, **changes) -> Suite:
 
 
 def test_fair_comparison_end_to_end_small(tmp_path):
-    from bench.tune_runner import tune
+    from mtlbench.bench.tune_runner import tune
 
     suite = _small("fair-comparison", ["sum", "cagrad", "famo"], front={"divisions": 2})
     records = tune(suite, tmp_path, log=lambda m: None)
@@ -192,7 +192,7 @@ def test_fair_comparison_end_to_end_small(tmp_path):
 
 @pytest.mark.parametrize("name", ["stress-loss-scale", "stress-size", "stress-noise", "stress-conflict"])
 def test_stress_suites_end_to_end_small(tmp_path, name):
-    from bench.tune_runner import tune
+    from mtlbench.bench.tune_runner import tune
 
     suite = _small(name, ["sum", "imtl_g"], trials=1, seeds=1)
     untuned = api.run(suite, out=tmp_path / "untuned")

@@ -28,11 +28,12 @@ from transformers import BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.model import MultiTaskModel
-from bench.precision import StepPipeline
-from bench.records import write_json_atomic
-from bench.step import Strategies, make_optimizer, training_step
-from strategies import registry
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.precision import StepPipeline
+from mtlbench.bench.records import write_json_atomic
+from mtlbench.bench.step import Strategies, make_optimizer, training_step
+from mtlbench.strategies import registry
+
 from tests.benchmarks.step_vs_loop import SIZES, SPECS, make_batches
 from tests.benchmarks.test_step_cost import step_peak_tensor_memory
 

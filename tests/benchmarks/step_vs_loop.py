@@ -29,16 +29,15 @@ import sys
 from pathlib import Path
 
 import torch
+from mtlbench.bench import flops
+from mtlbench.bench.data import collate
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.precision import StepPipeline, StepTimer
+from mtlbench.bench.records import write_json_atomic
+from mtlbench.bench.step import Strategies, make_optimizer, training_step
+from mtlbench.strategies import registry
+from mtlbench.tasks.builtin import QUORA, SST, STS
 from transformers import BertConfig, BertModel
-
-from bench import flops
-from bench.data import collate
-from bench.model import MultiTaskModel
-from bench.precision import StepPipeline, StepTimer
-from bench.records import write_json_atomic
-from bench.step import Strategies, make_optimizer, training_step
-from strategies import registry
-from tasks.builtin import QUORA, SST, STS
 
 SIZES = {
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,

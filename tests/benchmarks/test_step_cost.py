@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bench.config import Recipe, StrategySpec
-from bench.context import build_strategies
-from bench.data import Encoding, TaskBatches, tokenize
-from bench.model import MultiTaskModel
-from bench.step import make_optimizer, training_step
-from tasks.builtin import SST
-from tasks.synthetic import SyntheticConfig, generate
+from mtlbench.bench.config import Recipe, StrategySpec
+from mtlbench.bench.context import build_strategies
+from mtlbench.bench.data import Encoding, TaskBatches, tokenize
+from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.step import make_optimizer, training_step
+from mtlbench.tasks.builtin import SST
+from mtlbench.tasks.synthetic import SyntheticConfig, generate
 
 
 def _pad_to(batch: dict, length: int, pad_id: int) -> dict:
@@ -65,7 +64,7 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
     same batches, one task's batch at a time. `textbook_fgm`: instead of the trainer, the usual
     hand-written FGM loop (per task: backward, perturb, adversarial forward and backward), as the
     reference the trainer's FGM step is held to."""
-    from tasks.builtin import QUORA, STS
+    from mtlbench.tasks.builtin import QUORA, STS
 
     torch.manual_seed(0)
     cache = Path(os.environ["MTLBENCH_CACHE"]) / "tokens"
@@ -102,8 +101,8 @@ def _joint_stepper(encoder, tokenizer, combiner: str = "sum", regularizers: tupl
 
 
 def _textbook_fgm_step(model, batches: dict, optimizer) -> None:
-    from strategies import registry
-    from strategies.adversarial import fgm_perturbation
+    from mtlbench.strategies import registry
+    from mtlbench.strategies.adversarial import fgm_perturbation
 
     epsilon = registry.get("regularizer", "fgm").Options().epsilon  # the default, as the "fgm" variant
 
@@ -119,7 +118,7 @@ def _textbook_fgm_step(model, batches: dict, optimizer) -> None:
 
 
 def all_combiners() -> list[str]:
-    from strategies import registry
+    from mtlbench.strategies import registry
 
     return ["sum", *sorted(name for name in registry.available("combiner") if name != "sum")]
 
@@ -134,7 +133,7 @@ def _quick_encoder():
     """The quick suite's own tiny encoder (64 wide), built on first use like `mtlbench run` does."""
     import tempfile
 
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     os.environ.setdefault("MTLBENCH_CACHE", tempfile.mkdtemp(prefix="mtlbench-bench-"))
     backbone.quiet_transformers()
@@ -149,7 +148,7 @@ _encoder_width = "tiny"
 
 
 def encoder(path):
-    from bench import backbone
+    from mtlbench.bench import backbone
 
     if ENCODER_WIDTHS[_encoder_width] is None:
         return backbone.load_encoder(path)
@@ -288,7 +287,7 @@ def test_regularizer_and_freezing_step_cost(benchmark, encoder, tokenizer, varia
 if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combiners|regularizers|attacks|round_robin]
     import argparse
 
-    from bench.settings import TrainSettings
+    from mtlbench.bench.settings import TrainSettings
 
     arguments = argparse.ArgumentParser()
     arguments.add_argument("which", nargs="*", default=["combiners", "regularizers"])

@@ -33,11 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.config import load_suite
-from bench.context import SuiteContext
-from bench.files import write_json_atomic
-from bench.tracking import TrackedRun, Trackers
-from bench.trainer import TrainingLoop
+from mtlbench.bench.config import load_suite
+from mtlbench.bench.context import SuiteContext
+from mtlbench.bench.files import write_json_atomic
+from mtlbench.bench.tracking import TrackedRun, Trackers
+from mtlbench.bench.trainer import TrainingLoop
+
 from tests.conftest import write_suite
 
 VARIANTS = ("off", "off again", "csv", "tensorboard", "mlflow", "wandb", "all four")

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from strategies.combiners.sum import SumCombiner
-from strategies.registry import register
+from mtlbench.strategies.combiners.sum import SumCombiner
+from mtlbench.strategies.registry import register
 
 
 @register("combiner", "blocking_sum")

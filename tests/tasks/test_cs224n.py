@@ -1,8 +1,7 @@
 import pytest
-
-from tasks import files
-from tasks.errors import UserError
-from tasks.sources import load_task
+from mtlbench.tasks import files
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.sources import load_task
 
 SST = (
     "\tid\tsentence\tsentiment\n"

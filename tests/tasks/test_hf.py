@@ -2,10 +2,9 @@
 
 import datasets
 import pytest
-
-from tasks.builtin import QUORA, STS
-from tasks.errors import UserError
-from tasks.sources import load_task
+from mtlbench.tasks.builtin import QUORA, STS
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.sources import load_task
 
 
 def _save(tmp_path, task, splits):
@@ -57,8 +56,7 @@ def test_an_unreachable_hub_fails_at_once_in_offline_mode(monkeypatch):
     """Without a way to the hub, load_dataset would retry each request with back-off; one probe
     decides, and the load runs in offline mode: no retries, the libraries' flags put back after."""
     from huggingface_hub import constants
-
-    from tasks import hf
+    from mtlbench.tasks import hf
 
     seen = {}
 
@@ -76,7 +74,7 @@ def test_an_unreachable_hub_fails_at_once_in_offline_mode(monkeypatch):
 def test_the_hub_probe_on_this_machine_answers_without_retrying(capfd):
     """The real probe (no network here: no name service; with one, an answer): one request, no
     back-off lines."""
-    from tasks import hf
+    from mtlbench.tasks import hf
 
     assert hf._hub_reachable(timeout=5.0) in (True, False)
     assert "Retrying" not in capfd.readouterr().err

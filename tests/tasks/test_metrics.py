@@ -1,8 +1,7 @@
 import math
 
 import pytest
-
-from tasks import metrics
+from mtlbench.tasks import metrics
 
 
 def test_accuracy_and_macro_f1():

@@ -1,9 +1,8 @@
 import numpy as np
+from mtlbench.tasks import synthetic
+from mtlbench.tasks.synthetic import SyntheticConfig, compose_valence, generate
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
-
-from tasks import synthetic
-from tasks.synthetic import SyntheticConfig, compose_valence, generate
 
 
 def test_generation_is_deterministic_and_sized():

@@ -5,11 +5,11 @@ import textwrap
 
 import datasets
 import pytest
+from mtlbench.bench.cli import main
+from mtlbench.tasks import registry
+from mtlbench.tasks.errors import UserError
+from mtlbench.tasks.sources import load_task
 
-from bench.cli import main
-from tasks import registry
-from tasks.errors import UserError
-from tasks.sources import load_task
 from tests.conftest import SMALL_DATA, TINY_ENCODER, _toml_table
 
 LABEL_MAP = {"positive": 0, "negative": 1, "neutral": 2}  # not sorted order: the map decides the indices
@@ -155,7 +155,7 @@ def test_a_malformed_task_is_one_line_exit_2_and_nothing_written(tmp_path, capsy
 def test_the_shipped_fixture_is_the_generators_output(tmp_path):
     from pathlib import Path
 
-    from tasks.synthetic import write_classification_fixture
+    from mtlbench.tasks.synthetic import write_classification_fixture
 
     shipped = Path(__file__).parents[2] / "bench" / "suites" / "data" / "proportional-classification"
     write_classification_fixture(tmp_path, {"sentiment": {"train": 3000, "dev": 400, "test": 400},

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mtlbench.bench.cli import main
+from mtlbench.bench.data import IGNORE, Masker, align_labels
+from mtlbench.tasks import metrics
+from mtlbench.tasks.registry import find
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bench.cli import main
-from bench.data import IGNORE, Masker, align_labels
-from tasks import metrics
-from tasks.registry import find
 from tests.conftest import FEW_COST_ROUNDS, SMALL_DATA, TINY_ENCODER, _toml_table
 
 WORDS = ["the", "filmmaker", "repairs", "unbelievably", "small", "cars"]
@@ -167,8 +167,8 @@ def test_contrastive_is_refused_without_a_pair_task(tmp_path, capsys):
 
 def test_iob_tags_inferred_from_a_tsv_are_tags_not_characters(tmp_path):
     """A CSV/TSV cell holds space-separated tags: the label set is inferred from the tags."""
-    from tasks import registry
-    from tasks.sources import load_task
+    from mtlbench.tasks import registry
+    from mtlbench.tasks.sources import load_task
 
     rows = "words\ttags\n" + "alice saw bob\tB-PER O B-PER\nthe park\tO B-LOC\n" * 4
     for split in ("train", "dev"):

@@ -4,9 +4,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
-
-from tasks.errors import UserError, check_keys, nearest
-from tasks.typed import from_table
+from mtlbench.tasks.errors import UserError, check_keys, nearest
+from mtlbench.tasks.typed import from_table
 
 
 @dataclass(frozen=True)

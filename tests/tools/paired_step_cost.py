@@ -1,7 +1,7 @@
 """The combiner benchmark's paired step cost of PCGrad and FGM against the summed loss (tiny encoder,
 1 thread, `tests/benchmarks/test_step_cost.py`'s interleaved blocks), for the source tree TREE:
 
-    PYTHONPATH=TREE python tests/tools/paired_step_cost.py TREE [ROUNDS]
+    python tests/tools/paired_step_cost.py TREE [ROUNDS]   (with TREE installed: pip install -e TREE)
 
 Run it on two checkouts alternately to compare them (ratios hold across runs; absolute times do
 not). Prints one JSON line: each ratio's median over rounds and its interquartile range."""
@@ -21,10 +21,10 @@ def main(tree: str, rounds: int = 30) -> dict:
     spec = importlib.util.spec_from_file_location("step_cost", os.path.join(tree, "tests/benchmarks/test_step_cost.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    import bench
+    from mtlbench import bench
 
     if not bench.__file__.startswith(os.path.abspath(tree)):
-        raise SystemExit(f"bench comes from {bench.__file__}, not {tree}: set PYTHONPATH={tree}")
+        raise SystemExit(f"bench comes from {bench.__file__}, not {tree}: install that tree: pip install -e {tree}")
     torch.set_num_threads(1)
     variants = {"sum": {}, "pcgrad": {"combiner": "pcgrad"}, "fgm": {"regularizers": (("fgm", {}),)}}
     blocks = module.interleaved_step_times(variants, rounds=rounds)

@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from mtlbench.strategies import registry
+from mtlbench.strategies.gradients import GramianWeighting
 
-from strategies import registry
-from strategies.gradients import GramianWeighting
 from tests.conftest import combiner_updates
 
 # Every Gramian weighting also with `on = "representation"` (named NAME:representation here): on an
@@ -171,7 +171,7 @@ def gramian_cases(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_pcgrad_leaves_no_conflict_with_the_last_gradient_it_was_projected_against(dtype):
-    from strategies.combiners.pcgrad import pcgrad_coefficients
+    from mtlbench.strategies.combiners.pcgrad import pcgrad_coefficients
     for case, J, gram in gramian_cases(dtype):
         tasks = len(J)
         orders = [torch.randperm(tasks, generator=torch.Generator().manual_seed(i)).tolist() for i in range(tasks)]
@@ -188,7 +188,7 @@ def test_pcgrad_leaves_no_conflict_with_the_last_gradient_it_was_projected_again
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_mgda_weights_satisfy_the_min_norm_kkt_conditions(dtype):
-    from strategies.combiners.mgda import min_norm_weights
+    from mtlbench.strategies.combiners.mgda import min_norm_weights
     for case, _, gram in gramian_cases(dtype):
         w = min_norm_weights(gram)
         unit = gram / gram.diagonal().sum()
@@ -203,7 +203,7 @@ def test_cagrad_update_solves_its_primal_problem(dtype):
     """KKT of max_d min_i g_i.d s.t. ||d - g0|| <= c ||g0||: d is on the ball's boundary, and
     d - g0 is a non-negative combination of the gradients that attain the minimum. A zero gradient
     (improvement 0 whatever d) is left out of the minimum, as the combiner documents."""
-    from strategies.combiners.cagrad import cagrad_weights
+    from mtlbench.strategies.combiners.cagrad import cagrad_weights
     c = 0.5
     for case, J, gram in gramian_cases(dtype):
         tasks = len(J)
@@ -222,7 +222,7 @@ def test_cagrad_update_solves_its_primal_problem(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_imtl_g_update_projects_equally_on_every_unit_gradient(dtype):
-    from strategies.combiners.imtl_g import imtl_g_weights
+    from mtlbench.strategies.combiners.imtl_g import imtl_g_weights
     for case, J, gram in gramian_cases(dtype):
         weights = imtl_g_weights(gram, torch.finfo(dtype).eps)
         Jd = J.double()
@@ -236,7 +236,7 @@ def test_imtl_g_update_projects_equally_on_every_unit_gradient(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_upgrad_projections_lie_in_the_dual_cone_and_are_optimal(dtype):
-    from strategies.combiners.upgrad import dual_cone_projection_weights, upgrad_weights
+    from mtlbench.strategies.combiners.upgrad import dual_cone_projection_weights, upgrad_weights
     for case, J, gram in gramian_cases(dtype):
         present = J.double().norm(dim=1) > 0  # a zero gradient constrains nothing
         Jd, tasks = J.double()[present], int(present.sum())
@@ -252,7 +252,7 @@ def test_upgrad_projections_lie_in_the_dual_cone_and_are_optimal(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nash_mtl_weights_solve_the_bargaining_equations(dtype):
-    from strategies.combiners.nash_mtl import nash_mtl_weights
+    from mtlbench.strategies.combiners.nash_mtl import nash_mtl_weights
     for case, J, gram in gramian_cases(dtype):
         alpha = nash_mtl_weights(gram, torch.finfo(dtype).eps)
         present = J.double().norm(dim=1) > 0
@@ -303,7 +303,7 @@ def test_repro_aligned_mtl_on_an_exactly_rank_one_float32_pair():
 
 
 def test_repro_mgda_kkt_holds_at_tiny_norms():
-    from strategies.combiners.mgda import min_norm_weights
+    from mtlbench.strategies.combiners.mgda import min_norm_weights
     J = torch.tensor([[1.0, 0.2, 0.0], [-0.4, 1.0, 0.3], [0.1, -0.5, 1.0]], dtype=torch.float64)
     for scale in (1e-3, 1e-6, 1e-9):
         G = (scale * J) @ (scale * J).T

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from strategies import registry
-from strategies.base import IDENTITY_PIPELINE
-from tasks.errors import UserError
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import IDENTITY_PIPELINE
+from mtlbench.tasks.errors import UserError
 
 TASKS = ["a", "b"]
 

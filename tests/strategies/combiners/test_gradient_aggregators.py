@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from mtlbench.strategies.combiners.db_mtl import db_mtl_update
+from mtlbench.strategies.combiners.graddrop import graddrop
+from mtlbench.strategies.combiners.gradnorm import gradnorm_step
+from mtlbench.strategies.combiners.nash_mtl import nash_mtl_weights
+from mtlbench.strategies.combiners.upgrad import upgrad_weights
 
-from strategies.combiners.db_mtl import db_mtl_update
-from strategies.combiners.graddrop import graddrop
-from strategies.combiners.gradnorm import gradnorm_step
-from strategies.combiners.nash_mtl import nash_mtl_weights
-from strategies.combiners.upgrad import upgrad_weights
 from tests.conftest import combiner_updates
 
 

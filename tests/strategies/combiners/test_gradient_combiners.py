@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import IDENTITY_PIPELINE
+from mtlbench.strategies.combiners.aligned_mtl import aligned_mtl_weights
+from mtlbench.strategies.combiners.cagrad import cagrad_weights
+from mtlbench.strategies.combiners.gradvac import gradvac_weights
+from mtlbench.strategies.combiners.imtl_g import imtl_g_weights
+from mtlbench.strategies.combiners.pcgrad import pcgrad_weights
+from mtlbench.strategies.combiners.rlw import rlw_weights
+from mtlbench.strategies.gradients import GradientCombiner, LossWeightingCombiner, StepInfo, WindowMeans
 
-from strategies import registry
-from strategies.base import IDENTITY_PIPELINE
-from strategies.combiners.aligned_mtl import aligned_mtl_weights
-from strategies.combiners.cagrad import cagrad_weights
-from strategies.combiners.gradvac import gradvac_weights
-from strategies.combiners.imtl_g import imtl_g_weights
-from strategies.combiners.pcgrad import pcgrad_weights
-from strategies.combiners.rlw import rlw_weights
-from strategies.gradients import GradientCombiner, LossWeightingCombiner, StepInfo, WindowMeans
 from tests.conftest import gradients_by_hand
 
 
@@ -262,7 +262,7 @@ def test_the_modern_family_is_registered_and_refuses_single_task_samplers():
 
 def weightings():
     """Every registered combiner whose update is `weights @ G` with weights it chooses."""
-    from strategies.gradients import GramianWeighting
+    from mtlbench.strategies.gradients import GramianWeighting
     return sorted(name for name, cls in registry.available("combiner").items()
                   if issubclass(cls, (GramianWeighting, LossWeightingCombiner)))
 
@@ -323,7 +323,8 @@ def test_gradient_combiner_records_conflicts_and_trajectories():
 def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
     import json
 
-    from bench.cli import main
+    from mtlbench.bench.cli import main
+
     from tests.conftest import write_suite
     recipes = ('[[recipes]]\nname = "pc"\nsampler = "joint"\ncombiner = "pcgrad"\n'
                '[[recipes]]\nname = "rw"\nsampler = "joint"\ncombiner = "rlw"\n')
@@ -343,7 +344,7 @@ def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
 def test_on_representation_weights_come_from_the_representation_gradients_of_a_real_model(real_step, name):
     """Weights from the Gramian of each task's dL_t/dz_t (z: what its head reads, flattened and
     zero-padded), then one backward: the shared gradient is sum_t w_t grad L_t; heads their own."""
-    from strategies.base import StepInputs
+    from mtlbench.strategies.base import StepInputs
     model, batches = real_step
     shared, heads = model.shared_parameters(), model.task_parameters()
     by_hand, head_expected = gradients_by_hand(model, batches)
@@ -370,7 +371,8 @@ def test_on_representation_weights_come_from_the_representation_gradients_of_a_r
 
 
 def test_on_representation_refuses_regularisers_with_one_line_and_trains_without(tmp_path, capsys):
-    from bench.cli import main
+    from mtlbench.bench.cli import main
+
     from tests.conftest import write_suite
     suite = write_suite(tmp_path / "s.toml", '[[recipes]]\nname = "pc"\nsampler = "joint"\n'
                         'combiner = { name = "pcgrad", on = "representation" }\nregularizers = ["fgm"]\n')

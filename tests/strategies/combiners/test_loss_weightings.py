@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from mtlbench.strategies.base import IDENTITY_PIPELINE
+from mtlbench.strategies.combiners.dwa import dwa_weights
+from mtlbench.strategies.combiners.famo import famo_logit_gradient, famo_weights
 
-from strategies.base import IDENTITY_PIPELINE
-from strategies.combiners.dwa import dwa_weights
-from strategies.combiners.famo import famo_logit_gradient, famo_weights
 from tests.conftest import build_combiner, combiner_updates, write_suite
 
 # --- uncertainty weighting ----------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_famo_shifts_weight_to_the_task_that_improved_least():
 # --- in a real run: the optimizer group, the epoch hook and the after-step hook -------------------
 
 def test_learned_and_epoch_based_combiners_train_through_the_harness(tmp_path):
-    from bench.cli import main
+    from mtlbench.bench.cli import main
     recipes = "".join(f'[[recipes]]\nname = "{name}"\nsampler = "joint"\ncombiner = "{name}"\n'
                       for name in ("uw", "dwa", "famo"))
     suite = write_suite(tmp_path / "s.toml", recipes, train="epochs = 3\nbatch_size = 32\nlr = 2e-3")
@@ -119,7 +119,7 @@ def test_learned_and_epoch_based_combiners_train_through_the_harness(tmp_path):
 
 def test_gls_weights_by_hand():
     """L = (1, 4): the geometric mean is 2, so w = 2 / (2 * L) = (1, 0.25)."""
-    from strategies.combiners.gls import gls_weights
+    from mtlbench.strategies.combiners.gls import gls_weights
 
     torch.testing.assert_close(gls_weights(torch.tensor([1.0, 4.0], dtype=torch.float64)),
                                torch.tensor([1.0, 0.25], dtype=torch.float64))
@@ -145,7 +145,7 @@ def test_gls_update_is_the_gradient_of_the_geometric_mean(dtype, scale):
 def test_gls_is_blind_to_one_task_s_loss_scale():
     """Multiplying one loss by 100 leaves the update's direction unchanged: that task's weight falls 100-fold
     relative to the others (all grow by the geometric mean's 100^(1/3))."""
-    from strategies.combiners.gls import gls_weights
+    from mtlbench.strategies.combiners.gls import gls_weights
 
     losses = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
     scaled = losses * torch.tensor([100.0, 1.0, 1.0], dtype=torch.float64)

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from strategies import registry
-from strategies.base import IDENTITY_PIPELINE
-from strategies.combiners.mgda import mgda_weights, min_norm_weights
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import IDENTITY_PIPELINE
+from mtlbench.strategies.combiners.mgda import mgda_weights, min_norm_weights
 
 
 def mgda(gradients, normalization="none", apply_to="normalized", losses=None):

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import IDENTITY_PIPELINE
+from mtlbench.strategies.combiners.pcgrad import pcgrad_weights
+from mtlbench.strategies.gradients import task_gradients
 
-from strategies import registry
-from strategies.base import IDENTITY_PIPELINE
-from strategies.combiners.pcgrad import pcgrad_weights
-from strategies.gradients import task_gradients
 from tests.conftest import gradients_by_hand, write_suite
 
 
@@ -113,7 +113,7 @@ def test_task_gradients_rows_are_the_per_task_gradients():
 
 
 def test_pcgrad_with_a_single_task_sampler_fails_at_config_time(tmp_path, capsys):
-    from bench.cli import main
+    from mtlbench.bench.cli import main
     suite = write_suite(tmp_path / "s.toml", '[[recipes]]\nname = "x"\nsampler = "round_robin"\ncombiner = "pcgrad"\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
     assert "needs several task losses per step" in capsys.readouterr().err
@@ -121,7 +121,7 @@ def test_pcgrad_with_a_single_task_sampler_fails_at_config_time(tmp_path, capsys
 
 
 def test_reduction_option_is_validated():
-    from tasks.errors import UserError
+    from mtlbench.tasks.errors import UserError
     cls = registry.get("combiner", "pcgrad")
     with pytest.raises(UserError, match="reduction must be one of"):
         registry.make_options(cls, {"reduction": "avg"}, "test")

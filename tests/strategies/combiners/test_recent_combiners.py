@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from mtlbench.strategies.base import IDENTITY_PIPELINE, StepInputs
+from mtlbench.strategies.gradients import project_onto_simplex
 
-from strategies.base import IDENTITY_PIPELINE, StepInputs
-from strategies.gradients import project_onto_simplex
 from tests.conftest import build_combiner, combiner_updates, linear_losses
 
 SCALES = [1e-6, 1.0, 1e4]
@@ -56,7 +56,7 @@ def test_simplex_projection_is_the_closest_point_of_the_simplex():
 
 @pytest.mark.parametrize("mu", [0.01, 1.0, 100.0])
 def test_stch_weights_are_the_gradient_of_the_smooth_tchebycheff_objective(mu):
-    from strategies.combiners.stch import stch_weights
+    from mtlbench.strategies.combiners.stch import stch_weights
     losses = torch.tensor([0.3, 2.0, 0.9], dtype=torch.float64, requires_grad=True)
     nadir = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
     objective = len(losses) * mu * torch.logsumexp(torch.log(losses / nadir) / mu, 0)
@@ -65,7 +65,7 @@ def test_stch_weights_are_the_gradient_of_the_smooth_tchebycheff_objective(mu):
 
 
 def test_stch_tends_to_the_tchebycheff_max_and_to_the_mean_of_log_losses():
-    from strategies.combiners.stch import stch_weights
+    from mtlbench.strategies.combiners.stch import stch_weights
     losses, nadir = torch.tensor([0.3, 2.0, 0.9], dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     sharp = stch_weights(losses, nadir, 1e-4)  # all weight on the worst task, log L: 3 / L_worst
     torch.testing.assert_close(sharp, torch.tensor([0.0, 3 / 2.0, 0.0], dtype=torch.float64))
@@ -107,7 +107,7 @@ def test_fairgrad_on_orthogonal_gradients_has_the_closed_form(alpha, dtype):
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_fairgrad_agrees_with_torchjd_on_the_normalised_gramian_and_in_direction(scale):
-    from strategies.combiners.fairgrad import fairgrad_weights
+    from mtlbench.strategies.combiners.fairgrad import fairgrad_weights
     for seed, (tasks, dims) in enumerate([(2, 8), (3, 8), (4, 30)]):
         J = scale * random_jacobian(tasks, dims, seed)
         G = J @ J.T
@@ -216,7 +216,7 @@ def test_excess_mtl_agrees_with_torchjd_after_a_warm_up(scale):
 # --- MoCo -------------------------------------------------------------------------------------------
 
 def test_moco_first_step_by_hand_and_convergence_to_the_min_norm_weights():
-    from strategies.combiners.mgda import min_norm_weights
+    from mtlbench.strategies.combiners.mgda import min_norm_weights
     J = torch.tensor([[1.0, 0.0], [0.5, 2.0], [-0.3, 0.4]], dtype=torch.float64)
     G = J @ J.T
     update, _ = one_update("moco", J, gamma=0.1)
@@ -271,7 +271,7 @@ def test_sdmgrad_agrees_with_torchjd_on_the_cross_gramian(scale):
 
 def test_sdmgrad_inner_solve_reaches_its_quadratic_programme():
     """Many inner steps: w minimises 1/2 ||G^T (w + lam w~)||^2 over the simplex (KKT)."""
-    from strategies.combiners.sdmgrad import sdmgrad_solve
+    from mtlbench.strategies.combiners.sdmgrad import sdmgrad_solve
     J = random_jacobian(4, 9, 3)
     K = J @ J.T
     K = K / K.diagonal().sqrt().mean() ** 2

@@ -3,9 +3,8 @@ unchanged (weight decay on), learning rates per layer, and the trainable set ove
 
 import pytest
 import torch
-
-from bench.step import Strategies, make_optimizer, training_step
-from strategies import registry
+from mtlbench.bench.step import Strategies, make_optimizer, training_step
+from mtlbench.strategies import registry
 
 
 def build(model, name, **options):
@@ -78,7 +77,7 @@ def test_frozen_head_alternates_between_the_named_heads(real_step):
 
 
 def test_frozen_head_rejects_unknown_tasks(real_step):
-    from tasks.errors import UserError
+    from mtlbench.tasks.errors import UserError
     model, _ = real_step
     with pytest.raises(UserError, match="unknown task 'qora'.*did you mean 'quora'"):
         build(model, "frozen_head", alternate=["qora", "sts"])
@@ -104,7 +103,8 @@ def test_layerwise_lr_decay_scales_each_layer_from_the_top(real_step):
 def test_run_records_which_parameters_trained_when(tmp_path):
     import json
 
-    from bench.cli import main
+    from mtlbench.bench.cli import main
+
     from tests.conftest import write_suite
     recipes = ('[[recipes]]\nname = "gu"\nsampler = "round_robin"\n'
                'freezing = { name = "gradual_unfreezing", every_steps = 5 }\n')

@@ -65,7 +65,7 @@ def test_bitfit_trains_the_encoder_biases_and_the_heads(real_step):
 def test_lora_without_the_extra_is_one_line_naming_it(real_step, monkeypatch):
     import builtins
 
-    from tasks.errors import UserError
+    from mtlbench.tasks.errors import UserError
     real_import = builtins.__import__
 
     def no_peft(name, *args, **kwargs):

@@ -3,9 +3,8 @@ training step against plain autograd on the same total loss."""
 
 import pytest
 import torch
-
-from strategies import registry
-from strategies.adversarial import fgm_perturbation, fgsm_perturbation, pgd_perturbation, project
+from mtlbench.strategies import registry
+from mtlbench.strategies.adversarial import fgm_perturbation, fgsm_perturbation, pgd_perturbation, project
 
 MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # two examples, padded to 4 tokens
 
@@ -82,8 +81,8 @@ def make(name, **options):
 def test_adversarial_step_gradient_equals_autograd_on_the_total_loss(real_step, name, options, passes):
     """The trainer reuses the clean backward for the input gradient; the parameters' gradients
     must still be exactly those of L + L_adv, and the passes are counted."""
-    from bench.step import regularized_loss
-    from strategies.base import TaskStep
+    from mtlbench.bench.step import regularized_loss
+    from mtlbench.strategies.base import TaskStep
 
     model, batches = real_step
     regularizer = make(name, **options)
@@ -118,8 +117,8 @@ def test_fgm_with_a_term_on_the_clean_graph_keeps_that_graph(real_step):
     """FGM alone frees the clean graph after the input gradient; with the contrastive term, which
     backpropagates through the clean pooled vectors, the graph is kept and the gradient is that
     of L + L_adv + L_contrastive."""
-    from bench.step import regularized_loss
-    from strategies.regularizers.contrastive import positive_pairs, supervised_contrastive_loss
+    from mtlbench.bench.step import regularized_loss
+    from mtlbench.strategies.regularizers.contrastive import positive_pairs, supervised_contrastive_loss
 
     model, batches = real_step
     task, batch = "quora", batches["quora"]
@@ -143,7 +142,7 @@ def test_fgm_with_a_term_on_the_clean_graph_keeps_that_graph(real_step):
 
 
 def _gradient_only_step(batch, gradient):
-    from strategies.base import TaskStep
+    from mtlbench.strategies.base import TaskStep
 
     return TaskStep(task="quora", loss=None, pooled=None, labels=batch["labels"], input_embeddings=None,
                     padding_mask=batch["attention_mask"], loss_from_embeddings=None,
@@ -152,8 +151,8 @@ def _gradient_only_step(batch, gradient):
 
 def _recording_step(model, batches, task="quora"):
     """A TaskStep built like the trainer's, whose closures record every embedding point they see."""
-    from bench.step import CleanBackward
-    from strategies.base import TaskStep
+    from mtlbench.bench.step import CleanBackward
+    from mtlbench.strategies.base import TaskStep
 
     batch = batches[task]
     embeddings = model.input_embeddings(batch["input_ids"])
@@ -197,8 +196,8 @@ def test_freelb_trains_on_the_mean_loss_of_its_points_inside_the_ball(real_step)
 
 
 def test_symmetric_divergence_definitions():
-    from strategies.regularizers.smart import symmetric_divergence
-    from tasks.spec import TaskKind
+    from mtlbench.strategies.regularizers.smart import symmetric_divergence
+    from mtlbench.tasks.spec import TaskKind
 
     a, b = torch.tensor([[0.3], [-1.0]]), torch.tensor([[1.2], [0.4]])
     logits = torch.randn(4, 5)
@@ -233,7 +232,7 @@ def test_a_zero_weight_adversarial_term_leaves_the_training_step_unchanged(real_
     the parameters as plain training does, up to float rounding."""
     import copy
 
-    from bench.step import Strategies, make_optimizer, training_step
+    from mtlbench.bench.step import Strategies, make_optimizer, training_step
 
     model, batches = real_step
     twin = copy.deepcopy(model)
@@ -273,7 +272,7 @@ def test_fixed_weight_combiners_get_the_same_gradients_with_the_clean_backward_i
     the clean backward included (the textbook FGM step); the step's gradients must equal those of
     the stored-gradient path, which is checked against autograd on L + L_adv above. A zero weight
     falls back to that path."""
-    from bench.step import Strategies, training_step
+    from mtlbench.bench.step import Strategies, training_step
 
     model, batches = real_step
     combiner_cls = registry.get("combiner", combiner)
@@ -302,7 +301,7 @@ def test_fixed_weight_combiners_get_the_same_gradients_with_the_clean_backward_i
 
 @pytest.mark.parametrize("weight", [None, 1.0, 0.25, 3.0])
 def test_the_input_gradient_is_that_of_the_unweighted_clean_loss(real_step, weight):
-    from bench.step import CleanBackward
+    from mtlbench.bench.step import CleanBackward
 
     model, batches = real_step
     batch = batches["sts"]
@@ -319,7 +318,7 @@ def test_the_input_gradient_is_that_of_the_unweighted_clean_loss(real_step, weig
 def test_fgm_composes_with_other_regularizers_in_one_step(real_step, others):
     """Whether the clean graph is freed early depends on every regulariser of the step; any mix
     must backpropagate (SMART's term goes through the clean logits, FreeLB's does not)."""
-    from bench.step import regularized_loss
+    from mtlbench.bench.step import regularized_loss
 
     model, batches = real_step
     loss, _ = regularized_loss(model, [make("fgm", epsilon=0.1), *[make(name) for name in others]], "sts",

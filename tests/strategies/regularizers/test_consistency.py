@@ -3,10 +3,9 @@ parameters' gradients of the regularised loss equal autograd's on the paper's to
 
 import pytest
 import torch
-
-from bench.step import regularized_loss
-from strategies import registry
-from strategies.regularizers.smart import symmetric_divergence
+from mtlbench.bench.step import regularized_loss
+from mtlbench.strategies import registry
+from mtlbench.strategies.regularizers.smart import symmetric_divergence
 
 
 def make(name, **options):
@@ -78,7 +77,7 @@ def test_rdrop_without_dropout_is_twice_the_loss_and_no_consistency_term(real_st
 @pytest.mark.parametrize("name", ["r3f", "rdrop"])
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad", "uw", "nash_mtl"])
 def test_the_consistency_regularisers_compose_with_combiners_in_a_step(real_step, name, combiner):
-    from bench.step import Strategies, make_optimizer, training_step
+    from mtlbench.bench.step import Strategies, make_optimizer, training_step
     model, batches = real_step
     model.train()
     tasks = list(batches)

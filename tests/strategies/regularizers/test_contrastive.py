@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from mtlbench.strategies import registry
+from mtlbench.strategies.base import TaskStep
+from mtlbench.strategies.regularizers.contrastive import supervised_contrastive_loss
+from mtlbench.tasks.builtin import QUORA, SST, STS
+from mtlbench.tasks.errors import UserError
 
-from strategies import registry
-from strategies.base import TaskStep
-from strategies.regularizers.contrastive import supervised_contrastive_loss
-from tasks.builtin import QUORA, SST, STS
-from tasks.errors import UserError
 from tests.conftest import write_suite
 
 
@@ -92,7 +92,7 @@ def test_cross_encoder_pairs_and_bad_options_are_refused():
     ('["sst"]', "concat", "the recipe's tasks (sst) have none"),
 ])
 def test_contrastive_without_bi_encoder_pairs_fails_at_config_time(tmp_path, capsys, tasks, pair_head, message):
-    from bench.cli import main
+    from mtlbench.bench.cli import main
     suite = write_suite(tmp_path / "s.toml", f'[[recipes]]\nname = "x"\nsampler = "round_robin"\n'
                         f'regularizers = ["contrastive"]\npair_head = "{pair_head}"\n')
     suite.write_text(suite.read_text().replace('tasks = ["sst", "quora", "sts"]', f"tasks = {tasks}"))

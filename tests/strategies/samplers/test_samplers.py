@@ -3,9 +3,8 @@ import sys
 from collections import Counter
 
 import pytest
-
-from strategies import registry
-from tasks.errors import UserError
+from mtlbench.strategies import registry
+from mtlbench.tasks.errors import UserError
 
 BATCHES = {"sst": 3, "quora": 7, "sts": 2}
 SIZES = {"sst": 90, "quora": 210, "sts": 60}
@@ -143,7 +142,8 @@ def test_scheduled_rejects_unknown_tasks_and_all_zero_weights():
 
 
 def test_a_bad_schedule_in_a_suite_file_stops_the_run_naming_file_recipe_and_key(tmp_path, capsys):
-    from bench.cli import main
+    from mtlbench.bench.cli import main
+
     from tests.conftest import write_suite
     suite = write_suite(tmp_path / "s.toml", '[[recipes]]\nname = "sched"\n'
                         'sampler = { name = "scheduled", weights = { sts = "1 - 2 * t" } }\n')
