@@ -1,8 +1,18 @@
-"""Installed as the `mtlbench` package (pyproject: package-dir): `import mtlbench`. Only names
-from mtlbench.bench.api, so importing this folder as `bench.facade` too gives the same objects."""
+"""Installed as the `mtlbench` package (pyproject: package-dir): `import mtlbench`. Its names are
+mtlbench.bench.api's, imported on first use: `mtlbench.bench.cli` and the other subpackages are
+imported through this package, and a typo on the command line must not wait for torch."""
 
-from mtlbench.bench.api import *
-from mtlbench.bench.api import (
-    __all__,  # noqa: F401
-    __getattr__,  # noqa: F401 -- mtlbench.MultiTaskTrainer, imported when first used
-)
+__all__ = ["RunRecord", "StrategyStep", "Suite", "TaskInputs", "UserError", "check", "load_baseline", "load_records",
+           "load_suite", "make_baseline", "markdown", "register", "run", "table", "tune", "verdict"]
+
+
+def __getattr__(name: str):
+    if name in __all__ or name == "MultiTaskTrainer":  # MultiTaskTrainer: docs/hf_trainer.md
+        from mtlbench.bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mtlbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__ + ["MultiTaskTrainer"])

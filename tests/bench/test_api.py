@@ -111,3 +111,15 @@ def test_the_api_logs_warnings_where_they_show_without_set_up(caplog):
         log_to_logging("[1/4] a seed 0: sst 0.5")
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "warning: sst: tokens unknown to the tokenizer: train 69%"), ("INFO", "[1/4] a seed 0: sst 0.5")]
+
+
+def test_the_package_offers_the_api_s_names_without_importing_it_first():
+    import subprocess
+    import sys
+
+    from mtlbench.bench import api
+
+    assert mtlbench.__all__ == api.__all__ and all(getattr(mtlbench, n) is getattr(api, n) for n in api.__all__)
+    probe = "import sys, mtlbench.bench.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "False", done.stderr

@@ -127,6 +127,13 @@ def test_an_empty_per_example_file_costs_its_marker_not_the_table(first_run, tmp
 
     copy = tmp_path / "copy"
     shutil.copytree(first_run, copy)
+    for recipe in ("rr", "joint"):  # seeds 1 and 2 as copies of seed 0: markers are given from 3 seeds
+        record = json.loads((copy / f"tiny-test.{recipe}-seed0.json").read_text())
+        for seed in (1, 2):
+            stem = f"tiny-test.{recipe}-seed{seed}"
+            shutil.copy(copy / f"tiny-test.{recipe}-seed0.examples.safetensors", copy / f"{stem}.examples.safetensors")
+            (copy / f"{stem}.json").write_text(json.dumps({**record, "seed": seed, "run_id": stem,
+                                                           "examples_file": f"{stem}.examples.safetensors"}))
     (copy / "tiny-test.joint-seed0.examples.safetensors").write_bytes(b"")
     with pytest.warns(UserWarning, match="joint: a per-example file cannot be read"):
         assert main(["table", str(copy)]) == 0
@@ -280,6 +287,9 @@ def test_version_list_of_a_suite_and_a_folder_of_run_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"mtlbench {version('mtlbench')}"
+    as_module = subprocess.run([sys.executable, "-m", "mtlbench", "--version"], capture_output=True, text=True,
+                               timeout=120, check=False)  # what torchrun launches: -m mtlbench run SUITE
+    assert as_module.stdout.strip() == f"mtlbench {version('mtlbench')}", as_module.stderr
     assert main(["list", "ci"]) == 0
     out = capsys.readouterr().out
     assert "2 seeds; 4 epochs; baseline joint_sum" in out
