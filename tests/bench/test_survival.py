@@ -100,9 +100,10 @@ def test_a_finished_run_is_kept_and_other_settings_are_refused(stateful_suite, u
     assert "1 of 1 runs already finished" in capsys.readouterr().err
     assert (out / "survive.famo-seed0.json").read_text() == before  # not retrained
     assert main(["run", str(stateful_suite), "--recipes", "famo", "--epochs", "1", "--out", str(out)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith(f"mtlbench: error: {out} holds runs made with other settings: survive.famo-seed0.json "
-                            "(suite.train.epochs: 3 -> 1)") and "--fresh" in error and "\n" not in error
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlbench: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"mtlbench: error: {out} holds runs made with other settings: "
+                                                     "survive.famo-seed0.json (suite.train.epochs: 3 -> 1)")
+    assert "--fresh" in errors[0]
     assert (out / "survive.famo-seed0.json").read_text() == before
     assert main(["run", str(stateful_suite), "--recipes", "famo", "--epochs", "1", "--fresh", "--out", str(out),
                  "--no-progress"]) == 0
