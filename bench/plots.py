@@ -15,7 +15,7 @@ from adjustText import adjust_text
 from mtlbench.bench.figures import colors as _colors
 from mtlbench.bench.figures import save as _save
 from mtlbench.bench.records import RunRecord
-from mtlbench.bench.tables import FAMILIES, SHORT, baseline_recipe, marker, primary_columns, summary
+from mtlbench.bench.tables import FAMILIES, MIN_SEEDS, SHORT, baseline_recipe, marker, primary_columns, summary
 from mtlbench.tasks.errors import UserError
 from mtlbench.tasks.metrics import HIGHER_IS_BETTER, lower_is_better
 
@@ -73,16 +73,19 @@ def _heatmap(table, records, out_dir: Path, select: str) -> Path:
                 continue
             low, high = table.loc[key, ("ci_low", column)], table.loc[key, ("ci_high", column)]
             text = f"{mean:.3f}" + marker(table, key, column)
-            if not np.isnan(low):
+            if not np.isnan(low) and table.loc[key, ("n", "seeds")] >= MIN_SEEDS:
                 text += f"\n[{low:.3f}, {high:.3f}]"
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(columns)), columns, fontsize=8)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), [_label(table, k) for k in rows], fontsize=8)
     seeds = sorted(set(table[("n", "seeds")]))
-    fig.suptitle(f"{records[0].suite}: dev {select}-epoch primary metrics, mean [95 % interval] over "
-                 f"{'/'.join(map(str, seeds))} seed(s); colour: worst to best in each column; "
-                 "\u25b2/\u25bc significantly better/worse than the baseline", fontsize=8, y=0.995)
+    enough = min(seeds) >= MIN_SEEDS
+    fig.suptitle(f"{records[0].suite}: dev {select}-epoch primary metrics, mean"
+                 + (" [95 % interval]" if enough else "") + f" over {'/'.join(map(str, seeds))} seed"
+                 + ("s" if seeds != [1] else "") + "; colour: worst to best in each column; "
+                 + ("\u25b2/\u25bc significantly better/worse than the baseline" if enough
+                    else f"intervals and \u25b2/\u25bc from {MIN_SEEDS} seeds"), fontsize=8, y=0.995)
     fig.tight_layout()
     return _save(fig, out_dir / "heatmap.png")
 
@@ -109,7 +112,8 @@ def _dots(table, records, out_dir: Path, select: str) -> Path:
         mean = np.array([table.loc[k, ("mean", column)] for k in rows], dtype=float)
         low = np.array([table.loc[k, ("ci_low", column)] for k in rows], dtype=float)
         high = np.array([table.loc[k, ("ci_high", column)] for k in rows], dtype=float)
-        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        shown = np.array([table.loc[k, ("n", "seeds")] >= MIN_SEEDS for k in rows])  # as the table: from 3 seeds
+        error = np.nan_to_num(np.vstack([mean - low, high - mean])) * shown
         for i in range(len(rows)):
             if np.isfinite(mean[i]):
                 ax.errorbar(mean[i], y[i], xerr=error[:, i:i + 1], fmt="o", ms=4, capsize=2, color=colors[i])
@@ -120,8 +124,10 @@ def _dots(table, records, out_dir: Path, select: str) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     axes[0][0].set_yticks(y, [_label(table, k) for k in rows], fontsize=8)
     axes[0][0].invert_yaxis()
-    fig.suptitle(f"{records[0].suite}: per-task dev metrics ({select} epoch), mean and 95 % interval over seeds; "
-                 "dashed: the baseline recipe", fontsize=9)
+    enough = min(table[("n", "seeds")]) >= MIN_SEEDS
+    fig.suptitle(f"{records[0].suite}: per-task dev metrics ({select} epoch), "
+                 + ("mean and 95 % interval over seeds" if enough else f"means (intervals from {MIN_SEEDS} seeds)")
+                 + "; dashed: the baseline recipe", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.88, 1))  # room on the right for the legend, off the points
     _family_legend(fig, set(families), loc="center right")
     return _save(fig, out_dir / "metrics.png")
