@@ -70,7 +70,8 @@ def _training_curves(by_recipe: dict[str, list[RunRecord]], out_dir: Path) -> Pa
     axes[-1, 1].set_xlabel("training step (end of each epoch)")
     axes[0, 0].set_title("training loss (per logged step where tracked, else epoch mean)", fontsize=9)
     axes[0, 1].set_title("dev metric after each epoch", fontsize=9)
-    axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes[0, 1].get_legend_handles_labels()[0]:  # records without a history draw no curve
+        axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     seeds = max(len(runs) for runs in by_recipe.values())
     fig.suptitle("mean over seeds, band ±1 std" if seeds > 1 else "one seed: no band", fontsize=9)
     fig.tight_layout()

@@ -11,12 +11,13 @@ def suite_names() -> list[str]:
 
 def find_suite(name_or_path: str) -> Path:
     """The file of a shipped suite's name or a path; light (no torch), so a typo is answered at once."""
-    path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.exists():
+    path, names = Path(name_or_path), suite_names()
+    if name_or_path.endswith(".toml") or path.is_file() or (path.exists() and name_or_path not in names):
+        if path.is_dir():
+            raise UserError(f"{path}: a folder; expected a suite name or a suite .toml file")
         if not path.is_file():
             raise UserError(f"{path}: suite file not found")
         return path
-    names = suite_names()
     if name_or_path not in names:
         raise UserError(f"unknown suite '{name_or_path}'{nearest(name_or_path, names)}; suites: {', '.join(names)}")
     return Path(str(resources.files("mtlbench.bench.suites") / f"{name_or_path}.toml"))

@@ -133,3 +133,15 @@ def test_recipes_are_validated_once_before_any_data_is_read_or_encoder_built(rec
     assert message in str(error.value)
     key = backbone.tiny_key(backbone.TinyEncoderConfig(**suite["tiny_encoder"]))
     assert not (backbone.cache_root() / "encoders" / f"tiny-{key}").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_folder_named_like_a_suite_does_not_hide_it(tmp_path, monkeypatch):
+    """`--out quick` once, then `mtlbench run` (the quick suite) in the same folder."""
+    from mtlbench.bench.suites import find_suite
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "runs").mkdir()
+    assert find_suite("quick").name == "quick.toml" and find_suite("quick").is_file()
+    with pytest.raises(UserError, match="runs: a folder; expected a suite name or a suite .toml file"):
+        find_suite("runs")

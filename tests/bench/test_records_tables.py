@@ -200,3 +200,34 @@ def test_the_latex_table_is_ascii_latex_with_one_header_row(tmp_path):
     assert _checked_tex(one_seed)[1][1] == "0.600 $\\pm$ 0.141" and one_seed.rstrip().splitlines()[-1].startswith(
         "% 1 seed: no 95 \\% intervals")
     assert tables.tex_cell("Δm % a_b –") == "$\\Delta$m \\% a\\_b --"
+
+
+def _figure_texts(monkeypatch, records_, tmp_path) -> dict[str, list[str]]:
+    """Every text each plot draws (titles, notes, labels), captured as it is saved."""
+    from mtlbench.bench import plots
+
+    texts = {}
+
+    def keep(fig, path):
+        texts[path.name] = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.write_plots(records_, tmp_path)
+    return texts
+
+
+def test_plots_say_what_one_seed_cannot_show_and_what_they_leave_out(monkeypatch, tmp_path):
+    single = record("single_sst", 2, 0, 0.8, 0.0, 900.0, 0.9).to_dict()
+    single.update(tasks=["sst"], config={"suite": {"tasks": ["sst", "sts"]}}, overall=None, overall_best=None)
+    one_seed = [record("a", 0, 0, 0.5, 0.8, 1000.0, 1.0), record("b", 1, 0, 0.6, 0.7, 500.0, 2.1),
+                RunRecord.from_dict(single)]
+    texts = _figure_texts(monkeypatch, one_seed, tmp_path)
+    assert "s: quality vs cost, one seed each: no spread to show" in texts["quality_vs_cost.png"]
+    assert "not shown (no overall over every task): single_sst" in texts["quality_vs_cost.png"]
+    assert any("intervals and ▲/▼ from 3 seeds" in t for t in texts["heatmap.png"])
+    assert not any("[" in t and "]" in t for t in texts["heatmap.png"])  # no interval drawn
+    three = [record(r, i, s, 0.5 + 0.01 * s, 0.8, 1000.0, 1.0) for i, r in enumerate("ab") for s in range(3)]
+    texts = _figure_texts(monkeypatch, three, tmp_path)
+    assert "s: quality vs cost, mean ± std over seeds" in texts["quality_vs_cost.png"]
+    assert any("[95 % interval]" in t for t in texts["heatmap.png"])
