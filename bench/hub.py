@@ -31,7 +31,6 @@ def _resolves(socket, host: str) -> bool:
         return False
 
 
-
 def model_cached(name: str) -> bool:
     """Whether the hub cache holds the model's config (what any load reads first)."""
     from huggingface_hub import try_to_load_from_cache
