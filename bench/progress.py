@@ -8,6 +8,7 @@ runs evaluate."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ class SuiteProgress:
         self.running: dict[object, tuple[str, float]] = {}  # key -> (label, fraction of its steps done)
         self.bars: dict[object, object] = {}
         self.last_status, self.every = self.started, status_seconds()
+        self.drawn = -1.0  # when the bars were last redrawn
         self.suite_bar = self._bar(0, "suite", total, "runs") if self.live else None
         self.free_positions = list(range(1, slots + 1))
 
@@ -59,6 +61,9 @@ class SuiteProgress:
             return
         label, _ = self.running[key]
         self.running[key] = (label, min(step / total, 1.0))
+        if time.monotonic() - self.drawn < 0.5 and step < total:  # in-process reports come every step
+            return
+        self.drawn = time.monotonic()
         bar = self.bars.get(key)
         if bar is not None:
             bar.total, bar.n = total, step
@@ -102,3 +107,23 @@ class SuiteProgress:
             self.end(key, counted=False)
         if self.suite_bar is not None:
             self.suite_bar.close()
+
+
+@contextlib.contextmanager
+def shown(context, runs: int, slots: int):
+    """The suite's progress for an executor (None with --no-progress); while bars are drawn, the
+    context's log lines are written above them instead of through them."""
+    if not context.progress:
+        yield None
+        return
+    log = context.log
+    progress = SuiteProgress(runs, slots, log)
+    if progress.live:
+        from tqdm import tqdm
+
+        context.log = lambda message: tqdm.write(message, file=sys.stderr)
+    try:
+        yield progress
+    finally:
+        progress.close()
+        context.log = log

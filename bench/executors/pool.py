@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from mtlbench.bench.executors.base import Executor, Landed, Todo
 from mtlbench.bench.files import remove_stray_temporaries
+from mtlbench.bench.progress import shown
 from mtlbench.tasks.errors import UserError
 
 if TYPE_CHECKING:
@@ -58,41 +59,19 @@ class PoolExecutor(Executor):
         self.workers: list[_Worker] = []
         self.lost: list[str] = []
         self.error: BaseException | None = None
-        self.progress, log = self._open_progress(len(todo))
-        try:
-            for _ in range(min(self.jobs, len(todo))):
-                self._give_work(self._start_worker())
-            while any(w.run is not None for w in self.workers):
-                self._wait_once(landed)
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise
-        finally:
-            self._close_progress(log)
+        with shown(context, len(todo), self.jobs) as self.progress:
+            try:
+                for _ in range(min(self.jobs, len(todo))):
+                    self._give_work(self._start_worker())
+                while any(w.run is not None for w in self.workers):
+                    self._wait_once(landed)
+            except KeyboardInterrupt:
+                self._interrupt()
+                raise
         self._stop()
         if self.error is not None:
             raise self.error
         return self.lost
-
-    def _open_progress(self, runs: int):
-        """The display of the workers' progress (none with --no-progress); while bars are drawn, log
-        lines are written above them."""
-        from mtlbench.bench.progress import SuiteProgress
-
-        log = self.context.log
-        if not self.context.progress:
-            return None, log
-        progress = SuiteProgress(runs, self.jobs, log)
-        if progress.live:
-            from tqdm import tqdm
-
-            self.context.log = lambda message: tqdm.write(message, file=sys.stderr)
-        return progress, log
-
-    def _close_progress(self, log) -> None:
-        if self.progress is not None:
-            self.progress.close()
-        self.context.log = log
 
     def _start_worker(self) -> _Worker:
         context = self.context

@@ -4,6 +4,7 @@ records must not depend on it."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mtlbench.bench.cli import main
@@ -143,10 +144,12 @@ def test_an_executor_refuses_the_options_it_does_not_take(name, jobs, address, w
     assert message in str(error.value)
 
 
-def test_the_inline_executor_trains_in_this_process(grid_suite, tmp_path, capsys):
+def test_the_inline_executor_trains_in_this_process(grid_suite, tmp_path, capsys, monkeypatch):
     suite, whole = grid_suite
-    assert main(["run", str(suite), "--out", str(tmp_path / "inline"), "--seeds", "2", "--no-progress",
-                 "--executor", "inline"]) == 0
+    monkeypatch.setenv("MTLBENCH_STATUS_SECONDS", "0")  # not a terminal: the suite's progress as status lines
+    assert main(["run", str(suite), "--out", str(tmp_path / "inline"), "--seeds", "2", "--executor", "inline"]) == 0
     err = capsys.readouterr().err
     assert "[4/4] pc seed 1" in err and "worker processes" not in err
+    assert re.search(r"^progress: [34]\.\d of 4 runs, about \d+( min \d\d)? s left; running: pc seed 1 100%$",
+                     err, re.MULTILINE), err  # the last step is always reported
     _same_results(_records(tmp_path / "inline"), whole)
