@@ -73,6 +73,13 @@ class Masker:
         protected = ~attention_mask.bool() | torch.isin(input_ids, self.special_ids)
         return self.collator.torch_mask_tokens(input_ids.clone(), protected)
 
+    def with_seed(self, seed: int) -> Masker:
+        """The same rule from a generator of its own (this one's draws are left as they are)."""
+        twin = copy.copy(self)
+        twin.collator = copy.copy(self.collator)
+        twin.collator.generator = torch.Generator().manual_seed(seed)
+        return twin
+
 
 def tokenizer_fingerprint(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())

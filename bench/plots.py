@@ -1,5 +1,5 @@
 """Plots from run records: a recipes x tasks heat map, per-task dot plots with intervals, quality
-against paired cost by recipe family, for gradient combiners the per-pair gradient conflicts, and
+against paired cost by recipe family, per task pair the gradient conflicts of each recipe, and
 the curves over training (bench.curve_plots). Every plot is written atomically."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
+from mtlbench.bench import conflict_probe
 from mtlbench.bench.figures import colors as _colors
 from mtlbench.bench.figures import save as _save
 from mtlbench.bench.records import RunRecord
@@ -175,45 +176,65 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     return _save(fig, out_dir / "quality_vs_cost.png")
 
 
-def _by_recipe(records: list[RunRecord], key: str) -> dict[str, list[dict]]:
-    """Combiner summaries holding `key`, grouped by recipe in the suite's order."""
-    grouped: dict[str, list[dict]] = {}
-    for record in sorted(records, key=lambda r: (r.recipe_index, r.seed)):
+def _conflicts_by_recipe(records: list[RunRecord]) -> tuple[dict[str, list[dict]], bool]:
+    """Per recipe (the suite's order), each seed's per-pair conflict statistics, and whether they
+    are the probe's (every multi-task recipe, bench.conflict_probe) or, for records from before
+    it, the gradient combiners' own (the recipes that form task gradients only)."""
+    ordered = sorted(records, key=lambda r: (r.recipe_index, r.seed))
+    probed: dict[str, list[dict]] = {}
+    for record in ordered:
+        found = conflict_probe.summarise(record.history)
+        if found:
+            probed.setdefault(record.recipe_name, []).append(found)
+    if probed:
+        return probed, True
+    combined: dict[str, list[dict]] = {}
+    for record in ordered:
         summary = (record.strategies or {}).get("combiner", {})
-        if key in summary:
-            grouped.setdefault(record.recipe_name, []).append(summary)
-    return grouped
+        if "conflicts" in summary:
+            combined.setdefault(record.recipe_name, []).append(summary["conflicts"])
+    return combined, False
 
 
 def _conflict_plots(records: list[RunRecord], out_dir: Path) -> list[Path]:
-    written = []
-    conflicts = _by_recipe(records, "conflicts")
-    if conflicts:
-        recipes = list(conflicts)
-        pairs = list(conflicts[recipes[0]][0]["conflicts"])
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        width = 0.8 / len(recipes)
-        x = np.arange(len(pairs))
-        for panel, (stat, label) in zip(axes, [("negative_cosine_fraction", "fraction of steps with cos < 0"),
-                                               ("mean_cosine", "mean cosine")]):
-            for i, (recipe, color) in enumerate(zip(recipes, _colors(len(recipes)))):
-                values = np.array([[s["conflicts"][pair][stat] for pair in pairs] for s in conflicts[recipe]])
-                spread = values.std(0, ddof=1) if len(values) > 1 else None  # one seed: no bar of zero width
-                panel.bar(x + i * width - 0.4 + width / 2, values.mean(0), width, yerr=spread,
-                          label=recipe, capsize=2, color=color)
-            panel.set_xticks(x, pairs)
-            panel.set_ylabel(label)
-            panel.axhline(0.5 if stat == "negative_cosine_fraction" else 0.0, color="grey", lw=0.8, ls="--")
-        axes[0].set_title("gradient conflicts per task pair (shared parameters)")
-        axes[1].set_title("task-gradient cosine per task pair")
-        seeds = max(len(v) for v in conflicts.values())
-        unmeasured = sorted({r.recipe_name for r in records} - set(recipes))
-        fig.text(0.01, 0.01, ("mean \u00b1 std over seeds" if seeds > 1 else "one seed: no spread")
-                 + "; measured by the combiners that form task gradients; the others (the sum baseline among them) "
-                   f"form none: {', '.join(unmeasured) or '-'}; dashed: no conflict preference", fontsize=7,
-                 color="grey", wrap=True)
-        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
-        written.append(_save(fig, out_dir / "gradient_conflicts.png"))
+    conflicts, probed = _conflicts_by_recipe(records)
+    if not conflicts:
+        return []
+    recipes = list(conflicts)
+    pairs = list(conflicts[recipes[0]][0])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(recipes)
+    x = np.arange(len(pairs))
+    unit = "probes" if probed else "steps"
+    for panel, (stat, label) in zip(axes, [("negative_cosine_fraction", f"fraction of {unit} with cos < 0"),
+                                           ("mean_cosine", "mean cosine")]):
+        for i, (recipe, color) in enumerate(zip(recipes, _colors(len(recipes)))):
+            values = np.array([[_pair_value(seed, pair, stat) for pair in pairs] for seed in conflicts[recipe]])
+            spread = np.nanstd(values, 0, ddof=1) if len(values) > 1 else None  # one seed: no bar of zero width
+            base = recipe == baseline_recipe(records)
+            panel.bar(x + i * width - 0.4 + width / 2, np.nanmean(values, 0), width, yerr=spread, capsize=2,
+                      label=recipe + (" (baseline)" if base else ""), color=color,
+                      hatch="//" if base else None, edgecolor="black" if base else None, linewidth=0.5)
+        panel.set_xticks(x, pairs)
+        panel.set_ylabel(label)
+        panel.axhline(0.5 if stat == "negative_cosine_fraction" else 0.0, color="grey", lw=0.8, ls="--")
+    axes[0].set_title("gradient conflicts per task pair (shared parameters)")
+    axes[1].set_title("task-gradient cosine per task pair")
+    seeds = max(len(v) for v in conflicts.values())
+    unmeasured = sorted({r.recipe_name for r in records} - set(recipes))
+    how = (f"measured after each epoch on the first {conflict_probe.PROBE_BATCHES} training batches per task, "
+           "the same rows for every recipe" if probed else
+           "measured at every step by the combiners that form task gradients (records from before the probe)")
+    left_out = f"not shown (a single task, or nothing shared training): {', '.join(unmeasured) or '-'}"
+    fig.text(0.01, 0.01, ("mean \u00b1 std over seeds" if seeds > 1 else "one seed: no spread") + f"; {how}; "
+             f"{left_out}; dashed: no conflict preference", fontsize=7, color="grey", wrap=True)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return [_save(fig, out_dir / "gradient_conflicts.png")]
 
-    return written
+
+def _pair_value(stats: dict, pair: str, stat: str) -> float:
+    """A pair's statistic whichever way round the run named it (NaN if the run lacks the pair)."""
+    a, b = pair.split("|", 1)
+    found = stats.get(pair) or stats.get(f"{b}|{a}")
+    return found[stat] if found else float("nan")

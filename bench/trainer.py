@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from mtlbench.bench import checkpoint, flops, tracking
+from mtlbench.bench import checkpoint, conflict_probe, flops, tracking
 from mtlbench.bench.data import BatchStream, TaskBatches
 from mtlbench.bench.evaluation import best_epoch, evaluate
 from mtlbench.bench.model import MultiTaskModel
@@ -196,6 +196,7 @@ class TrainingLoop:
                                                for task, batches in parts.train_sets.items()}
                                               for draw in range(strategies.combiner.extra_batches)])
         self.flop_costs = flops.per_token(model)
+        self.probe = conflict_probe.probe_batches(parts.train_sets) if len(parts.train_sets) > 1 else []
         self.resumed_from: int | None = None
         self.on_step: Callable[[int, int], None] | None = None  # (step, total steps): a progress display
 
@@ -354,8 +355,9 @@ class TrainingLoop:
                                       golds=dev_golds, ranks=self.ranks, pipeline=self.pipeline)
         outcome.dev_examples["last"] = {t: (dev_predictions[t], dev_golds[t]) for t in dev_golds
                                         if dev_golds[t] is not None}
+        cosines = conflict_probe.gradient_cosines(parts.model, self.probe, self.device)
         outcome.history.append({"epoch": epoch, "step": self.state.step, "dev": metrics,
-                                "train_loss": train_loss})
+                                "train_loss": train_loss, **({"gradient_cosines": cosines} if cosines else {})})
         if self.trackers:
             self.trackers.log(self.state.step, {**tracking.flatten("dev", metrics),
                                                 **tracking.flatten("epoch_train_loss", train_loss)})

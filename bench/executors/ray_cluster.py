@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 from mtlbench.bench.executors.base import Executor, Landed, Todo
 from mtlbench.bench.executors.pool import stop_grace
 from mtlbench.bench.files import remove_stray_temporaries
+from mtlbench.bench.progress import shown
 from mtlbench.tasks.errors import UserError
 
 # Ray reuses its worker processes: one context per (suite, output directory) in each, so the data,
@@ -27,7 +29,7 @@ from mtlbench.tasks.errors import UserError
 _contexts: dict[tuple[str, str, bool], object] = {}
 
 
-def _run_remote(suite, out_dir: str, predictions: bool, position: int, seed: int):
+def _run_remote(suite, out_dir: str, predictions: bool, position: int, seed: int, board=None):
     from mtlbench.bench.context import SuiteContext
     from mtlbench.bench.single_run import run_one
 
@@ -36,7 +38,21 @@ def _run_remote(suite, out_dir: str, predictions: bool, position: int, seed: int
         _contexts[key] = SuiteContext(suite, Path(out_dir), log=lambda message: None, progress=False,
                                       predictions=predictions)
     context = _contexts[key]
+    context.on_step = _BoardReport(board, (position, seed)) if board is not None else None
     return run_one(context, context.recipe_by_position(position), seed)
+
+
+class _BoardReport:
+    """A task's (step, total) to the driver through a Ray queue, at most once a second (and the
+    last step): the pool's worker report, over Ray."""
+
+    def __init__(self, board, key: tuple[int, int]):
+        self.board, self.key, self.sent = board, key, 0.0
+
+    def __call__(self, recipe, seed, step: int, total: int) -> None:
+        if time.monotonic() - self.sent >= 1.0 or step == total:
+            self.sent = time.monotonic()
+            self.board.put_nowait((self.key, step, total))
 
 
 def _gpus_per_run(device: str, cluster_gpus: float) -> int:
@@ -80,24 +96,43 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _submit_and_wait(self, ray, todo: Todo, landed: Landed) -> list[str]:
-        """Every run as a task; a task whose worker died is lost (reported), the others go on."""
-        from ray.exceptions import RayTaskError, WorkerCrashedError
-
+        """Every run as a task; a task whose worker died is lost (reported), the others go on. The
+        tasks report their steps through a Ray queue for the suite's progress display."""
         context, suite = self.context, self.context.suite
         gpus = _gpus_per_run(suite.train.device, ray.cluster_resources().get("GPU", 0))
         task = ray.remote(num_cpus=suite.train.threads, num_gpus=gpus, max_retries=0)(_run_remote)
         context.log(f"{len(todo)} runs as Ray tasks ({suite.train.threads} CPU{'s' * (suite.train.threads > 1)}"
                     f"{f', {gpus} GPU' if gpus else ''} each) on {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
-        runs = {task.remote(suite, str(context.out_dir), context.predictions, recipe.position, seed): (recipe, seed)
-                for recipe, seed in todo}
-        pending, lost = list(runs), []
+        slots = min(len(todo), int(ray.cluster_resources().get("CPU", 1) // suite.train.threads) or 1)
+        with shown(context, len(todo), slots) as progress:
+            board = None
+            if progress is not None:
+                from ray.util.queue import Queue
+
+                board = Queue(actor_options={"num_cpus": 0})
+            runs = {task.remote(suite, str(context.out_dir), context.predictions, recipe.position, seed, board):
+                    (recipe, seed) for recipe, seed in todo}
+            return self._wait(ray, runs, landed, progress, board)
+
+    def _wait(self, ray, runs: dict, landed: Landed, progress, board) -> list[str]:
+        from ray.exceptions import RayTaskError, WorkerCrashedError
+
+        context, pending, lost = self.context, list(runs), []
+        labels = {(recipe.position, seed): f"{recipe.name} seed {seed}" for recipe, seed in runs.values()}
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=1, timeout=None if board is None else 0.5)
+                if board is not None:
+                    _show_reports(board, progress, labels)
+                if not done:
+                    continue
+                recipe, seed = runs[done[0]]
+                labels.pop((recipe.position, seed))
+                if progress is not None:
+                    progress.end((recipe.position, seed))
                 try:
                     landed(ray.get(done[0]))
                 except WorkerCrashedError:
-                    recipe, seed = runs[done[0]]
                     lost.append(f"{recipe.name} seed {seed} (its Ray worker died)")
                     context.log(f"      {recipe.name} seed {seed}: its Ray worker died; the other runs go on")
                 except RayTaskError as error:  # no new runs; the error of the run, as a local run gives it
@@ -120,3 +155,14 @@ class RayExecutor(Executor):
         except KeyboardInterrupt:
             self.context.log("second interrupt: not waiting for the cancelled Ray tasks")
         remove_stray_temporaries(self.context.out_dir)  # a checkpoint a killed worker was writing
+
+
+def _show_reports(board, progress, labels: dict) -> None:
+    """The tasks' reports so far into the display (a run appears when its first step is reported;
+    `labels` holds the runs not yet ended, so a late report does not bring one back)."""
+    for key, step, total in board.get_nowait_batch(board.qsize()) if board.qsize() else ():
+        if key not in labels:
+            continue
+        if key not in progress.running:
+            progress.start(key, labels[key])
+        progress.step(key, step, total)

@@ -82,13 +82,16 @@ def test_a_run_found_in_two_directories_is_an_error_naming_both(grid_suite, tmp_
     assert "the same run as" in capsys.readouterr().err
 
 
-def test_the_ray_executor_gives_the_records_of_a_local_run(grid_suite, tmp_path, capsys):
+def test_the_ray_executor_gives_the_records_of_a_local_run(grid_suite, tmp_path, capsys, monkeypatch):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtlbench[ray]'")
     suite, whole = grid_suite
     out = tmp_path / "ray"
-    assert main(["run", str(suite), "--out", str(out), "--seeds", "2", "--no-progress", "--executor", "ray"]) == 0
+    monkeypatch.setenv("MTLBENCH_STATUS_SECONDS", "0")  # not a terminal: the tasks' progress as status lines
+    assert main(["run", str(suite), "--out", str(out), "--seeds", "2", "--executor", "ray"]) == 0
     err = capsys.readouterr().err
     assert "4 runs as Ray tasks (1 CPU each)" in err
+    # the tasks' steps reach the driver: some line shows a run part-way or at its last step
+    assert re.search(r"^progress: \d\.\d of 4 runs.*; running: (rr|pc) seed [01] \d+%", err, re.MULTILINE), err
     _same_results(_records(out), whole)
     assert (out / "table.md").exists() and not list(out.rglob("*.tmp"))
     # resumes like a local run: one record removed, one run trained again

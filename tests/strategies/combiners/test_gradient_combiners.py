@@ -338,6 +338,13 @@ def test_run_records_conflicts_and_weight_trajectories_and_plots_them(tmp_path):
     assert "conflicts" not in rw and sum(rw["mean_weights"].values()) == pytest.approx(1.0)
     for name in ("gradient_conflicts.png", "combiner_curves.png", "training_curves.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    # rlw forms no task gradients, yet the probe measures its conflicts as it does pcgrad's: both are plotted
+    from mtlbench.bench.plots import _conflicts_by_recipe
+    from mtlbench.bench.records import load_records
+    plotted, probed = _conflicts_by_recipe(load_records(tmp_path / "out"))
+    assert probed and list(plotted) == ["pc", "rw"]
+    assert set(plotted["rw"][0]) == {"sst|quora", "sst|sts", "quora|sts"}
+    assert plotted["rw"][0]["sst|sts"]["probes"] >= 2
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "mgda", "cagrad", "nash_mtl", "upgrad", "fairgrad"])
