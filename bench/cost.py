@@ -1,6 +1,7 @@
 """A run's step cost relative to the suite's baseline recipe, measured so that it holds on a busy
 machine: short blocks of steps of the two recipes take turns in one process on the same batches,
-and the ratio is taken within each round, where the machine's load hit both blocks alike.
+timed by the CPU time they consumed on CPU (bench.paired_rounds), the ratio taken within each round,
+and rounds added until the median ratio's 95 % interval is within ±`target` (or the cap is met).
 
 Whole-run throughput (examples/s over the training) is the other figure a record keeps: it is what
 the run cost, but it moves with whatever else ran beside it.
@@ -10,19 +11,20 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import random
-import statistics
-import time
 
 import numpy as np
 import torch
 from mtlbench.bench.config import Recipe
 from mtlbench.bench.context import SuiteContext
+from mtlbench.bench.paired_rounds import Clock, PairedResult, paired_rounds
 from mtlbench.bench.precision import StepPipeline
 from mtlbench.bench.step import make_optimizer, training_step
 
-METHOD = ("median over rounds of (seconds per training example of the recipe / of the baseline recipe), "
-          "one block of each per round in one process, the same batches, fresh models")
+METHOD = ("median over rounds of (CPU seconds on CPU, synchronised wall seconds on CUDA, per training example of "
+          "the recipe / of the baseline recipe), one block of each per round in one process, the same batches, fresh "
+          "models; rounds until the median's 95 % order-statistic interval is within the target")
 
 
 class _Stepper:
@@ -51,62 +53,85 @@ class _Stepper:
                      for t in train_sets if needed[t]}
         # per example the step trains on: the extra batches are the method's cost
         self.examples = sum(b["labels"].shape[0] for batches in self.pool.values() for b in batches) / self.draws
-        self.step = 0
+        self.step, self.repeats = 0, 1  # repeats: the plan's passes per block (`calibrate`)
         self.pipeline = StepPipeline(train.precision, device)  # the run's precision
 
     def block(self, round_index: int) -> float:
-        """Seconds per training example over one block; the freezing stage and the combiner's
-        epoch follow the round, so a schedule's stages are all sampled."""
+        """One block of steps; returns the training examples it stepped over (the clock is the
+        estimator's). The freezing stage and the combiner's epoch follow the round, so a
+        schedule's stages are all sampled."""
         epoch = 1 + round_index % self.epochs
         self.strategies.freezing.on_epoch_start(epoch)
         self.strategies.combiner.on_epoch_start(epoch)
-        used = {t: 0 for t in self.pool}
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        started = time.perf_counter()
-        for tasks in self.plan:
-            self.strategies.freezing.on_step(self.step)
-            draws = [{} for _ in range(self.draws)]
-            for t in tasks:
-                for draw in draws:
-                    draw[t] = self.pool[t][used[t]]
-                    used[t] += 1
-            training_step(self.model, self.strategies, draws[0], self.optimizer, pipeline=self.pipeline,
-                          extra=draws[1:])
-            self.step += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return (time.perf_counter() - started) / self.examples
+        for _ in range(self.repeats):
+            used = {t: 0 for t in self.pool}
+            for tasks in self.plan:
+                self.strategies.freezing.on_step(self.step)
+                draws = [{} for _ in range(self.draws)]
+                for t in tasks:
+                    for draw in draws:
+                        draw[t] = self.pool[t][used[t]]
+                        used[t] += 1
+                training_step(self.model, self.strategies, draws[0], self.optimizer, pipeline=self.pipeline,
+                              extra=draws[1:])
+                self.step += 1
+        return self.examples * self.repeats
+
+
+def _calibrate(steppers: dict[str, _Stepper], clock: Clock, seconds: float) -> int:
+    """Passes over the plan per block so that the baseline's block lasts about `seconds` on the
+    judged clock: a block of a few milliseconds is at the mercy of one context switch (cold caches
+    after another process ran), one of a tenth of a second averages many."""
+    started, _ = clock.read()
+    units = steppers["baseline"].block(0)
+    took = (clock.read()[0] - started) / units * steppers["baseline"].examples
+    repeats = max(1, math.ceil(seconds / took)) if took > 0 else 1
+    for stepper in steppers.values():
+        stepper.repeats = repeats
+    return repeats
 
 
 def paired_step_cost(context: SuiteContext, recipe: Recipe, seed: int) -> dict:
-    """The recipe's step cost over the suite baseline's (see the module docstring); the spread is
-    the interquartile range of the per-round ratios. Random streams are restored afterwards."""
-    settings, baseline = context.suite.cost, context.suite.baseline
-    epochs = context.suite.train_for(recipe).epochs
+    """The recipe's step cost over the suite baseline's (see the module docstring), with the 95 %
+    interval of the median ratio. The baseline recipe is paired with a second copy of itself: its
+    ratio is 1 by construction and the measured one is kept as `self_ratio`, the suite's check on
+    the method. Random streams and the thread count are restored afterwards."""
+    settings, baseline, device = context.suite.cost, context.suite.baseline, context.device
+    train = context.suite.train_for(recipe)
     python_state, numpy_state = random.getstate(), np.random.get_state()  # building a model reseeds them
-    with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
-        steppers = {"recipe": _Stepper(context, recipe, seed, settings.block_batches, epochs),
-                    "baseline": _Stepper(context, baseline, seed, settings.block_batches, epochs)}
-        for stepper in steppers.values():  # warm-up: allocator, kernels, the optimizer's state
-            stepper.block(0)
-        seconds = {name: [] for name in steppers}
-        for r in range(settings.rounds):
-            order = list(steppers) if r % 2 == 0 else list(reversed(steppers))  # neither always goes first
-            for name in order:
-                seconds[name].append(steppers[name].block(r))
-        del steppers
-        gc.collect()
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
-    ratios = [mine / theirs for mine, theirs in zip(seconds["recipe"], seconds["baseline"])]
-    low, high = (statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else (ratios[0], ratios[0]))
-    measured = {"ratio": statistics.median(ratios), "ratio_iqr": [low, high]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train.threads)  # the CPU clock is the thread's only when the step runs on it
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            result, repeats = _measure(context, recipe, seed, train)
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    measured = result.summary("recipe")
+    ratio, interval = measured.pop("ratio"), measured.pop("ratio_ci")
+    seconds, baseline_seconds = measured.pop("seconds"), measured.pop("baseline_seconds")
+    found = {"ratio": ratio, "ratio_ci": interval}
     if recipe.resolved() == baseline.resolved():
-        # The baseline against itself: 1 by definition; what was measured is the method's noise.
-        measured = {"ratio": 1.0, "ratio_iqr": [1.0, 1.0], "self_ratio": measured["ratio"],
-                    "self_ratio_iqr": measured["ratio_iqr"]}
-    return {"baseline": baseline.name, **measured,
-            "ratios": ratios, "seconds_per_example": statistics.median(seconds["recipe"]),
-            "baseline_seconds_per_example": statistics.median(seconds["baseline"]),
-            "rounds": settings.rounds, "block_batches": settings.block_batches, "method": METHOD}
+        # 1 by construction; what was measured is the method's own error, the suite's self-check
+        found = {"ratio": 1.0, "ratio_ci": [1.0, 1.0], "self_ratio": ratio, "self_ratio_ci": interval}
+    return {"baseline": baseline.name, **found, **measured, "seconds_per_example": seconds,
+            "baseline_seconds_per_example": baseline_seconds, "block_batches": settings.block_batches,
+            "block_passes": repeats, "max_rounds": settings.rounds, "method": METHOD}
+
+
+def _measure(context: SuiteContext, recipe: Recipe, seed: int, train) -> tuple[PairedResult, int]:
+    settings, device = context.suite.cost, context.device
+    steppers = {"recipe": _Stepper(context, recipe, seed, settings.block_batches, train.epochs),
+                "baseline": _Stepper(context, context.suite.baseline, seed, settings.block_batches, train.epochs)}
+    for stepper in steppers.values():  # warm-up: allocator, kernels, the optimizer's state
+        stepper.block(0)
+    clock = Clock.for_device(device.type, train.threads,
+                             (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None,
+                             settings.clock)
+    repeats = _calibrate(steppers, clock, settings.block_seconds)
+    result = paired_rounds({name: s.block for name, s in steppers.items()}, "baseline", clock,
+                           settings.min_rounds, settings.rounds, settings.target)
+    del steppers
+    gc.collect()
+    return result, repeats

@@ -3,7 +3,8 @@
 `mtlbench baseline RESULTS -o FILE` keeps, per recipe, each task's primary-metric mean and std over
 seeds (and the values), the paired cost ratio, the seeds, the config hashes and the environment.
 `mtlbench check RESULTS --baseline FILE` compares the means over seeds: a primary metric fails when
-it falls by more than its margin, a cost ratio when it rises by more than cost_tolerance (relative);
+it falls by more than its margin, a cost ratio when the low end of its 95 % interval rises above
+the baseline's high end by more than cost_tolerance (relative);
 a recipe, task or seed of the baseline that the results lack fails unless allow_missing.
 
 The margin is the smallest drop the check can tell from noise: max(metric_tolerance, std_factor x
@@ -85,17 +86,30 @@ def summarise(records: list[RunRecord], select: str = "last") -> dict:
             entry["metrics"].setdefault(task, {"metric": metric, "values": []})["values"].append(
                 metrics.get(task, {}).get(metric))
         entry["cost"]["values"].append((record.cost or {}).get("ratio"))
+        entry.setdefault("_rounds", []).append(record.cost or {})
     for entry in recipes.values():
         for values in entry["metrics"].values():
             values["mean"], values["std"] = _mean_std(values["values"])
-        costs = entry["cost"]["values"]
+        costs, measured = entry["cost"]["values"], entry.pop("_rounds")
         if any(c is None for c in costs):
             entry["cost"] = None  # records from before the paired measurement, or [cost] enabled = false
         else:
             entry["cost"]["mean"], entry["cost"]["std"] = _mean_std(costs)
+            entry["cost"].update(_pooled_interval(measured))
     first = records[0]
     return {"suite": first.suite, "select": select, "config_hash": config_hash(_suite_config(first)),
             "recipes": recipes, "check": first.config.get("suite", {}).get("check")}
+
+
+def _pooled_interval(costs: list[dict]) -> dict:
+    """The 95 % interval of the median ratio over every round of every seed (bench.paired_rounds);
+    [1, 1] for the baseline recipe (1 by construction); none from fewer than 6 rounds."""
+    from mtlbench.bench.paired_rounds import median_interval
+
+    if any("self_ratio" in c for c in costs):
+        return {"interval": [1.0, 1.0]}
+    interval = median_interval([x for c in costs for x in c.get("ratios", [])])
+    return {"interval": list(interval)} if interval else {}
 
 
 def make_baseline(records: list[RunRecord], select: str = "last") -> dict:
@@ -278,10 +292,8 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
         for task, values in base["metrics"].items():
             comparisons.append(_compare_metric(name, task, values, base["seeds"], mine, check_settings, allowed))
         if base.get("cost") and mine.get("cost"):
-            tolerance = _tolerances(check_settings, None)["cost_tolerance"]
-            limit = base["cost"]["mean"] * (1 + tolerance)
-            verdict = "FAIL" if mine["cost"]["mean"] > limit else "pass"
-            comparisons.append(Comparison(name, "cost x", base["cost"]["mean"], mine["cost"]["mean"], limit, verdict))
+            comparisons.append(_compare_cost(name, base["cost"], mine["cost"],
+                                             _tolerances(check_settings, None)["cost_tolerance"]))
         elif base.get("cost"):
             comparisons.append(Comparison(name, "cost x", base["cost"]["mean"], None, None,
                                           "missing" if not allowed else "allowed", "no paired cost in the results"))
@@ -289,6 +301,19 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
         if name not in baseline["recipes"]:
             comparisons.append(Comparison(name, "recipe", None, None, None, "new", "not in the baseline"))
     return CheckResult(now["suite"], comparisons, notes)
+
+
+def _compare_cost(recipe: str, base: dict, mine: dict, tolerance: float) -> Comparison:
+    """A cost regression is a rise beyond the tolerance that the intervals cannot explain: the
+    results' lower bound above the baseline's upper bound x (1 + tolerance). Without an interval
+    (an older baseline, fewer than 6 rounds) a side counts as its mean."""
+    base_high = (base.get("interval") or [base["mean"]] * 2)[1]
+    mine_low = (mine.get("interval") or [mine["mean"]] * 2)[0]
+    limit = base_high * (1 + tolerance)
+    verdict = "FAIL" if mine_low > limit else "pass"
+    shown = mine.get("interval")
+    note = f"interval [{shown[0]:.3f}, {shown[1]:.3f}]; its low end is held to the limit" if shown else ""
+    return Comparison(recipe, "cost x", base["mean"], mine["mean"], limit, verdict, note)
 
 
 def _compare_metric(recipe: str, task: str, values: dict, base_seeds: list[int], mine: dict, check_settings,

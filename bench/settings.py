@@ -69,17 +69,31 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class CostSettings:
-    """The paired step-cost measurement after each run (bench.cost): `rounds` rounds, each one
-    block of this recipe's steps and one of the baseline recipe's on the same batches; a block
-    holds `block_batches` task batches (a joint step over 3 tasks holds 3)."""
+    """The paired step-cost measurement after each run (bench.cost, bench.paired_rounds): rounds
+    of one block of this recipe's steps and one of the baseline recipe's on the same batches, until
+    the median ratio's 95 % interval is within ±`target` (relative), at least `min_rounds` (6: the
+    fewest with a 95 % interval) and at most `rounds`; a block holds `block_batches` task batches
+    (a joint step over 3 tasks holds 3), repeated until the baseline's block lasts about
+    `block_seconds` (0: one pass). `clock`: "auto" (CPU time on CPU, synchronised wall time on
+    CUDA) or "wall"."""
 
-    rounds: int = 10
+    rounds: int = 30
+    min_rounds: int = 6
+    target: float = 0.03
     block_batches: int = 9
+    block_seconds: float = 0.1
+    clock: str = "auto"
     enabled: bool = True
 
     def __post_init__(self):
-        if self.rounds < 1 or self.block_batches < 1:
-            raise ValueError("rounds and block_batches must be at least 1")
+        if self.rounds < 1 or self.block_batches < 1 or self.min_rounds < 1:
+            raise ValueError("rounds, min_rounds and block_batches must be at least 1")
+        if not 0 <= self.block_seconds <= 60:
+            raise ValueError(f"block_seconds must be from 0 to 60, got {self.block_seconds}")
+        if not 0 < self.target < 1:
+            raise ValueError(f"target is a relative half-width, between 0 and 1; got {self.target}")
+        if self.clock not in ("auto", "wall"):
+            raise ValueError(f"clock must be 'auto' or 'wall', got {self.clock!r}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,7 @@ class CheckTolerances:
     metric_tolerance: float = 0.02
     std_factor: float = 3.0
     must_detect: float = 0.05
-    cost_tolerance: float = 0.25
+    cost_tolerance: float = 0.10
 
     def __post_init__(self):
         if self.must_detect < self.metric_tolerance:

@@ -8,7 +8,9 @@ MIN_SEEDS seeds (with two, t(0.975, 1) = 12.7 makes it wider than any metric). A
 paired seeds: with fewer, the bootstrap sees the examples' noise but not the seeds', and a marker
 flips between machines. `Δm %` is the mean relative
 change against the single-task recipes, sign-adjusted (Maninis et al., 2019; Vandenhende et al.,
-2021). `cost x` is the paired step-cost ratio against the baseline recipe (bench.cost); `train ex/s`
+2021). `cost x` is the paired step-cost ratio against the baseline recipe (bench.cost): the median of
+every round's ratio over the seeds with its 95 % interval, `?` where the rounds met their cap first,
+and a note when the baseline paired with itself is off 1 (bench.tables.cost_self_check); `train ex/s`
 is the whole run's throughput. Markdown and LaTeX for reading, CSV (every statistic) for machines.
 """
 
@@ -177,7 +179,54 @@ def summary(records: list[RunRecord], select: str = "last", significance: bool =
     for column in primary:
         table[("p", column)] = [p_values.get((key, column), np.nan) for key in table.index]
     table[("info", "baseline")] = [key[1] == baselines[key[0]] for key in table.index]
+    _paired_cost_columns(table, by_recipe)
     return table
+
+
+def pooled_cost(records: list[RunRecord]) -> dict | None:
+    """A recipe's paired cost over its seeds: the median of every round's ratio with its 95 %
+    interval (bench.paired_rounds), whether every seed's rounds met their target, and for the
+    baseline recipe (ratio 1 by construction) the self-pair's measured median and interval."""
+    from mtlbench.bench.paired_rounds import median_interval
+
+    costs = [r.cost for r in records if r.cost and r.cost.get("ratio") is not None]
+    if not costs or len(costs) < len(records):
+        return None
+    if not all(c.get("ratios") for c in costs):  # records from before the rounds were kept: their mean
+        return {"ratio": float(np.mean([c["ratio"] for c in costs])), "low": np.nan, "high": np.nan, "precise": True}
+    ratios = [x for c in costs for x in c["ratios"]]
+    middle, interval = float(np.median(ratios)), median_interval(ratios)
+    found = {"ratio": middle, "low": interval[0] if interval else np.nan, "high": interval[1] if interval else np.nan,
+             "precise": all(c.get("precise", True) for c in costs) and interval is not None}
+    if any("self_ratio" in c for c in costs):  # the baseline against itself
+        found.update({"self": middle, "self_low": found["low"], "self_high": found["high"],
+                      "ratio": 1.0, "low": 1.0, "high": 1.0})
+    return found
+
+
+def _paired_cost_columns(table: pd.DataFrame, by_recipe: dict) -> None:
+    """`cost x` as the pooled median with its interval (not a mean of medians), and the self-check."""
+    pooled = {key: pooled_cost(by_recipe.get(key, [])) for key in table.index}
+    for side, name in (("mean", "ratio"), ("ci_low", "low"), ("ci_high", "high")):
+        table[(side, "cost x")] = [p[name] if p else np.nan for p in pooled.values()]
+    table[("info", "cost precise")] = [bool(p and p["precise"]) for p in pooled.values()]
+    for name in ("self", "self_low", "self_high"):
+        table[("info", f"cost {name}")] = [p.get(name, np.nan) if p else np.nan for p in pooled.values()]
+
+
+def cost_self_check(table: pd.DataFrame, target: float = 0.03) -> str | None:
+    """A note when the baseline paired with itself is off 1 by more than its interval's half-width
+    and the target: then the measurement itself is off, and the `cost x` column unreliable."""
+    for key in table.index:
+        measured = table.loc[key, ("info", "cost self")] if ("info", "cost self") in table.columns else np.nan
+        if pd.isna(measured):
+            continue
+        low, high = table.loc[key, ("info", "cost self_low")], table.loc[key, ("info", "cost self_high")]
+        slack = max(target, high - measured if not pd.isna(high) else 0, measured - low if not pd.isna(low) else 0)
+        if abs(measured - 1) > slack:
+            return (f"cost x unreliable: the baseline recipe paired with itself measured {measured:.3f} "
+                    f"[{low:.3f}, {high:.3f}], not 1 (±{slack:.3f}); rerun on a quieter machine or with more rounds")
+    return None
 
 
 def _delta_m(table: pd.DataFrame, records: list[RunRecord]) -> list[float]:
@@ -277,7 +326,21 @@ def _digits(column: str) -> int:
     return 1
 
 
+def _cost_cell(table, key) -> str:
+    """The paired ratio with its 95 % interval; `?` where the rounds' cap came before the target."""
+    m = table.loc[key, ("mean", "cost x")]
+    if pd.isna(m):
+        return "–"
+    low, high = table.loc[key, ("ci_low", "cost x")], table.loc[key, ("ci_high", "cost x")]
+    if table.loc[key, ("info", "baseline")]:
+        return "1.00"
+    cell = f"{m:.2f}" + ("" if pd.isna(low) else f" [{low:.2f}, {high:.2f}]")
+    return cell + ("" if table.loc[key, ("info", "cost precise")] else " ?")
+
+
 def _cell(table, key, column: str, interval: bool) -> str:
+    if column == "cost x":
+        return _cost_cell(table, key)
     m = table.loc[key, ("mean", column)]
     if pd.isna(m):
         return "–"
@@ -322,7 +385,19 @@ def formatted(table: pd.DataFrame, all_metrics: bool = False, intervals: bool = 
 
 def markdown(table: pd.DataFrame, all_metrics: bool = False) -> str:
     text = formatted(table, all_metrics).to_markdown(disable_numparse=True)  # "0.250" stays as written
-    return text + (f"\n\n{note}" if (note := few_seeds_note(table)) else "")
+    notes = [note for note in (few_seeds_note(table), cost_note(table)) if note]
+    return text + "".join(f"\n\n{note}" for note in notes)
+
+
+def cost_note(table: pd.DataFrame) -> str:
+    """What the cost column's marks mean, when it has them, and its self-check."""
+    notes = []
+    imprecise = [k for k in table.index if not pd.isna(table.loc[k, ("mean", "cost x")])
+                 and not table.loc[k, ("info", "baseline")] and not table.loc[k, ("info", "cost precise")]]
+    if imprecise:
+        notes.append("cost x ?: the rounds' cap came before the interval was within the target (a busy machine)")
+    unreliable = cost_self_check(table)
+    return "; ".join(notes + ([unreliable] if unreliable else []))
 
 
 def few_seeds_note(table: pd.DataFrame) -> str:
@@ -357,8 +432,8 @@ def latex(table: pd.DataFrame, all_metrics: bool = False) -> str:
     lines += [" & ".join(tex_cell(c) for c in (name, *values)) + r" \\" for name, values in
               zip(shown.index, shown.itertuples(index=False))]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    note = few_seeds_note(table)
-    return "\n".join(lines) + "\n" + (f"% {tex_cell(note)}\n" if note else "")
+    notes = [note for note in (few_seeds_note(table), cost_note(table)) if note]
+    return "\n".join(lines) + "\n" + "".join(f"% {tex_cell(note)}\n" for note in notes)
 
 
 def csv(table: pd.DataFrame) -> str:

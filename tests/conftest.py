@@ -28,7 +28,7 @@ def private_cache(tmp_path_factory):
 
 
 # The paired step-cost measurement, short: tests check what it records, not how precise it is.
-FEW_COST_ROUNDS = {"rounds": 2, "block_batches": 3}
+FEW_COST_ROUNDS = {"rounds": 2, "block_batches": 3, "block_seconds": 0.0}
 
 
 def _toml_table(name: str, values: dict) -> str:

@@ -59,7 +59,8 @@ def test_workers_report_progress_and_the_suite_an_eta(first_run):
 
 def test_run_writes_records_tables_and_plots(first_run, capsys):
     names = sorted(p.name for p in first_run.iterdir())
-    assert names == ["checkpoints", "heatmap.png", "metrics.png", "quality_vs_cost.png", "table.csv", "table.md",
+    assert names == ["checkpoints", "gradient_conflicts.png", "heatmap.png", "metrics.png", "quality_vs_cost.png",
+                     "table.csv", "table.md",
                      "table.tex", "tiny-test.joint-seed0.examples.safetensors", "tiny-test.joint-seed0.json",
                      "tiny-test.rr-seed0.examples.safetensors", "tiny-test.rr-seed0.json", "training_curves.png"]
     # the last epoch's checkpoint of each run is kept ([checkpoints] keep = 1)
@@ -76,6 +77,9 @@ def test_run_writes_records_tables_and_plots(first_run, capsys):
     assert record["cost"]["ratio"] == 1.0 and record["cost"]["self_ratio"] > 0
     other = json.loads((first_run / "tiny-test.joint-seed0.json").read_text())["cost"]
     assert "self_ratio" not in other and other["ratio"] == pytest.approx(statistics.median(other["ratios"]))
+    # CPU time judged, the wall clock kept beside it; 2 rounds (the tests' cap): no interval, not precise
+    assert other["clock"] == "thread_cpu" and other["rounds"] == len(other["ratios"]) == len(other["wall_ratios"]) == 2
+    assert other["ratio_ci"] is None and other["precise"] is False and other["wall_ratio"] > 0
     assert record["best"]["sst"]["epoch"] == 1
     assert record["train"]["examples"] == 96 + 192 + 96  # round-robin uses every batch once per epoch
     assert record["train"]["examples_per_second"] > 0 and record["train"]["step_seconds_median"] > 0

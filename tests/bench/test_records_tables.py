@@ -231,3 +231,38 @@ def test_plots_say_what_one_seed_cannot_show_and_what_they_leave_out(monkeypatch
     texts = _figure_texts(monkeypatch, three, tmp_path)
     assert "s: quality vs cost, mean ± std over seeds" in texts["quality_vs_cost.png"]
     assert any("[95 % interval]" in t for t in texts["heatmap.png"])
+
+
+def _measured(recipe, index, seed, ratios, precise=True, self_pair=False):
+    """A record whose cost holds its rounds, as bench.cost writes it."""
+    found = record(recipe, index, seed, 0.6, 0.7, 900.0)
+    found.cost = {"ratio": 1.0 if self_pair else sorted(ratios)[len(ratios) // 2], "ratios": ratios,
+                  "precise": precise, **({"self_ratio": sorted(ratios)[len(ratios) // 2]} if self_pair else {})}
+    return found
+
+
+def test_cost_pools_every_seeds_rounds_into_a_median_with_its_interval():
+    """Two seeds of 5 rounds: the median of the 10 ratios and its 95 % interval (the 2nd and 9th)."""
+    runs = [_measured("base", 0, 0, [1.0] * 6, self_pair=True),
+            _measured("m", 1, 0, [1.10, 1.12, 1.08, 1.11, 1.09]), _measured("m", 1, 1, [1.13, 1.07, 1.10, 1.14, 1.06])]
+    table = tables.summary(runs)
+    assert table[("mean", "cost x")].tolist() == pytest.approx([1.0, 1.10])
+    assert table[("ci_low", "cost x")].tolist() == pytest.approx([1.0, 1.07])
+    assert table[("ci_high", "cost x")].tolist() == pytest.approx([1.0, 1.13])
+    md = tables.markdown(table)
+    assert "| 1.10 [1.07, 1.13] " in md and "| 1.00 " in md and "unreliable" not in md and "cost x ?" not in md
+
+
+def test_an_imprecise_cost_is_marked_and_a_self_pair_off_one_makes_the_column_unreliable():
+    runs = [_measured("base", 0, 0, [1.09, 1.10, 1.08, 1.11, 1.10, 1.09], self_pair=True),
+            _measured("m", 1, 0, [0.9, 1.4, 1.1, 1.3, 1.0, 1.2], precise=False)]
+    table = tables.summary(runs)
+    md = tables.markdown(table)
+    assert "| 1.15 [0.90, 1.40] ? " in md
+    assert "cost x ?: the rounds' cap came before the interval was within the target" in md
+    assert "cost x unreliable: the baseline recipe paired with itself measured 1.095 [1.080, 1.110], not 1" in md
+    # the notes under the LaTeX table too, as a comment
+    assert any(line.startswith("% ") and "cost x unreliable" in line for line in tables.latex(table).splitlines())
+    # within its interval and the 3 % target: a self-pair of 1.02 is fine
+    fine = [_measured("base", 0, 0, [1.01, 1.02, 1.03, 1.02, 1.01, 1.03], self_pair=True)]
+    assert tables.cost_self_check(tables.summary(fine)) is None

@@ -7,9 +7,10 @@ full fine-tuning, on the tiny or the BERT-base-shaped encoder (random weights, C
 Families: `representation` (pcgrad, mgda, cagrad, nash_mtl with `on` = parameters and representation),
 `combiners` (every combiner added by issue 24), `regularizers` (R3F, R-Drop, and FGM for reference),
 `peft` (LoRA r 4 and 16, BitFit, the frozen backbone). Every round runs one block of each variant
-in turn in one process on the same batches (the order alternating by round), so a busy machine
-slows a round's blocks alike; each ratio is taken within a round and reported as the median over
-rounds with its interquartile range. Memory: the step's peak tensor memory above what was live
+in turn in one process on the same batches (the order alternating by round), timed by CPU time, so a
+busy machine slows a round's blocks alike; each ratio is taken within a round and reported as the
+median over rounds with its 95 % interval, rounds added until it is within ±3 % (the table's
+estimator, bench.paired_rounds). Memory: the step's peak tensor memory above what was live
 before it (the torch profiler's allocations; exact for tensors, blind to allocator caching), and
 what stays live between steps for training (parameters, gradients, optimizer state).
 """
@@ -20,7 +21,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from transformers import BertConfig, BertModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mtlbench.bench.model import MultiTaskModel
+from mtlbench.bench.paired_rounds import Clock, paired_rounds
 from mtlbench.bench.precision import StepPipeline
 from mtlbench.bench.records import write_json_atomic
 from mtlbench.bench.step import Strategies, make_optimizer, training_step
@@ -88,15 +89,15 @@ class Stepper:
         return (sum(p.numel() * p.element_size() for p in self.model.parameters())
                 + sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) + state)
 
-    def block(self) -> float:
-        started = time.perf_counter()
+    def block(self, round_index: int = 0) -> int:
+        """One block of steps; returns how many (the estimator's clock times it)."""
         for batches, extra in zip(self.batches, self.extra):
             self.step(batches, extra)
-        return (time.perf_counter() - started) / len(self.batches)
+        return len(self.batches)
 
 
 def measure(family: str, size: str, batch: int, length: int, rounds: int, steps: int,
-            only: list[str] | None = None) -> dict:
+            only: list[str] | None = None, threads: int = 1, target: float = 0.03) -> dict:
     config = BertConfig(**SIZES[size])
     batches = make_batches(config.vocab_size, batch, length, steps)
     chosen = {name: v for name, v in variants(family).items() if name == "sum" or not only or name in only}
@@ -104,21 +105,20 @@ def measure(family: str, size: str, batch: int, length: int, rounds: int, steps:
     for stepper in steppers.values():  # warm-up: the optimizer's state is allocated at the first step
         stepper.block()
     peaks = {name: step_peak_tensor_memory(lambda s=s: s.step(batches[0])) for name, s in steppers.items()}
-    seconds = {name: [] for name in steppers}
-    for r in range(rounds):
-        order = list(steppers) if r % 2 == 0 else list(reversed(steppers))
-        for name in order:
-            seconds[name].append(steppers[name].block())
+    # the table's estimator (bench.paired_rounds): CPU time, rounds until every ratio is within ±target
+    result = paired_rounds({name: s.block for name, s in steppers.items()}, "sum", Clock.for_device("cpu", threads),
+                           min_rounds=6, max_rounds=rounds, target=target)
     shared = sum(p.numel() for p in steppers["sum"].model.encoder.parameters())
     found = {}
     for name, stepper in steppers.items():
-        ratios = [mine / base for mine, base in zip(seconds[name], seconds["sum"])]
-        low, _, high = statistics.quantiles(ratios, n=4)
-        found[name] = {"ratio_to_sum": statistics.median(ratios), "iqr": [low, high],
-                       "step_seconds": statistics.median(seconds[name]), "peak_tensor_mib": peaks[name],
+        ratio = result.summary(name) if name != "sum" else {"ratio": 1.0, "ratio_ci": [1.0, 1.0], "precise": True,
+                                                             "seconds": statistics.median(result.seconds["sum"])}
+        found[name] = {"ratio_to_sum": ratio["ratio"], "ci": ratio["ratio_ci"], "precise": ratio["precise"],
+                       "step_seconds": ratio["seconds"], "peak_tensor_mib": peaks[name],
                        "peak_over_sum": peaks[name] / peaks["sum"], "trained_parameters": stepper.trained(),
                        "live_mib": stepper.live_bytes() / 2**20}
-    return {"family": family, "size": size, "batch_per_task": batch, "length": length, "rounds": rounds,
+    return {"family": family, "size": size, "batch_per_task": batch, "length": length, "rounds": result.rounds,
+            "clock": result.clock,
             "steps_per_block": steps, "tasks": len(SPECS), "shared_parameters": shared, "variants": found}
 
 
@@ -131,10 +131,12 @@ def render(folder: Path) -> str:
         parts.append(f"`{path.name}`: {found['family']}, {found['size']} encoder ({found['shared_parameters']:,} "
                      f"encoder parameters), {found['tasks']} tasks x batch {found['batch_per_task']} x length "
                      f"{found['length']}, {found['rounds']} rounds of {found['steps_per_block']} step(s), {found['device']}\n")
-        parts.append("| variant | step x sum (median) | IQR over rounds | step peak tensor MiB | x sum | live MiB | trained parameters |")
+        spread = "95 % interval" if "ci" in next(iter(found["variants"].values())) else "IQR over rounds"
+        parts.append(f"| variant | step x sum (median) | {spread} | step peak tensor MiB | x sum | live MiB | trained parameters |")
         parts.append("|---|---:|---:|---:|---:|---:|---:|")
         for name, row in found["variants"].items():
-            parts.append(f"| {name} | {row['ratio_to_sum']:.3f} | {row['iqr'][0]:.3f}-{row['iqr'][1]:.3f} | "
+            low, high = row.get("ci") or row.get("iqr") or (float("nan"), float("nan"))
+            parts.append(f"| {name} | {row['ratio_to_sum']:.3f} | {low:.3f}-{high:.3f} | "
                          f"{row['peak_tensor_mib']:.1f} | {row['peak_over_sum']:.2f} | {row['live_mib']:.0f} | "
                          f"{row['trained_parameters']:,} |")
         parts.append("")
@@ -148,7 +150,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=30, help="the most rounds (fewer once every ratio is precise)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", help="comma-separated variants of the family to measure (sum always)")
@@ -160,11 +162,11 @@ def main(argv=None) -> dict:
         return {}
     torch.set_num_threads(args.threads)
     found = measure(args.family, args.size, args.batch, args.length, args.rounds, args.steps,
-                    args.only.split(",") if args.only else None)
+                    args.only.split(",") if args.only else None, args.threads)
     found.update({"device": f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
                   "torch": torch.__version__, "precision": "fp32"})
     for name, row in found["variants"].items():
-        print(f"{name:28s} {row['ratio_to_sum']:.3f}x sum (IQR {row['iqr'][0]:.3f}-{row['iqr'][1]:.3f}), "
+        print(f"{name:28s} {row['ratio_to_sum']:.3f}x sum (95 % {row['ci']}{'' if row['precise'] else ', not precise'}), "
               f"step peak {row['peak_tensor_mib']:.1f} MiB ({row['peak_over_sum']:.2f}x sum), "
               f"live {row['live_mib']:.0f} MiB, trains {row['trained_parameters']}")
     if args.out:
