@@ -77,7 +77,7 @@ class CostSettings:
     `block_seconds` (0: one pass). `clock`: "auto" (CPU time on CPU, synchronised wall time on
     CUDA) or "wall"."""
 
-    rounds: int = 30
+    rounds: int = 40
     min_rounds: int = 6
     target: float = 0.03
     block_batches: int = 9

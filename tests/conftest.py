@@ -27,6 +27,18 @@ def private_cache(tmp_path_factory):
         os.environ["MTLBENCH_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def catch_sigint():
+    """SIGINT caught here, so that the commands the tests start get it at its default: a shell's
+    background job ignores SIGINT, an ignored signal stays ignored across exec, and Python then
+    keeps it ignored, so a test's Ctrl-C would never arrive (a caught one is reset at exec)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 # The paired step-cost measurement, short: tests check what it records, not how precise it is.
 FEW_COST_ROUNDS = {"rounds": 2, "block_batches": 3, "block_seconds": 0.0}
 

@@ -106,3 +106,23 @@ def test_the_clock_on_cpu_is_cpu_time_and_ignores_sleeping():
     cuda = Clock.for_device("cuda", 1, lambda: synced.append(1))
     cuda.read()
     assert synced == [1]
+
+
+def test_the_collector_is_off_during_the_rounds_and_restored_after():
+    import gc
+
+    seen, clock = [], _FakeClock()
+
+    def block(round_index):
+        seen.append(gc.isenabled())
+        clock.now[0] += 1.0
+        return 1
+    assert gc.isenabled()
+    paired_rounds({"sum": block, "x": block}, "sum", clock, min_rounds=6, max_rounds=6, target=0.03)
+    assert seen == [False] * 12 and gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        paired_rounds({"sum": block, "x": block}, "sum", clock, min_rounds=6, max_rounds=6, target=0.03)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

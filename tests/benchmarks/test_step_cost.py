@@ -8,6 +8,7 @@ they cannot rot; time them with
 
 import itertools
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -162,31 +163,29 @@ def encoder(path):
                                 max_position_embeddings=tiny.max_position_embeddings, pad_token_id=tiny.pad_token_id))
 
 
-def interleaved_step_times(variants: dict[str, dict], rounds: int = 30, steps: int = 12) -> dict[str, list[float]]:
-    """Each variant's step time (ms) in each round: the median of a block of `steps` steps on the
-    same batches (keyword arguments of `_joint_stepper`). Every round runs one block of each
-    variant in turn within one process, so machine drift hits a round's blocks alike. Round-robin
-    variants are timed 3 steps at a time (one per task), so that each sample holds the same batches."""
-    import statistics
-    import time
+def paired_step_costs(variants: dict[str, dict], rounds: int = 30, steps: int = 12, target: float = 0.03):
+    """Each variant's paired cost against the first (keyword arguments of `_joint_stepper`), on the
+    table's estimator (bench.paired_rounds): rounds of one block of `steps` steps of every variant
+    in turn in one process, CPU time, until every median ratio's 95 % interval is within ±target
+    (at most `rounds`). Round-robin variants step 3 times per step counted (one per task), so that
+    each block holds the same batches."""
+    from mtlbench.bench.paired_rounds import Clock, paired_rounds
 
     path, tokenizer = _quick_encoder()
     steppers = {name: _joint_stepper(encoder(path), tokenizer, **kwargs) for name, kwargs in variants.items()}
     group = {name: 3 if kwargs.get("one_task_per_step") else 1 for name, kwargs in variants.items()}
-    blocks = {name: [] for name in steppers}
     for step in steppers.values():
         for _ in range(21):  # warm-up
             step()
-    for _ in range(rounds):
-        for name, step in steppers.items():
-            samples = []
-            for _ in range(steps // group[name]):
-                started = time.perf_counter()
-                for _ in range(group[name]):
-                    step()
-                samples.append((time.perf_counter() - started) / group[name])
-            blocks[name].append(statistics.median(samples) * 1000)
-    return blocks
+
+    def block(name):
+        def run(round_index):
+            for _ in range(steps):
+                steppers[name]()
+            return steps / group[name]
+        return run
+    return paired_rounds({name: block(name) for name in steppers}, next(iter(variants)),
+                         Clock.for_device("cpu", torch.get_num_threads()), 6, rounds, target)
 
 
 def step_peak_tensor_memory(step) -> float:
@@ -205,12 +204,9 @@ def step_peak_tensor_memory(step) -> float:
 
 
 def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
-    """Markdown: median step time, its ratio to the first variant's and the step's peak tensor
-    memory. The ratio is paired: the median over rounds of (variant / first variant) in the same
-    round, with the interquartile range of those per-round ratios, which shows the machine's noise."""
-    import statistics
-
-    blocks = interleaved_step_times(variants, rounds)
+    """Markdown: median step time, its paired ratio to the first variant's with the 95 % interval
+    of that median (bench.paired_rounds) and the step's peak tensor memory."""
+    result = paired_step_costs(variants, rounds)
     path, tokenizer = _quick_encoder()
     peaks = {}
     for name, kwargs in variants.items():
@@ -219,12 +215,17 @@ def cost_table(variants: dict[str, dict], rounds: int = 30) -> str:
             step()
         peaks[name] = step_peak_tensor_memory(step)
     base = next(iter(variants))
-    lines = [f"| variant | step (ms, median) | × {base} (median of rounds) | IQR of rounds | peak tensor memory (MiB) |",
+    lines = [f"{result.rounds} rounds, {result.clock} clock",
+             f"| variant | step (ms CPU, median) | × {base} (median of rounds) | 95 % interval | peak tensor memory (MiB) |",
              "|---|---:|---:|---:|---:|"]
     for name in variants:
-        ratios = [mine / theirs for mine, theirs in zip(blocks[name], blocks[base])]
-        low, _, high = statistics.quantiles(ratios, n=4)
-        lines.append(f"| {name} | {statistics.median(blocks[name]):.2f} | {statistics.median(ratios):.3f} | "
+        seconds = statistics.median(result.seconds[name]) * 1000
+        if name == base:
+            lines.append(f"| {name} | {seconds:.2f} | 1 | – | {peaks[name]:.2f} |")
+            continue
+        found = result.summary(name)
+        low, high = found["ratio_ci"] or (float("nan"), float("nan"))
+        lines.append(f"| {name} | {seconds:.2f} | {found['ratio']:.3f}{'' if found['precise'] else ' ?'} | "
                      f"{low:.3f}–{high:.3f} | {peaks[name]:.2f} |")
     return "\n".join(lines)
 
@@ -293,12 +294,12 @@ if __name__ == "__main__":  # python tests/benchmarks/test_step_cost.py [combine
     arguments.add_argument("which", nargs="*", default=["combiners", "regularizers"])
     arguments.add_argument("--threads", type=int, default=TrainSettings().threads,
                            help="intra-op threads (default: a run's, 1)")
-    arguments.add_argument("--rounds", type=int, default=20, help="blocks of 12 steps per variant")
+    arguments.add_argument("--rounds", type=int, default=30, help="the most rounds of 12 steps per variant")
     arguments.add_argument("--encoder", choices=list(ENCODER_WIDTHS), default="tiny")
     args = arguments.parse_args()
     _encoder_width = args.encoder
     torch.set_num_threads(args.threads)
-    print(f"{args.encoder} encoder, {args.threads} thread(s), {args.rounds} x 12 steps per variant")
+    print(f"{args.encoder} encoder, {args.threads} thread(s), at most {args.rounds} x 12 steps per variant")
     if "combiners" in args.which:
         print(cost_table(COMBINERS, args.rounds))
     if "regularizers" in args.which:

@@ -1,10 +1,11 @@
 """The combiner benchmark's paired step cost of PCGrad and FGM against the summed loss (tiny encoder,
-1 thread, `tests/benchmarks/test_step_cost.py`'s interleaved blocks), for the source tree TREE:
+1 thread, `tests/benchmarks/test_step_cost.py`'s paired rounds: the table's estimator), for the source
+tree TREE (one with bench/paired_rounds.py):
 
     python tests/tools/paired_step_cost.py TREE [ROUNDS]   (with TREE installed: pip install -e TREE)
 
 Run it on two checkouts alternately to compare them (ratios hold across runs; absolute times do
-not). Prints one JSON line: each ratio's median over rounds and its interquartile range."""
+not). Prints one JSON line: each ratio's median over rounds and its 95 % interval."""
 
 from __future__ import annotations
 
@@ -27,12 +28,11 @@ def main(tree: str, rounds: int = 30) -> dict:
         raise SystemExit(f"bench comes from {bench.__file__}, not {tree}: install that tree: pip install -e {tree}")
     torch.set_num_threads(1)
     variants = {"sum": {}, "pcgrad": {"combiner": "pcgrad"}, "fgm": {"regularizers": (("fgm", {}),)}}
-    blocks = module.interleaved_step_times(variants, rounds=rounds)
-    found = {"tree": tree, "rounds": rounds, "sum_ms": statistics.median(blocks["sum"])}
+    result = module.paired_step_costs(variants, rounds=rounds)
+    found = {"tree": tree, "rounds": result.rounds, "sum_ms": statistics.median(result.seconds["sum"]) * 1000}
     for name in ("pcgrad", "fgm"):
-        ratios = [mine / base for mine, base in zip(blocks[name], blocks["sum"])]
-        low, _, high = statistics.quantiles(ratios, n=4)
-        found[name] = {"median": statistics.median(ratios), "iqr": [low, high]}
+        summary = result.summary(name)
+        found[name] = {"median": summary["ratio"], "ci": summary["ratio_ci"], "precise": summary["precise"]}
     return found
 
 
