@@ -185,9 +185,9 @@ def summary(records: list[RunRecord], select: str = "last", significance: bool =
 
 def pooled_cost(records: list[RunRecord]) -> dict | None:
     """A recipe's paired cost over its seeds: the median of every round's ratio with its 95 %
-    interval (bench.paired_rounds), whether every seed's rounds met their target, and for the
+    interval (bench.paired_rounds), whether that pooled interval meets the runs' target, and for the
     baseline recipe (ratio 1 by construction) the self-pair's measured median and interval."""
-    from mtlbench.bench.paired_rounds import median_interval
+    from mtlbench.bench.paired_rounds import is_precise, median_interval
 
     costs = [r.cost for r in records if r.cost and r.cost.get("ratio") is not None]
     if not costs or len(costs) < len(records):
@@ -196,8 +196,9 @@ def pooled_cost(records: list[RunRecord]) -> dict | None:
         return {"ratio": float(np.mean([c["ratio"] for c in costs])), "low": np.nan, "high": np.nan, "precise": True}
     ratios = [x for c in costs for x in c["ratios"]]
     middle, interval = float(np.median(ratios)), median_interval(ratios)
+    target = max(c.get("target", 0.03) for c in costs)  # the pooled interval is held to the runs' target
     found = {"ratio": middle, "low": interval[0] if interval else np.nan, "high": interval[1] if interval else np.nan,
-             "precise": all(c.get("precise", True) for c in costs) and interval is not None}
+             "precise": is_precise(ratios, target)}
     if any("self_ratio" in c for c in costs):  # the baseline against itself
         found.update({"self": middle, "self_low": found["low"], "self_high": found["high"],
                       "ratio": 1.0, "low": 1.0, "high": 1.0})
@@ -395,7 +396,7 @@ def cost_note(table: pd.DataFrame) -> str:
     imprecise = [k for k in table.index if not pd.isna(table.loc[k, ("mean", "cost x")])
                  and not table.loc[k, ("info", "baseline")] and not table.loc[k, ("info", "cost precise")]]
     if imprecise:
-        notes.append("cost x ?: the rounds' cap came before the interval was within the target (a busy machine)")
+        notes.append("cost x ?: its interval is wider than the target (the rounds met their cap first: a busy machine)")
     unreliable = cost_self_check(table)
     return "; ".join(notes + ([unreliable] if unreliable else []))
 
