@@ -147,8 +147,7 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     families = [table.loc[k, ("info", "family")] for k in keys]
     for k, x, y, f in zip(keys, xs, ys, families):
         yerr = table.loc[k, ("std", "overall")]
-        xerr = table.loc[k, ("std", x_column)]
-        ax.errorbar(x, y, yerr=0 if np.isnan(yerr) else yerr, xerr=0 if np.isnan(xerr) else xerr, fmt="o", ms=5,
+        ax.errorbar(x, y, yerr=0 if np.isnan(yerr) else yerr, xerr=_x_error(table, k, x_column, x), fmt="o", ms=5,
                     color=FAMILY_COLORS[f], elinewidth=0.8, alpha=0.9)
     labels = [ax.text(x, y, k[1], fontsize=7) for k, x, y in zip(keys, xs, ys)]
     adjust_text(labels, x=xs, y=ys, ax=ax, expand=(1.15, 1.4), max_move=(40, 40),
@@ -164,8 +163,10 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
         ax.set_xlabel("training throughput (examples/s; records without a paired cost)")
     ax.set_ylabel("overall (mean primary dev metric)")
     seeds = int(min(table.loc[k, ("n", "seeds")] for k in keys)) if keys else 0
-    spread = "mean \u00b1 std over seeds" if seeds > 1 else "one seed each: no spread to show"
-    ax.set_title(f"{records[0].suite}: quality vs cost, {spread}", fontsize=10)
+    spread = "overall: mean \u00b1 std over seeds" if seeds > 1 else "overall: one seed each, no spread"
+    if paired:
+        spread += "; cost: 95 % interval over its rounds"
+    ax.set_title(f"{records[0].suite}: quality vs cost ({spread})", fontsize=10)
     left_out = [k[1] for k in table.index if k not in keys]
     if left_out:  # single-task recipes have no overall score
         ax.text(0.0, -0.1, f"not shown (no overall over every task): {', '.join(left_out)}", fontsize=7,
@@ -174,6 +175,15 @@ def _quality_vs_cost(table, records, out_dir: Path) -> Path:
     _family_legend(ax, set(families))
     fig.tight_layout()
     return _save(fig, out_dir / "quality_vs_cost.png")
+
+
+def _x_error(table, key, column: str, x: float):
+    """The paired cost's 95 % interval over its rounds (asymmetric); throughput's std over seeds."""
+    if column == "cost x":
+        low, high = table.loc[key, ("ci_low", column)], table.loc[key, ("ci_high", column)]
+        return 0 if np.isnan(low) else [[x - low], [high - x]]
+    spread = table.loc[key, ("std", column)]
+    return 0 if np.isnan(spread) else spread
 
 
 def _conflicts_by_recipe(records: list[RunRecord]) -> tuple[dict[str, list[dict]], bool]:

@@ -131,6 +131,20 @@ def test_a_cost_rise_beyond_the_relative_tolerance_fails(tmp_path, baseline_file
     assert "| pcgrad | cost x | 1.0600 | 1.3550 | +0.2950 | 1.3250 | – | **FAIL** |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("base", "mine", "verdict"), [
+    # a rise the two intervals explain passes: 1.30 > 1.05 x 1.10, but 1.12 is not above 1.20 x 1.10
+    ({"mean": 1.05, "interval": [0.95, 1.20]}, {"mean": 1.30, "interval": [1.12, 1.45]}, "pass"),
+    # the same rise measured precisely fails: 1.28 > 1.06 x 1.10
+    ({"mean": 1.05, "interval": [1.04, 1.06]}, {"mean": 1.30, "interval": [1.28, 1.32]}, "FAIL"),
+    # an older baseline (no interval) counts as its mean: 1.28 > 1.05 x 1.10
+    ({"mean": 1.05}, {"mean": 1.30, "interval": [1.28, 1.32]}, "FAIL"),
+    ({"mean": 1.05}, {"mean": 1.10}, "pass"),
+])
+def test_a_cost_fails_only_on_a_rise_beyond_the_tolerance_that_the_intervals_cannot_explain(base, mine, verdict):
+    found = gate._compare_cost("pc", base, mine, 0.10)
+    assert found.verdict == verdict and found.limit == pytest.approx((base.get("interval") or [0, base["mean"]])[1] * 1.1)
+
+
 def test_per_task_tolerances_from_the_suite(tmp_path, baseline_file):
     loose = {**CHECK, "tasks": {"sts": {"metric_tolerance": 0.2, "std_factor": 3.0, "must_detect": 0.25,
                                         "cost_tolerance": 0.25}}}

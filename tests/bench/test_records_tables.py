@@ -223,13 +223,15 @@ def test_plots_say_what_one_seed_cannot_show_and_what_they_leave_out(monkeypatch
     one_seed = [record("a", 0, 0, 0.5, 0.8, 1000.0, 1.0), record("b", 1, 0, 0.6, 0.7, 500.0, 2.1),
                 RunRecord.from_dict(single)]
     texts = _figure_texts(monkeypatch, one_seed, tmp_path)
-    assert "s: quality vs cost, one seed each: no spread to show" in texts["quality_vs_cost.png"]
+    assert "s: quality vs cost (overall: one seed each, no spread; cost: 95 % interval over its rounds)" \
+        in texts["quality_vs_cost.png"]
     assert "not shown (no overall over every task): single_sst" in texts["quality_vs_cost.png"]
     assert any("intervals and ▲/▼ from 3 seeds" in t for t in texts["heatmap.png"])
     assert not any("[" in t and "]" in t for t in texts["heatmap.png"])  # no interval drawn
     three = [record(r, i, s, 0.5 + 0.01 * s, 0.8, 1000.0, 1.0) for i, r in enumerate("ab") for s in range(3)]
     texts = _figure_texts(monkeypatch, three, tmp_path)
-    assert "s: quality vs cost, mean ± std over seeds" in texts["quality_vs_cost.png"]
+    assert "s: quality vs cost (overall: mean ± std over seeds; cost: 95 % interval over its rounds)" \
+        in texts["quality_vs_cost.png"]
     assert any("[95 % interval]" in t for t in texts["heatmap.png"])
 
 
