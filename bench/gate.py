@@ -103,13 +103,15 @@ def summarise(records: list[RunRecord], select: str = "last") -> dict:
 
 def _pooled_interval(costs: list[dict]) -> dict:
     """The 95 % interval of the median ratio over every round of every seed (bench.paired_rounds);
-    [1, 1] for the baseline recipe (1 by construction); none from fewer than 6 rounds."""
+    and the median itself (the table's `cost x`); [1, 1] for the baseline recipe (1 by construction);
+    none from fewer than 6 rounds."""
     from mtlbench.bench.paired_rounds import median_interval
 
     if any("self_ratio" in c for c in costs):
-        return {"interval": [1.0, 1.0]}
-    interval = median_interval([x for c in costs for x in c.get("ratios", [])])
-    return {"interval": list(interval)} if interval else {}
+        return {"median": 1.0, "interval": [1.0, 1.0]}
+    ratios = [x for c in costs for x in c.get("ratios", [])]
+    interval = median_interval(ratios)
+    return {"median": statistics.median(ratios), "interval": list(interval)} if interval else {}
 
 
 def make_baseline(records: list[RunRecord], select: str = "last") -> dict:
@@ -306,14 +308,16 @@ def check(records: list[RunRecord], baseline: dict, baseline_path: Path,
 def _compare_cost(recipe: str, base: dict, mine: dict, tolerance: float) -> Comparison:
     """A cost regression is a rise beyond the tolerance that the intervals cannot explain: the
     results' lower bound above the baseline's upper bound x (1 + tolerance). Without an interval
-    (an older baseline, fewer than 6 rounds) a side counts as its mean."""
+    (an older baseline, fewer than 6 rounds) a side counts as its mean. Shown: the pooled medians,
+    as the table prints them (the means of the seeds' medians where there are none)."""
     base_high = (base.get("interval") or [base["mean"]] * 2)[1]
     mine_low = (mine.get("interval") or [mine["mean"]] * 2)[0]
     limit = base_high * (1 + tolerance)
     verdict = "FAIL" if mine_low > limit else "pass"
     shown = mine.get("interval")
     note = f"interval [{shown[0]:.3f}, {shown[1]:.3f}]; its low end is held to the limit" if shown else ""
-    return Comparison(recipe, "cost x", base["mean"], mine["mean"], limit, verdict, note)
+    return Comparison(recipe, "cost x", base.get("median", base["mean"]), mine.get("median", mine["mean"]), limit,
+                      verdict, note)
 
 
 def _compare_metric(recipe: str, task: str, values: dict, base_seeds: list[int], mine: dict, check_settings,
