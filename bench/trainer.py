@@ -4,6 +4,7 @@ whole. Knows the step contract, not strategies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
@@ -55,7 +56,7 @@ class PeakMemory:
         self.device, self.interval = device, interval
         self.peak_bytes = 0
         self.start_bytes = 0
-        self._stop = threading.Event()
+        self._stop, self._paused = threading.Event(), threading.Event()
 
     @staticmethod
     def _rss() -> int:
@@ -64,7 +65,26 @@ class PeakMemory:
 
     def _watch(self):
         while not self._stop.wait(self.interval):
+            if not self._paused.is_set():
+                self.peak_bytes = max(self.peak_bytes, self._rss())
+
+    @contextlib.contextmanager
+    def paused(self):
+        """A block whose memory is not the run's own (the conflict probe's T gradient rows): left out
+        of the peak. CUDA: the peak so far is kept and the allocator's restarts after the block; CPU:
+        no samples during it (large tensors go back to the system when freed)."""
+        if self.device.type == "cuda":
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+        else:
             self.peak_bytes = max(self.peak_bytes, self._rss())
+            self._paused.set()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                self._paused.clear()
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -78,7 +98,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
         else:
             self._stop.set()
             self._thread.join()
@@ -197,6 +217,7 @@ class TrainingLoop:
                                               for draw in range(strategies.combiner.extra_batches)])
         self.flop_costs = flops.per_token(model)
         self.probe = conflict_probe.probe_batches(parts.train_sets) if len(parts.train_sets) > 1 else []
+        self.memory: PeakMemory | None = None  # the run's peak memory, while `run` trains
         self.resumed_from: int | None = None
         self.on_step: Callable[[int, int], None] | None = None  # (step, total steps): a progress display
 
@@ -258,6 +279,7 @@ class TrainingLoop:
         evaluation; calling `state_dict()` gives what continuing needs (see `load_state_dict`)."""
         outcome = self.state.outcome
         with PeakMemory(self.device) as memory:
+            self.memory = memory
             for epoch in range(self.state.epoch + 1, self.settings.epochs + 1):
                 train_loss = self._train_epoch(epoch)
                 self._score_epoch(epoch, train_loss)
@@ -355,7 +377,8 @@ class TrainingLoop:
                                       golds=dev_golds, ranks=self.ranks, pipeline=self.pipeline)
         outcome.dev_examples["last"] = {t: (dev_predictions[t], dev_golds[t]) for t in dev_golds
                                         if dev_golds[t] is not None}
-        cosines = conflict_probe.gradient_cosines(parts.model, self.probe, self.device)
+        with self.memory.paused() if self.memory is not None else contextlib.nullcontext():
+            cosines = conflict_probe.gradient_cosines(parts.model, self.probe, self.device)
         outcome.history.append({"epoch": epoch, "step": self.state.step, "dev": metrics,
                                 "train_loss": train_loss, **({"gradient_cosines": cosines} if cosines else {})})
         if self.trackers:

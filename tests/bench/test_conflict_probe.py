@@ -108,3 +108,20 @@ def test_the_probe_leaves_the_run_unchanged_and_is_recorded_per_epoch(encoder, t
     assert summary["mean_cosine"] == pytest.approx(sum(flat) / 6)
     assert summary["negative_cosine_fraction"] == sum(v < 0 for v in flat) / 6
     assert math.isfinite(summary["mean_cosine"])
+
+
+def test_the_probes_memory_is_not_charged_to_the_runs_peak(encoder, tokenizer, tmp_path, monkeypatch):
+    """The probe holds T gradient rows (1.3 GB for BERT-base and three tasks): not the recipe's
+    memory. A probe that takes 400 MB leaves the recorded peak where a probe that takes none does."""
+    import time
+
+    def hungry(model, draws, device):
+        block = torch.ones(100 * 2**20)  # 400 MB, touched
+        time.sleep(0.2)  # long enough for the sampler to see it, were it sampling
+        del block
+        return {}
+
+    light, _ = _loop(encoder, tokenizer, tmp_path, probe=True)
+    monkeypatch.setattr(conflict_probe, "gradient_cosines", hungry)
+    heavy, _ = _loop(encoder, tokenizer, tmp_path, probe=True)
+    assert heavy.memory["peak_memory_mb"] < light.memory["peak_memory_mb"] + 100
