@@ -83,8 +83,8 @@ def _calibrate(steppers: dict[str, _Stepper], clock: Clock, seconds: float) -> i
     judged clock: a block of a few milliseconds is at the mercy of one context switch (cold caches
     after another process ran), one of a tenth of a second averages many."""
     started, _ = clock.read()
-    units = steppers["baseline"].block(0)
-    took = (clock.read()[0] - started) / units * steppers["baseline"].examples
+    steppers["baseline"].block(0)  # one pass: repeats is still 1
+    took = clock.read()[0] - started
     repeats = max(1, math.ceil(seconds / took)) if took > 0 else 1
     for stepper in steppers.values():
         stepper.repeats = repeats

@@ -105,13 +105,12 @@ def _pooled_interval(costs: list[dict]) -> dict:
     """The 95 % interval of the median ratio over every round of every seed (bench.paired_rounds);
     and the median itself (the table's `cost x`); [1, 1] for the baseline recipe (1 by construction);
     none from fewer than 6 rounds."""
-    from mtlbench.bench.paired_rounds import median_interval
+    from mtlbench.bench.paired_rounds import pooled
 
     if any("self_ratio" in c for c in costs):
         return {"median": 1.0, "interval": [1.0, 1.0]}
-    ratios = [x for c in costs for x in c.get("ratios", [])]
-    interval = median_interval(ratios)
-    return {"median": statistics.median(ratios), "interval": list(interval)} if interval else {}
+    _, middle, interval = pooled(costs)
+    return {"median": middle, "interval": list(interval)} if interval else {}
 
 
 def make_baseline(records: list[RunRecord], select: str = "last") -> dict:

@@ -77,6 +77,13 @@ def is_precise(values: list[float], target: float) -> bool:
     return interval[1] <= middle * (1 + target) and interval[0] >= middle * (1 - target)
 
 
+def pooled(costs: list[dict]) -> tuple[list[float], float, tuple[float, float] | None]:
+    """Every round's ratio of several runs' records (`cost.ratios`), their median and its 95 %
+    interval: a recipe's figure over its seeds (the table's `cost x`, the gate's)."""
+    ratios = [x for cost in costs for x in cost.get("ratios", [])]
+    return ratios, (statistics.median(ratios) if ratios else math.nan), median_interval(ratios)
+
+
 @dataclass
 class PairedResult:
     """Per variant: the per-round ratios to the baseline on the judged clock and on the wall clock,

@@ -9,7 +9,7 @@ paired seeds: with fewer, the bootstrap sees the examples' noise but not the see
 flips between machines. `Δm %` is the mean relative
 change against the single-task recipes, sign-adjusted (Maninis et al., 2019; Vandenhende et al.,
 2021). `cost x` is the paired step-cost ratio against the baseline recipe (bench.cost): the median of
-every round's ratio over the seeds with its 95 % interval, `?` where the rounds met their cap first,
+every round's ratio over the seeds with its 95 % interval, `?` where that is wider than the target,
 and a note when the baseline paired with itself is off 1 (bench.tables.cost_self_check); `train ex/s`
 is the whole run's throughput. Markdown and LaTeX for reading, CSV (every statistic) for machines.
 """
@@ -187,15 +187,14 @@ def pooled_cost(records: list[RunRecord]) -> dict | None:
     """A recipe's paired cost over its seeds: the median of every round's ratio with its 95 %
     interval (bench.paired_rounds), whether that pooled interval meets the runs' target, and for the
     baseline recipe (ratio 1 by construction) the self-pair's measured median and interval."""
-    from mtlbench.bench.paired_rounds import is_precise, median_interval
+    from mtlbench.bench.paired_rounds import is_precise, pooled
 
     costs = [r.cost for r in records if r.cost and r.cost.get("ratio") is not None]
     if not costs or len(costs) < len(records):
         return None
     if not all(c.get("ratios") for c in costs):  # records from before the rounds were kept: their mean
         return {"ratio": float(np.mean([c["ratio"] for c in costs])), "low": np.nan, "high": np.nan, "precise": True}
-    ratios = [x for c in costs for x in c["ratios"]]
-    middle, interval = float(np.median(ratios)), median_interval(ratios)
+    ratios, middle, interval = pooled(costs)
     target = max(c.get("target", 0.03) for c in costs)  # the pooled interval is held to the runs' target
     found = {"ratio": middle, "low": interval[0] if interval else np.nan, "high": interval[1] if interval else np.nan,
              "precise": is_precise(ratios, target)}

@@ -12,7 +12,6 @@ Both clocks are reported from the same rounds: the judged one (CPU time on CPU) 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -122,18 +121,19 @@ def main(argv=None) -> dict:
 
 
 def render(folder: Path) -> str:
+    from tests.benchmarks.measurements import measurements
+
     parts = []
-    for path in sorted(folder.glob("*.json")):
-        found = json.loads(path.read_text())
-        parts.append(f"`{path.name}`: {found['cpus']} CPUs ({found['cpu']}), torch {found['torch']}; load average "
+    for name, found in measurements(folder):
+        parts.append(f"`{name}`: {found['cpus']} CPUs ({found['cpu']}), torch {found['torch']}; load average "
                      f"before {found['load_before'][0]:.1f}, during the loaded half {found['load_during'][0]:.1f} "
                      f"with {found['spinners']} spinning processes planted\n")
         parts.append("| recipe | quiet: cost x [95 %] | rounds | loaded: cost x [95 %] | rounds | change | "
                      "wall clock quiet | wall clock loaded |")
         parts.append("|---|---|---:|---|---:|---:|---|---|")
-        for name, quiet in found["quiet"].items():
-            loaded = found["loaded"][name]
-            parts.append(f"| {name}{' (self)' if quiet.get('self_ratio') else ''} | {_ratio(quiet)} | {quiet['rounds']} "
+        for recipe, quiet in found["quiet"].items():
+            loaded = found["loaded"][recipe]
+            parts.append(f"| {recipe}{' (self)' if quiet.get('self_ratio') else ''} | {_ratio(quiet)} | {quiet['rounds']} "
                          f"| {_ratio(loaded)} | {loaded['rounds']} | {_change(quiet, loaded)} | "
                          f"{_ratio(quiet, 'wall_')} | {_ratio(loaded, 'wall_')} |")
         parts.append("")

@@ -124,11 +124,11 @@ def measure(family: str, size: str, batch: int, length: int, rounds: int, steps:
 
 def render(folder: Path) -> str:
     """Markdown tables of every measurement in `folder` (one per JSON file)."""
-    import json
+    from tests.benchmarks.measurements import measurements
+
     parts = []
-    for path in sorted(folder.glob("*.json")):
-        found = json.loads(path.read_text())
-        parts.append(f"`{path.name}`: {found['family']}, {found['size']} encoder ({found['shared_parameters']:,} "
+    for file_name, found in measurements(folder):
+        parts.append(f"`{file_name}`: {found['family']}, {found['size']} encoder ({found['shared_parameters']:,} "
                      f"encoder parameters), {found['tasks']} tasks x batch {found['batch_per_task']} x length "
                      f"{found['length']}, {found['rounds']} rounds of {found['steps_per_block']} step(s), {found['device']}\n")
         spread = "95 % interval" if "ci" in next(iter(found["variants"].values())) else "IQR over rounds"
