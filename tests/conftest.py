@@ -28,6 +28,20 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_run_at_a_time():
+    """A test's runs go one at a time in its own process (inline) unless it asks for workers with
+    --jobs: under `pytest -n auto` each test process already has a core of its own, and a worker
+    pool would spend ~5 s importing torch and transformers per worker for a few seconds of training."""
+    previous = os.environ.get("MTLBENCH_JOBS")
+    os.environ["MTLBENCH_JOBS"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("MTLBENCH_JOBS", None)
+    else:
+        os.environ["MTLBENCH_JOBS"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def catch_sigint():
     """SIGINT caught here, so that the commands the tests start get it at its default: a shell's
     background job ignores SIGINT, an ignored signal stays ignored across exec, and Python then

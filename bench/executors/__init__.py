@@ -4,7 +4,7 @@ module of this package defines one; `EXECUTORS` (name -> class) is the one table
 
 `local` (the default) is not an executor of its own but the choice this machine makes: under
 torchrun, `torchrun`; with more than one run to train and `--jobs` (default: one per `threads`
-cores on CPU, 1 on an accelerator) above 1, `pool`; else `inline`."""
+cores on CPU, or $MTLBENCH_JOBS; 1 on an accelerator) above 1, `pool`; else `inline`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def describe() -> dict[str, str]:
 
 def check_arguments(name: str, jobs: int | None, address: str | None, world: int) -> None:
     """Refuse an unknown executor or options it does not take, before anything is read."""
+    jobs_from_environment()
     if name == LOCAL:
         if world > 1:
             EXECUTORS["torchrun"].check_arguments(jobs, address, world)
@@ -58,12 +59,26 @@ def check_arguments(name: str, jobs: int | None, address: str | None, world: int
 
 
 def default_jobs(context: SuiteContext, runs: int) -> int:
-    """Runs side by side: one per `threads` CPU cores on CPU; one at a time on an accelerator,
-    or when a strategy exists only in this process."""
+    """Runs side by side: one per `threads` CPU cores on CPU (or MTLBENCH_JOBS, when set: a shared
+    machine, a test process beside others); one at a time on an accelerator, or when a strategy
+    exists only in this process."""
     if context.device.type != "cpu" or strategies_registered_here(context.suite):
         return 1
+    asked = jobs_from_environment()
+    if asked is not None:
+        return max(1, min(runs, asked))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(runs, cores // context.suite.train.threads))
+
+
+def jobs_from_environment() -> int | None:
+    """MTLBENCH_JOBS: the default of --jobs on CPU (unset: one run per `threads` cores)."""
+    value = os.environ.get("MTLBENCH_JOBS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"MTLBENCH_JOBS={value!r}: expected a number of runs side by side, 1 or more")
+    return int(value)
 
 
 def choose(name: str, context: SuiteContext, todo: Todo, jobs: int | None = None,

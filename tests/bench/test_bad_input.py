@@ -369,6 +369,15 @@ def test_a_cache_that_cannot_be_written_is_one_line(cache, words, tmp_path, caps
     assert err.startswith("mtlbench: error: ") and words.format(cache) in err and "\n" not in err
 
 
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_mtlbench_jobs_is_one_line_before_anything(value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MTLBENCH_JOBS", value)
+    assert main(["run", suite(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mtlbench: error: MTLBENCH_JOBS={value!r}: expected a number of runs side by side, 1 or more"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
     """A sparse file as big as the limit plus one byte: refused from its size alone (the read that
     would fill the memory never happens)."""

@@ -18,10 +18,11 @@ RECIPES = ("[cost]\nenabled = false\n"
 
 @pytest.fixture(scope="module")
 def grid_suite(tmp_path_factory):
-    """A 2 recipes x 2 seeds suite, and its records from a plain local run."""
+    """A 2 recipes x 2 seeds suite, and its records from a local run in two worker processes."""
     folder = tmp_path_factory.mktemp("grid")
     suite = write_suite(folder / "grid.toml", name="grid", recipes=RECIPES)
-    assert main(["run", str(suite), "--out", str(folder / "local"), "--seeds", "2", "--no-progress"]) == 0
+    assert main(["run", str(suite), "--out", str(folder / "local"), "--seeds", "2", "--no-progress",
+                 "--jobs", "2"]) == 0
     return suite, _records(folder / "local")
 
 
@@ -156,3 +157,24 @@ def test_the_inline_executor_trains_in_this_process(grid_suite, tmp_path, capsys
     assert re.search(r"^progress: [34]\.\d of 4 runs, about \d+( min \d\d)? s left; running: pc seed 1 100%$",
                      err, re.MULTILINE), err  # the last step is always reported
     _same_results(_records(tmp_path / "inline"), whole)
+
+
+@pytest.mark.parametrize(("environment", "cores", "runs", "expected"), [
+    (None, 2, 4, 2), (None, 8, 3, 3), (None, 1, 4, 1),  # one run per core, no more than there are runs
+    ("1", 8, 4, 1), ("3", 2, 4, 3), ("6", 2, 4, 4),  # MTLBENCH_JOBS replaces the count of cores
+])
+def test_the_default_jobs_are_the_cores_or_mtlbench_jobs(environment, cores, runs, expected, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+    from mtlbench.bench import executors
+    from mtlbench.bench.config import load_suite
+
+    if environment is None:
+        monkeypatch.delenv("MTLBENCH_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("MTLBENCH_JOBS", environment)
+    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    context = SimpleNamespace(device=torch.device("cpu"), suite=load_suite("ci"))
+    assert context.suite.train.threads == 1
+    assert executors.default_jobs(context, runs) == expected

@@ -60,7 +60,8 @@ def _interrupted(blocking, tmp_path, grace: str, uninterruptible: str, second: b
         notes += os.read(reader, 4096)
     os.close(keep_open)
     os.close(reader)
-    workers = _workers(process.pid) or _children(process.pid, b"mtlbench.bench.cli")
+    workers = (_workers(process.pid) or _children(process.pid, b"mtlbench.bench.cli")  # pool, torchrun
+               or _processes_named(b"_run_remote", tmp_path))  # Ray's task workers
     locks_before = sorted(p.name for p in out.rglob("*.lock"))
     process.send_signal(signal.SIGTERM)
     rest = []
@@ -73,7 +74,7 @@ def _interrupted(blocking, tmp_path, grace: str, uninterruptible: str, second: b
     for line in process.stderr:
         rest.append(line)
         if line.startswith("mtlbench: interrupted") and launcher == (MTLBENCH,):  # printed once the workers are gone
-            assert all(_dead_or_dying(pid) for pid in workers) and not _processes_named(b"_run_remote"), rest
+            assert all(_dead_or_dying(pid) for pid in workers) and not _processes_named(b"_run_remote", tmp_path), rest
     rest = "".join(rest)
     code = process.wait(timeout=300)  # a guard against a hang, not a measurement
     return code, "".join(seen) + rest, rest, workers, locks_before, out
@@ -91,12 +92,14 @@ def _children(parent: int, part: bytes) -> list[int]:
     return found
 
 
-def _processes_named(part: bytes) -> list[int]:
-    """Processes whose command line holds `part` (Ray names its task workers ray::FUNCTION)."""
-    found = []
+def _processes_named(part: bytes, tmp_path: Path) -> list[int]:
+    """This test's processes whose command line holds `part` (Ray names its task workers
+    ray::FUNCTION): those whose environment names the test's own folder, as the command's did, so
+    that a test running beside it (pytest -n) is not counted."""
+    found, mark = [], f"MTLBENCH_TEST_BLOCK={tmp_path / 'never'}".encode()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if part in cmdline.read_bytes():
+            if part in cmdline.read_bytes() and mark in (cmdline.parent / "environ").read_bytes().split(b"\0"):
                 found.append(int(cmdline.parent.name))
         except OSError:
             continue
@@ -124,11 +127,12 @@ def test_sigterm_stops_the_suite_whatever_a_step_costs(blocking, tmp_path, unint
 
 def test_under_ray_sigterm_cancels_the_queued_run_and_kills_the_running_ones(blocking, tmp_path):
     pytest.importorskip("ray")
-    code, log, rest, _, locks_before, out = _interrupted(blocking, tmp_path, "600", "1",
-                                                         executor=("--executor", "ray"))
+    code, log, rest, workers, locks_before, out = _interrupted(blocking, tmp_path, "600", "1",
+                                                               executor=("--executor", "ray"))
     assert code == 130, log
+    assert len(workers) == 2 and all(_dead_or_dying(pid) for pid in workers), log  # the two blocked runs, killed
     assert rest.strip().splitlines()[-1].startswith("mtlbench: interrupted: 0 of 3 runs finished this time"), log
-    assert not _processes_named(b"_run_remote")
+    assert not _processes_named(b"_run_remote", tmp_path)
     assert not list(out.glob("*.json")) and not list(out.rglob("*.tmp"))
     assert sorted(p.name for p in out.rglob("*.lock")) == locks_before  # the third run never started
     suite, env, _ = blocking  # the same command afterwards: the records of an uninterrupted (local) run

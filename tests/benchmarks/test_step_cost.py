@@ -3,7 +3,7 @@
 The normal test run executes each benchmark once, untimed (--benchmark-disable in pyproject), so
 they cannot rot; time them with
 
-    python -m pytest tests/benchmarks --benchmark-enable --benchmark-group-by=group
+    python -m pytest tests/benchmarks -n 0 --benchmark-enable --benchmark-group-by=group
 """
 
 import itertools
