@@ -76,7 +76,7 @@ def jobs_from_environment() -> int | None:
     value = os.environ.get("MTLBENCH_JOBS", "").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise UserError(f"MTLBENCH_JOBS={value!r}: expected a number of runs side by side, 1 or more")
     return int(value)
 

@@ -369,7 +369,7 @@ def test_a_cache_that_cannot_be_written_is_one_line(cache, words, tmp_path, caps
     assert err.startswith("mtlbench: error: ") and words.format(cache) in err and "\n" not in err
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5", "²"])
 def test_a_bad_mtlbench_jobs_is_one_line_before_anything(value, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MTLBENCH_JOBS", value)
     assert main(["run", suite(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
