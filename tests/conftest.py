@@ -18,13 +18,9 @@ SMALL_DATA = {"sst_train": 96, "sst_dev": 48, "sst_test": 16, "quora_train": 192
 def private_cache(tmp_path_factory):
     """Every test writes its encoders and token caches under one session directory."""
     path = tmp_path_factory.mktemp("mtlbench-cache")
-    previous = os.environ.get("MTLBENCH_CACHE")
-    os.environ["MTLBENCH_CACHE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("MTLBENCH_CACHE", None)
-    else:
-        os.environ["MTLBENCH_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as session:
+        session.setenv("MTLBENCH_CACHE", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,13 +28,9 @@ def one_run_at_a_time():
     """A test's runs go one at a time in its own process (inline) unless it asks for workers with
     --jobs: under `pytest -n auto` each test process already has a core of its own, and a worker
     pool would spend ~5 s importing torch and transformers per worker for a few seconds of training."""
-    previous = os.environ.get("MTLBENCH_JOBS")
-    os.environ["MTLBENCH_JOBS"] = "1"
-    yield
-    if previous is None:
-        os.environ.pop("MTLBENCH_JOBS", None)
-    else:
-        os.environ["MTLBENCH_JOBS"] = previous
+    with pytest.MonkeyPatch.context() as session:
+        session.setenv("MTLBENCH_JOBS", "1")
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
